@@ -1,0 +1,2 @@
+//! navcast: a horizontally scaled WebSocket navigation backend.
+pub mod network;

@@ -1,0 +1,1 @@
+//! Seoul subway network data and the accessible route engine (in progress).
