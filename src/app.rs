@@ -1,0 +1,403 @@
+//! The node: shared state, the router, fan-out, and the run/drain cycle.
+//!
+//! [`run`] takes a bound listener, a config and a shutdown future, which is
+//! what lets tests start any number of nodes on port 0 in one process.
+
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::ws::Utf8Bytes;
+use axum::routing::{get, post};
+use dashmap::DashMap;
+use serde_json::value::RawValue;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{AuthService, JwtKeys};
+use crate::bus::local::LocalBus;
+use crate::bus::{Bus, Envelope, Payload, now_us};
+use crate::config::{BusTopology, Config};
+use crate::metrics::Metrics;
+use crate::network::{Network, Profiles, RouteEngine, Tracker, TrackerConfig};
+use crate::protocol::{PeerEventFrame, ServerMessage, close};
+use crate::session::{SessionHandle, Sessions};
+use crate::store::Stores;
+
+/// Everything a node shares between its tasks. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+pub struct Inner {
+    /// The merged configuration; read-only after start.
+    pub config: Config,
+    /// This node's id, in every `connected` frame and bus envelope.
+    pub node_id: Arc<str>,
+    /// Accounts, passwords, token minting and verification.
+    pub auth: AuthService,
+    /// Shared state (memory or Redis).
+    pub stores: Stores,
+    /// Routes over the network data; shared, with its own LRU cache.
+    pub engine: Arc<RouteEngine>,
+    /// Progress along a route; stateless apart from its config.
+    pub tracker: Tracker,
+    /// This node's sessions and watch subscriptions.
+    pub sessions: Sessions,
+    /// The cross-node event bus.
+    pub bus: Arc<dyn Bus>,
+    pub metrics: Metrics,
+    /// Cancelled when draining starts: every session closes with 1001.
+    pub shutdown: CancellationToken,
+    /// Every session task, so a drain can wait for them (axum does not
+    /// wait for upgraded connections on graceful shutdown).
+    pub tasks: TaskTracker,
+    /// Set when draining starts: `/ready` 503, no new upgrades.
+    pub draining: AtomicBool,
+    /// Sessions plus upgrades in flight, checked against the limit before
+    /// an upgrade so a burst cannot overshoot it.
+    connections: AtomicUsize,
+    /// Sequence of envelopes this node published.
+    node_seq: AtomicU64,
+    /// Last `node_seq` seen per origin node, for gap counting.
+    last_seen: DashMap<String, u64>,
+    pub started: Instant,
+}
+
+/// A reserved place under `ws.max_connections`; released on drop.
+pub struct ConnectionSlot(AppState);
+
+impl ConnectionSlot {
+    pub fn acquire(state: &AppState) -> Option<ConnectionSlot> {
+        let max = state.config.ws.max_connections;
+        state
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot(state.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Optional parts a caller may supply instead of the defaults.
+#[derive(Default)]
+pub struct Parts {
+    /// Defaults to a bus of this node alone.
+    pub bus: Option<Arc<dyn Bus>>,
+    /// Defaults to in-memory stores.
+    pub stores: Option<Stores>,
+}
+
+impl AppState {
+    /// Builds a node's state: network, engine, auth, stores, bus.
+    pub async fn build(config: Config, parts: Parts) -> anyhow::Result<AppState> {
+        let network = match &config.data_dir {
+            Some(dir) => Arc::new(Network::load_dir(dir)?),
+            None => Network::embedded(),
+        };
+        let profiles = match &config.profiles_file {
+            Some(file) => Profiles::load(file)?,
+            None => Profiles::embedded(),
+        };
+        let engine = Arc::new(RouteEngine::new(
+            network,
+            profiles,
+            config.navigation.route_cache_capacity,
+        ));
+        let tracker = Tracker::new(TrackerConfig {
+            arrival_radius_m: config.navigation.arrival_radius_m,
+            deviation_threshold_m: config.navigation.deviation_threshold_m,
+            max_accuracy_credit_m: config.navigation.max_accuracy_credit_m,
+        });
+
+        let dev_secret;
+        let secret = match (&config.jwt.secret, config.jwt.algorithm) {
+            (Some(s), _) => Some(s.as_bytes()),
+            (None, crate::config::JwtAlgorithm::HS256) => {
+                dev_secret = uuid::Uuid::new_v4().to_string() + &uuid::Uuid::new_v4().to_string();
+                tracing::warn!(
+                    event = "dev_jwt_secret",
+                    "no JWT secret configured: generated a random dev secret; tokens die with this \
+                     process and no other node accepts them (set NAVCAST_JWT_SECRET)"
+                );
+                Some(dev_secret.as_bytes())
+            }
+            (None, _) => None,
+        };
+        let keys = JwtKeys::new(&config.jwt, secret)?;
+        let stores = parts.stores.unwrap_or_else(Stores::memory);
+        let auth = AuthService::new(
+            keys,
+            &config.auth,
+            stores.accounts.clone(),
+            stores.tokens.clone(),
+        )?;
+        if let Some(seed) = &config.auth.seed_file {
+            let created = auth.seed(seed).await?;
+            tracing::info!(event = "accounts_seeded", file = %seed.display(), created, "seed accounts loaded");
+        }
+        let bus = parts.bus.unwrap_or_else(|| Arc::new(LocalBus::new()));
+        let state = AppState(Arc::new(Inner {
+            node_id: config.node_id.clone().into(),
+            config,
+            auth,
+            stores,
+            engine,
+            tracker,
+            sessions: Sessions::default(),
+            bus,
+            metrics: Metrics::new(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            draining: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            node_seq: AtomicU64::new(0),
+            last_seen: DashMap::new(),
+            started: Instant::now(),
+        }));
+        let weak = Arc::downgrade(&state.0);
+        state.bus.start(
+            &state.node_id,
+            Arc::new(move |envelope| {
+                if let Some(inner) = weak.upgrade() {
+                    AppState(inner).deliver_remote(&envelope);
+                }
+            }),
+        );
+        Ok(state)
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/api/v1/ws/{user_id}", get(crate::ws::upgrade))
+            .route("/api/v1/auth/register", post(crate::auth::http::register))
+            .route("/api/v1/auth/login", post(crate::auth::http::login))
+            .route("/api/v1/auth/refresh", post(crate::auth::http::refresh))
+            .merge(crate::http::routes())
+            .with_state(self.clone())
+    }
+
+    /// Whether the node can serve: not draining, and the bus reachable
+    /// (or configured to serve degraded).
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Acquire)
+            && (self.bus.is_connected() || self.config.bus.ready_when_degraded)
+    }
+
+    fn next_node_seq(&self) -> u64 {
+        self.node_seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Fans a navigation event of `user` out: to the user's other local
+    /// sessions and local watchers now, and to every other node via the bus.
+    pub fn publish_event(&self, user: &str, origin_key: u64, event_json: &str) {
+        let seq = self.sessions.next_seq(user);
+        let sent_at_us = now_us();
+        let Ok(raw) = RawValue::from_string(event_json.to_string()) else {
+            return;
+        };
+        let mut targets = self.sessions.of_user(user, Some(origin_key));
+        targets.extend(self.sessions.watchers_of(user));
+        if !targets.is_empty() {
+            let frame = PeerEventFrame {
+                kind: "peer_event",
+                user_id: user,
+                event: &raw,
+                origin_node: &self.node_id,
+                seq,
+                sent_at_us,
+            };
+            if let Ok(text) = serde_json::to_string(&frame) {
+                self.deliver_frame(&targets, text.into());
+            }
+        }
+        self.metrics.bus_published.inc();
+        self.bus.publish(Envelope {
+            origin_node: self.node_id.to_string(),
+            node_seq: self.next_node_seq(),
+            seq,
+            sent_at_us,
+            user_id: user.to_string(),
+            payload: Payload::Event { event: raw },
+        });
+    }
+
+    fn deliver_frame(&self, targets: &[SessionHandle], text: Utf8Bytes) {
+        for target in targets {
+            if target.send_text(text.clone(), &self.metrics).is_ok() {
+                self.metrics.peer_events_delivered.inc();
+                self.metrics.message_out("peer_event");
+            }
+        }
+    }
+
+    /// An envelope from another node.
+    pub fn deliver_remote(&self, envelope: &Envelope) {
+        if *envelope.origin_node == *self.node_id {
+            return;
+        }
+        self.metrics.bus_received.inc();
+        if self.config.bus.topology == BusTopology::Broadcast {
+            self.count_gap(&envelope.origin_node, envelope.node_seq);
+        }
+        match &envelope.payload {
+            Payload::Event { event } => {
+                let mut targets = self.sessions.of_user(&envelope.user_id, None);
+                targets.extend(self.sessions.watchers_of(&envelope.user_id));
+                if targets.is_empty() {
+                    return;
+                }
+                let frame = PeerEventFrame {
+                    kind: "peer_event",
+                    user_id: &envelope.user_id,
+                    event,
+                    origin_node: &envelope.origin_node,
+                    seq: envelope.seq,
+                    sent_at_us: envelope.sent_at_us,
+                };
+                if let Ok(text) = serde_json::to_string(&frame) {
+                    self.deliver_frame(&targets, text.into());
+                }
+            }
+            Payload::Replace { session_id } => {
+                for old in self.sessions.of_user(&envelope.user_id, None) {
+                    if *old.session_id != **session_id {
+                        self.kick_replaced(&old);
+                    }
+                }
+            }
+        }
+    }
+
+    fn count_gap(&self, origin: &str, node_seq: u64) {
+        let mut last = self.last_seen.entry(origin.to_string()).or_insert(0);
+        if *last != 0 && node_seq > *last + 1 {
+            let missing = node_seq - *last - 1;
+            self.metrics.bus_gaps.inc_by(missing);
+            tracing::warn!(event = "bus_gap", origin_node = %origin, missing, "envelopes missing from an origin");
+        }
+        if node_seq > *last {
+            *last = node_seq;
+        }
+    }
+
+    fn kick_replaced(&self, old: &SessionHandle) {
+        let frame = serde_json::to_string(&ServerMessage::Disconnected {
+            code: "DUPLICATE_CONNECTION".into(),
+        })
+        .unwrap_or_default();
+        let _ = old.send_text(frame.into(), &self.metrics);
+        tracing::info!(event = "session_replaced", old_session_id = %old.session_id, "closing older session (4002)");
+        old.kill
+            .kill(close::REPLACED, "replaced by a newer session");
+    }
+
+    /// `multi_device = replace`: close this user's older sessions here and
+    /// on every other node.
+    pub fn replace_older_sessions(&self, new: &SessionHandle) {
+        for old in self.sessions.of_user(&new.user_id, Some(new.key)) {
+            self.kick_replaced(&old);
+        }
+        self.bus.publish(Envelope {
+            origin_node: self.node_id.to_string(),
+            node_seq: self.next_node_seq(),
+            seq: 0,
+            sent_at_us: now_us(),
+            user_id: new.user_id.to_string(),
+            payload: Payload::Replace {
+                session_id: new.session_id.to_string(),
+            },
+        });
+    }
+
+    /// The rider stopped sharing with `guardian`: drop that guardian's
+    /// local watch subscriptions on the rider.
+    pub fn revoke_watch(&self, rider: &str, guardian: &str) {
+        for watcher in self.sessions.watchers_of(rider) {
+            if *watcher.user_id == *guardian {
+                self.sessions.unwatch(rider, watcher.key);
+            }
+        }
+        if !self.sessions.has_interest(rider) {
+            self.bus.disinterest(rider);
+        }
+    }
+
+    /// Starts a drain: `/ready` turns 503, upgrades are refused, and every
+    /// session is told to close with 1001.
+    pub fn begin_drain(&self) {
+        if !self.draining.swap(true, Ordering::AcqRel) {
+            tracing::info!(
+                event = "drain_started",
+                sessions = self.sessions.len(),
+                "draining"
+            );
+        }
+        self.shutdown.cancel();
+    }
+}
+
+/// Runs a node until `shutdown` resolves, then drains and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = AppState::build(config, Parts::default()).await?;
+    serve(listener, state, shutdown).await
+}
+
+/// Serves an already built node until `shutdown`, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        event = "node_started",
+        node_id = %state.node_id,
+        listen = %addr,
+        bus = state.bus.kind(),
+        stations = state.engine.network().stations().len(),
+        "navcast node listening"
+    );
+    let drain_state = state.clone();
+    let app = state.router();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        drain_state.begin_drain();
+    });
+    server.await?;
+    // The listener is closed; sessions were told to close. Wait for them.
+    state.begin_drain();
+    state.tasks.close();
+    let timeout = state.config.shutdown.drain_timeout;
+    let drained = tokio::time::timeout(timeout, state.tasks.wait())
+        .await
+        .is_ok();
+    tracing::info!(
+        event = "drain_finished",
+        complete = drained,
+        remaining = state.sessions.len(),
+        "node stopped"
+    );
+    Ok(())
+}

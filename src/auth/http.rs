@@ -1,0 +1,97 @@
+//! `POST /api/v1/auth/{register,login,refresh}`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::Deserialize;
+
+use super::{Registration, TokenPair};
+use crate::app::AppState;
+use crate::http::ApiError;
+
+pub async fn register(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let reg: Registration = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::Unprocessable(
+            "expected JSON {email, password, username?, disability_type?}".into(),
+        )
+    })?;
+    let user_id = state.auth.register(reg).await.inspect_err(|e| {
+        tracing::info!(event = "register_failed", cause = %e, "registration refused");
+    })?;
+    state.metrics.auth("register", "ok");
+    tracing::info!(event = "registered", user_id = %user_id, "account created");
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "user_id": user_id })),
+    ))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    username: String,
+    password: String,
+}
+
+/// Accepts the OAuth2 password form (`application/x-www-form-urlencoded`,
+/// as FastAPI's `OAuth2PasswordRequestForm` and the reference's clients
+/// send it) and the same fields as JSON.
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<TokenPair>, ApiError> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let form: LoginForm = if is_form {
+        serde_urlencoded_form(&body)?
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|_| ApiError::Unprocessable("expected {username, password}".into()))?
+    };
+    match state.auth.login(&form.username, form.password).await {
+        Ok(pair) => {
+            state.metrics.auth("login", "ok");
+            Ok(Json(pair))
+        }
+        Err(e) => {
+            state.metrics.auth("login", "refused");
+            tracing::info!(event = "login_failed", cause = %e, "login refused");
+            Err(e.into())
+        }
+    }
+}
+
+fn serde_urlencoded_form(body: &[u8]) -> Result<LoginForm, ApiError> {
+    serde_urlencoded::from_bytes::<LoginForm>(body)
+        .map_err(|_| ApiError::Unprocessable("expected form fields username and password".into()))
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+pub async fn refresh(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<TokenPair>, ApiError> {
+    let req: RefreshBody = serde_json::from_slice(&body)
+        .map_err(|_| ApiError::Unprocessable("expected {refresh_token}".into()))?;
+    match state.auth.refresh(&req.refresh_token).await {
+        Ok(pair) => {
+            state.metrics.auth("refresh", "ok");
+            Ok(Json(pair))
+        }
+        Err(e) => {
+            state.metrics.auth("refresh", "refused");
+            tracing::info!(event = "refresh_failed", cause = %e, "refresh refused");
+            Err(e.into())
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The event bus between nodes.
+//!
+//! A node delivers each navigation event to its own sessions directly and
+//! publishes it on the bus for every other node; receivers drop envelopes
+//! of their own origin, so no session sees an event twice. `publish` never
+//! waits: a bus that cannot keep up counts a failure and moves on, so a
+//! session is never blocked by the bus. [`local::LocalBus`] connects nodes
+//! of one process (a single node, or tests); the Redis implementation
+//! connects nodes across processes.
+
+pub mod local;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// What an envelope asks the receivers to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Payload {
+    /// A navigation event of `user_id`, for that user's sessions and watchers.
+    Event { event: Box<RawValue> },
+    /// `user_id` opened a session elsewhere under `multi_device = replace`:
+    /// close every older local session of that user with 4002.
+    Replace { session_id: String },
+}
+
+/// One message on the bus.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    pub origin_node: String,
+    /// Increases by one per envelope this origin publishes; receivers count
+    /// gaps per origin (broadcast topology).
+    pub node_seq: u64,
+    /// The per-(origin, user) event sequence that clients see as `seq`.
+    pub seq: u64,
+    /// The publisher's wall clock, for fan-out latency.
+    pub sent_at_us: u64,
+    pub user_id: String,
+    #[serde(flatten)]
+    pub payload: Payload,
+}
+
+/// Called by the bus for every envelope from another node. Must not block.
+pub type Deliver = Arc<dyn Fn(Arc<Envelope>) + Send + Sync>;
+
+pub trait Bus: Send + Sync {
+    /// Starts delivering other nodes' envelopes to `deliver`.
+    fn start(&self, node_id: &str, deliver: Deliver);
+    /// Queues an envelope for the other nodes. Never waits.
+    fn publish(&self, envelope: Envelope);
+    /// This node now has (or no longer has) a session of or watching
+    /// `user`; a targeted bus subscribes to that user's channel.
+    fn interest(&self, user: &str);
+    fn disinterest(&self, user: &str);
+    /// Whether the bus currently reaches the other nodes.
+    fn is_connected(&self) -> bool;
+    /// A short name for logs and `/stats`.
+    fn kind(&self) -> &'static str;
+}
+
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}

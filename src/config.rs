@@ -1,0 +1,519 @@
+//! Typed node configuration and how its layers are merged.
+//!
+//! Layers, later ones winning: built-in defaults (documented on each field)
+//! → an optional TOML file (`--config`) → environment variables
+//! `NAVCAST_<KEY>` (a section's keys as `NAVCAST_<SECTION>_<KEY>`, e.g.
+//! `NAVCAST_JWT_SECRET`, `NAVCAST_WS_MAX_CONNECTIONS`) → command-line flags.
+//! `cargo run` with no file and no environment gives a working dev node.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Sections whose keys are reachable from the environment as
+/// `NAVCAST_<SECTION>_<KEY>`.
+const SECTIONS: [&str; 6] = ["jwt", "ws", "auth", "navigation", "shutdown", "bus"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP/WebSocket listener binds. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Name of this node in logs, `connected` frames, `/stats` and bus
+    /// envelopes. Default: `node-` and 6 random hex digits, new per start.
+    pub node_id: String,
+    /// `dev` (default) or `production`. Production refuses to start without
+    /// an explicit JWT secret or key.
+    pub env: Environment,
+    /// Redis URL for the cross-node bus and shared state; none = a single
+    /// node with in-memory state.
+    pub redis_url: Option<String>,
+    /// Log format: `pretty` (default) or `json`.
+    pub log_format: LogFormat,
+    /// `tracing` filter directives. Default `info`.
+    pub log_level: String,
+    /// Directory with `stations.csv`, `lines.csv`, `transfers.csv` replacing
+    /// the embedded Seoul network. Default: embedded data.
+    pub data_dir: Option<PathBuf>,
+    /// TOML file of routing profiles replacing the embedded ones.
+    pub profiles_file: Option<PathBuf>,
+    pub jwt: JwtConfig,
+    pub auth: AuthConfig,
+    pub ws: WsConfig,
+    pub navigation: NavigationConfig,
+    pub bus: BusConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Dev,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// `HS256` (default), `RS256` or `ES256`. The algorithm is pinned: a
+    /// token whose header names another one is rejected.
+    pub algorithm: JwtAlgorithm,
+    /// HS256 shared secret (≥ 32 bytes recommended). Unset in dev: a random
+    /// secret is generated at start and the log says so.
+    pub secret: Option<String>,
+    /// RS256/ES256: PEM public key that verifies tokens.
+    pub public_key_file: Option<PathBuf>,
+    /// RS256/ES256: PEM private key that signs tokens this node issues.
+    /// Without it the node only verifies tokens minted elsewhere, and
+    /// `/api/v1/auth/*` answers 503.
+    pub private_key_file: Option<PathBuf>,
+    /// Expected and issued `iss`; checked only when set.
+    pub issuer: Option<String>,
+    /// Expected and issued `aud`; checked only when set.
+    pub audience: Option<String>,
+    /// Access-token lifetime. Default 30 min.
+    #[serde(with = "humantime_serde")]
+    pub access_ttl: Duration,
+    /// Refresh-token lifetime. Default 7 days.
+    #[serde(with = "humantime_serde")]
+    pub refresh_ttl: Duration,
+    /// Clock leeway for `exp`/`nbf`, at most 30 s. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// TOML file of accounts created at start if missing (dev fixtures).
+    /// Default `config/accounts.toml` when that file exists.
+    pub seed_file: Option<PathBuf>,
+    /// Argon2id memory cost in KiB. Default 19456 (OWASP's minimum).
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations. Default 2.
+    pub argon2_iterations: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MultiDevice {
+    /// Every session of a user gets every event (default).
+    Allow,
+    /// A new session closes the user's older ones with 4002.
+    Replace,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    /// Largest accepted frame/message in bytes; larger closes with 1009. Default 64 KiB.
+    pub max_frame_bytes: usize,
+    /// Sustained requests per second per session. Default 20.
+    pub rate_per_s: f64,
+    /// Burst above the sustained rate. Default 40.
+    pub rate_burst: f64,
+    /// Outbound frames queued per session before it is closed with 4008. Default 256.
+    pub queue_frames: usize,
+    /// WebSocket ping interval. Default 20 s.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Close when nothing (pong or frame) arrived for this long. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Sessions this node accepts before answering 503. Default 50 000.
+    pub max_connections: usize,
+    /// Malformed frames in a row before close 1008. Default 10.
+    pub max_protocol_errors: u32,
+    /// Warn with `token_expiring` this long before `exp`. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub token_expiry_warning: Duration,
+    /// `allow` (default) or `replace`.
+    pub multi_device: MultiDevice,
+    /// Per-connection read buffer. Default 4 KiB: tungstenite zero-fills its
+    /// whole read buffer before each read, so the 128 KiB default costs
+    /// memory and CPU per idle session (see shared/BASELINES.md).
+    pub read_buffer_bytes: usize,
+    /// `Retry-After` seconds on 503 at the connection limit. Default 5.
+    pub retry_after_s: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NavigationConfig {
+    /// Distance to the destination that counts as arrival. Default 150 m.
+    pub arrival_radius_m: f64,
+    /// Distance from the route beyond which a fix is a deviation. Default 400 m.
+    pub deviation_threshold_m: f64,
+    /// Most of a fix's `accuracy` credited to the deviation threshold. Default 100 m.
+    pub max_accuracy_credit_m: f64,
+    /// Route sets kept in the LRU cache. Default 4096; 0 disables it.
+    pub route_cache_capacity: usize,
+    /// How long an idle route is kept in the state store. Default 6 h.
+    #[serde(with = "humantime_serde")]
+    pub route_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusTopology {
+    /// One channel; every node receives every event.
+    Broadcast,
+    /// One channel per user; a node subscribes only while it has interest.
+    Targeted,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// `broadcast` (default) or `targeted`.
+    pub topology: BusTopology,
+    /// Channel name (broadcast) or prefix (targeted). Default `navcast:events`.
+    pub channel: String,
+    /// When the bus is down: `true` keeps `/ready` at 200 and reports
+    /// `degraded`; `false` (default) answers 503.
+    pub ready_when_degraded: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long to wait for sessions to flush after close 1001. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            node_id: format!("node-{:06x}", rand::random::<u32>() & 0xff_ffff),
+            env: Environment::Dev,
+            redis_url: None,
+            log_format: LogFormat::Pretty,
+            log_level: "info".into(),
+            data_dir: None,
+            profiles_file: None,
+            jwt: JwtConfig::default(),
+            auth: AuthConfig::default(),
+            ws: WsConfig::default(),
+            navigation: NavigationConfig::default(),
+            bus: BusConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            algorithm: JwtAlgorithm::HS256,
+            secret: None,
+            public_key_file: None,
+            private_key_file: None,
+            issuer: None,
+            audience: None,
+            access_ttl: Duration::from_secs(30 * 60),
+            refresh_ttl: Duration::from_secs(7 * 24 * 3600),
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            seed_file: None,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+        }
+    }
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_frame_bytes: 64 * 1024,
+            rate_per_s: 20.0,
+            rate_burst: 40.0,
+            queue_frames: 256,
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(60),
+            max_connections: 50_000,
+            max_protocol_errors: 10,
+            token_expiry_warning: Duration::from_secs(60),
+            multi_device: MultiDevice::Allow,
+            read_buffer_bytes: 4096,
+            retry_after_s: 5,
+        }
+    }
+}
+
+impl Default for NavigationConfig {
+    fn default() -> Self {
+        NavigationConfig {
+            arrival_radius_m: 150.0,
+            deviation_threshold_m: 400.0,
+            max_accuracy_credit_m: 100.0,
+            route_cache_capacity: 4096,
+            route_ttl: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            topology: BusTopology::Broadcast,
+            channel: "navcast:events".into(),
+            ready_when_degraded: false,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Overrides given on the command line; `None` leaves the lower layers alone.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Invalid(Box<figment::Error>),
+    #[error("configuration: {0}")]
+    Rule(String),
+}
+
+impl Config {
+    /// Merges the layers. `env` is the process environment as pairs, so
+    /// tests can pass their own instead of mutating the global one.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Rule(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let mut env_toml = toml::Table::new();
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix("NAVCAST_") else {
+                continue;
+            };
+            let lower = rest.to_ascii_lowercase();
+            let path: Vec<&str> = match SECTIONS
+                .iter()
+                .find(|s| lower.starts_with(&format!("{s}_")))
+            {
+                Some(section) => vec![section, &lower[section.len() + 1..]],
+                None => vec![&lower],
+            };
+            // Parse values as TOML scalars where they look like one (numbers,
+            // booleans), else keep them as strings.
+            let parsed = value
+                .parse::<toml::Value>()
+                .ok()
+                .filter(|v| !v.is_str())
+                .or_else(|| {
+                    format!("v = {value}")
+                        .parse::<toml::Table>()
+                        .ok()
+                        .and_then(|mut t| t.remove("v"))
+                        .filter(|v| v.is_integer() || v.is_float() || v.is_bool())
+                })
+                .unwrap_or(toml::Value::String(value));
+            match path.as_slice() {
+                [section, key] => {
+                    let table = env_toml
+                        .entry(section.to_string())
+                        .or_insert_with(|| toml::Value::Table(Default::default()));
+                    if let toml::Value::Table(t) = table {
+                        t.insert(key.to_string(), parsed);
+                    }
+                }
+                [key] => {
+                    env_toml.insert(key.to_string(), parsed);
+                }
+                _ => {}
+            }
+        }
+        figment = figment.merge(Serialized::defaults(env_toml));
+        figment = figment.merge(Serialized::defaults(overrides));
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        if config.auth.seed_file.is_none() {
+            let default_seed = PathBuf::from("config/accounts.toml");
+            if default_seed.exists() {
+                config.auth.seed_file = Some(default_seed);
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Dev means: no production flag and no Redis (so no cluster in which
+    /// nodes with different random secrets would reject each other's tokens).
+    pub fn is_dev(&self) -> bool {
+        self.env == Environment::Dev && self.redis_url.is_none()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let rule = |m: &str| Err(ConfigError::Rule(m.to_string()));
+        if self.jwt.leeway > Duration::from_secs(30) {
+            return rule("jwt.leeway must be at most 30s");
+        }
+        match self.jwt.algorithm {
+            JwtAlgorithm::HS256 => {
+                if self.jwt.secret.is_none() && !self.is_dev() {
+                    return rule(
+                        "no JWT secret: set NAVCAST_JWT_SECRET (or jwt.secret in the config file); \
+                         only a dev node without Redis may run on a generated secret",
+                    );
+                }
+                if self.jwt.secret.as_deref().is_some_and(|s| s.len() < 16) {
+                    return rule("jwt.secret must be at least 16 bytes (32 recommended)");
+                }
+            }
+            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                if self.jwt.public_key_file.is_none() {
+                    return rule(
+                        "jwt.algorithm RS256/ES256 needs NAVCAST_JWT_PUBLIC_KEY_FILE (a PEM public key)",
+                    );
+                }
+            }
+        }
+        if self.ws.rate_per_s <= 0.0 || self.ws.rate_burst < 1.0 {
+            return rule("ws.rate_per_s must be > 0 and ws.rate_burst ≥ 1");
+        }
+        if self.ws.queue_frames == 0 || self.ws.max_connections == 0 {
+            return rule("ws.queue_frames and ws.max_connections must be > 0");
+        }
+        if self.ws.pong_timeout <= self.ws.ping_interval {
+            return rule("ws.pong_timeout must be longer than ws.ping_interval");
+        }
+        if self.node_id.is_empty() || self.node_id.len() > 64 {
+            return rule("node_id must be 1–64 characters");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_merge_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("navcast.toml");
+        std::fs::write(
+            &file,
+            "node_id = \"from-file\"\n[ws]\nmax_connections = 10\nrate_per_s = 5.0\n",
+        )
+        .unwrap();
+        let cfg = Config::load(
+            Some(&file),
+            env(&[
+                ("NAVCAST_WS_MAX_CONNECTIONS", "20"),
+                ("NAVCAST_JWT_SECRET", "0123456789abcdef0123"),
+                ("NAVCAST_NODE_ID", "from-env"),
+                ("OTHER", "x"),
+            ]),
+            &Overrides {
+                node_id: Some("from-cli".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.node_id, "from-cli");
+        assert_eq!(cfg.ws.max_connections, 20);
+        assert_eq!(cfg.ws.rate_per_s, 5.0);
+        assert_eq!(cfg.jwt.secret.as_deref(), Some("0123456789abcdef0123"));
+    }
+
+    #[test]
+    fn production_without_secret_says_what_to_set() {
+        let err = Config::load(
+            None,
+            env(&[("NAVCAST_ENV", "production")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("NAVCAST_JWT_SECRET"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[("NAVCAST_REDIS_URL", "redis://127.0.0.1:1")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("NAVCAST_JWT_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_from_env() {
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("NAVCAST_WS_PING_INTERVAL", "5s"),
+                ("NAVCAST_WS_PONG_TIMEOUT", "15s"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.ws.ping_interval, Duration::from_secs(5));
+        assert_eq!(cfg.ws.pong_timeout, Duration::from_secs(15));
+    }
+}

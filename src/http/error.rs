@@ -1,0 +1,83 @@
+//! One error type for every HTTP endpoint.
+//!
+//! Each variant is a documented status. Internal causes are logged with a
+//! stable event name and never sent: the client sees only `detail`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::AuthError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    Conflict(&'static str),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{detail}")]
+    Unavailable {
+        detail: &'static str,
+        retry_after_s: u64,
+    },
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(cause) => {
+                tracing::error!(event = "http_internal_error", cause = %cause, "request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let body = axum::Json(serde_json::json!({ "detail": self.to_string() }));
+        let mut response = (status, body).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::Unavailable { retry_after_s, .. } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+        }
+        response
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::BadCredentials => ApiError::Unauthorized("incorrect email or password"),
+            AuthError::BadRefresh => ApiError::Unauthorized("invalid refresh token"),
+            AuthError::EmailTaken => ApiError::Conflict("email already registered"),
+            AuthError::Invalid(m) => ApiError::Unprocessable(m),
+            AuthError::CannotIssue => ApiError::Unavailable {
+                detail: "this node verifies tokens but does not issue them",
+                retry_after_s: 3600,
+            },
+            AuthError::Store(crate::store::StoreError::Unavailable(cause)) => {
+                tracing::warn!(event = "store_unavailable", cause = %cause, "auth request failed");
+                ApiError::Unavailable {
+                    detail: "state store unavailable",
+                    retry_after_s: 2,
+                }
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Plain HTTP endpoints: health, readiness, stats, metrics, station search.
+
+mod error;
+
+pub use error::ApiError;
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::metrics::ConnectOutcome;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/stations", get(stations))
+}
+
+async fn health() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let draining = state.draining.load(Ordering::Acquire);
+    let bus = state.bus.is_connected();
+    let body = serde_json::json!({
+        "ready": state.is_ready(),
+        "draining": draining,
+        "bus": if bus { "connected" } else { "degraded" },
+        "node_id": &*state.node_id,
+    });
+    let status = if state.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+async fn stats(State(state): State<AppState>) -> impl IntoResponse {
+    let m = &state.metrics;
+    sync_cache_counters(&state);
+    let rejected: u64 = ConnectOutcome::ALL
+        .iter()
+        .filter(|o| **o != ConnectOutcome::Accepted)
+        .map(|o| m.connections(*o))
+        .sum();
+    Json(serde_json::json!({
+        "node_id": &*state.node_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": state.started.elapsed().as_secs(),
+        "ready": state.is_ready(),
+        "draining": state.draining.load(Ordering::Acquire),
+        "sessions": state.sessions.len(),
+        "connections": {
+            "accepted": m.connections(ConnectOutcome::Accepted),
+            "rejected": rejected,
+            "rejected_unauthorized": m.connections(ConnectOutcome::Unauthorized),
+            "rejected_forbidden": m.connections(ConnectOutcome::Forbidden),
+            "rejected_over_capacity": m.connections(ConnectOutcome::OverCapacity),
+            "rejected_draining": m.connections(ConnectOutcome::Draining),
+        },
+        "messages_in": m.messages_in_by_type(),
+        "messages_out_total": m.messages_out_total(),
+        "errors": m.errors_by_code(),
+        "queue_full_closes": m.queue_full.get(),
+        "heartbeat_timeouts": m.heartbeat_timeouts.get(),
+        "route_cache": { "hits": m.route_cache_hits.get(), "misses": m.route_cache_misses.get() },
+        "bus": {
+            "kind": state.bus.kind(),
+            "connected": state.bus.is_connected(),
+            "published": m.bus_published.get(),
+            "received": m.bus_received.get(),
+            "publish_failures": m.bus_publish_failures.get(),
+            "gaps": m.bus_gaps.get(),
+            "reconnects": m.bus_reconnects.get(),
+        },
+        "peer_events_delivered": m.peer_events_delivered.get(),
+        "memory": { "rss_bytes": rss_bytes() },
+    }))
+}
+
+/// Brings the route-cache counters up to the engine's own tallies.
+fn sync_cache_counters(state: &AppState) {
+    let stats = state.engine.cache_stats();
+    let m = &state.metrics;
+    m.route_cache_hits
+        .inc_by(stats.hits.saturating_sub(m.route_cache_hits.get()));
+    m.route_cache_misses
+        .inc_by(stats.misses.saturating_sub(m.route_cache_misses.get()));
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    sync_cache_counters(&state);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+#[derive(Deserialize)]
+struct StationQuery {
+    #[serde(default)]
+    query: String,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/stations?query=강남` — stations whose name starts with the
+/// query (normalised), grouped by name with their lines and codes.
+async fn stations(
+    State(state): State<AppState>,
+    Query(q): Query<StationQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if q.query.chars().count() > 64 {
+        return Err(ApiError::Unprocessable(
+            "query: at most 64 characters".into(),
+        ));
+    }
+    let limit = q.limit.unwrap_or(20).clamp(1, 200);
+    let network = state.engine.network();
+    let mut out: Vec<serde_json::Value> = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
+    for station in network.search(&q.query, limit * 8) {
+        let lines: Vec<serde_json::Value> = network
+            .stations()
+            .iter()
+            .filter(|s| s.name == station.name)
+            .map(|s| serde_json::json!({ "line": s.line, "code": s.code }))
+            .collect();
+        if names.contains(&station.name.as_str()) {
+            continue;
+        }
+        names.push(&station.name);
+        out.push(serde_json::json!({
+            "name": station.name,
+            "lat": station.lat,
+            "lon": station.lon,
+            "lines": lines,
+        }));
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(Json(
+        serde_json::json!({ "query": q.query, "stations": out }),
+    ))
+}

@@ -1,0 +1,315 @@
+//! Every counter an operator reads, in one place, on `/metrics` and `/stats`.
+//!
+//! Handles for the fixed label sets (request kinds, error codes) are created
+//! once at start, so the per-message cost is one atomic add, not a label
+//! lookup. `/stats` reads the same counters, so the two never disagree.
+
+use std::fmt::Write;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::protocol::{ErrorCode, RequestKind};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabel {
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabel {
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabel {
+    op: &'static str,
+    outcome: &'static str,
+}
+
+/// Why a WebSocket upgrade was accepted or refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    Accepted,
+    Unauthorized,
+    Forbidden,
+    OverCapacity,
+    Draining,
+}
+
+impl ConnectOutcome {
+    pub const ALL: [ConnectOutcome; 5] = [
+        ConnectOutcome::Accepted,
+        ConnectOutcome::Unauthorized,
+        ConnectOutcome::Forbidden,
+        ConnectOutcome::OverCapacity,
+        ConnectOutcome::Draining,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectOutcome::Accepted => "accepted",
+            ConnectOutcome::Unauthorized => "unauthorized",
+            ConnectOutcome::Forbidden => "forbidden",
+            ConnectOutcome::OverCapacity => "over_capacity",
+            ConnectOutcome::Draining => "draining",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub sessions: Gauge,
+    connections: Vec<Counter>,
+    messages_in: Vec<Counter>,
+    messages_out: Family<TypeLabel, Counter>,
+    handle_seconds: Vec<Histogram>,
+    errors: Vec<Counter>,
+    closes: Family<CloseLabel, Counter>,
+    auth: Family<AuthLabel, Counter>,
+    pub queue_full: Counter,
+    pub heartbeat_timeouts: Counter,
+    pub route_cache_hits: Counter,
+    pub route_cache_misses: Counter,
+    pub peer_events_delivered: Counter,
+    pub bus_published: Counter,
+    pub bus_received: Counter,
+    pub bus_publish_failures: Counter,
+    pub bus_gaps: Counter,
+    pub bus_reconnects: Counter,
+    pub bus_connected: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("navcast");
+        let sessions = Gauge::default();
+        registry.register(
+            "sessions",
+            "Open WebSocket sessions on this node",
+            sessions.clone(),
+        );
+
+        let connections_family = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "connections",
+            "WebSocket upgrade attempts by outcome",
+            connections_family.clone(),
+        );
+        let connections = ConnectOutcome::ALL
+            .iter()
+            .map(|o| {
+                connections_family.get_or_create_owned(&OutcomeLabel {
+                    outcome: o.as_str(),
+                })
+            })
+            .collect();
+
+        let in_family = Family::<TypeLabel, Counter>::default();
+        registry.register(
+            "messages_in",
+            "Client frames received by type",
+            in_family.clone(),
+        );
+        let messages_in = RequestKind::ALL
+            .iter()
+            .map(|k| in_family.get_or_create_owned(&TypeLabel { r#type: k.as_str() }))
+            .collect();
+
+        let messages_out = Family::<TypeLabel, Counter>::default();
+        registry.register("messages_out", "Frames sent by type", messages_out.clone());
+
+        let hist_family = Family::<TypeLabel, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.000_01, 2.0, 20))) as fn() -> Histogram,
+        );
+        registry.register(
+            "request_handle_seconds",
+            "Time from a request frame to its reply being queued, by type",
+            hist_family.clone(),
+        );
+        let handle_seconds = RequestKind::ALL
+            .iter()
+            .map(|k| hist_family.get_or_create_owned(&TypeLabel { r#type: k.as_str() }))
+            .collect();
+
+        let err_family = Family::<CodeLabel, Counter>::default();
+        registry.register("errors", "Error replies by code", err_family.clone());
+        let errors = ErrorCode::ALL
+            .iter()
+            .map(|c| err_family.get_or_create_owned(&CodeLabel { code: c.as_str() }))
+            .collect();
+
+        let closes = Family::<CloseLabel, Counter>::default();
+        registry.register("closes", "Sessions closed, by close code", closes.clone());
+        let auth = Family::<AuthLabel, Counter>::default();
+        registry.register(
+            "auth_requests",
+            "Auth HTTP requests by operation and outcome",
+            auth.clone(),
+        );
+
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let queue_full = counter(
+            "queue_full_closes",
+            "Sessions closed with 4008 because their outbound queue was full",
+        );
+        let heartbeat_timeouts = counter(
+            "heartbeat_timeouts",
+            "Sessions closed because no pong arrived in time",
+        );
+        let route_cache_hits = counter(
+            "route_cache_hits",
+            "Route computations answered from the LRU cache",
+        );
+        let route_cache_misses =
+            counter("route_cache_misses", "Route computations not in the cache");
+        let peer_events_delivered = counter(
+            "peer_events_delivered",
+            "peer_event frames queued to local sessions",
+        );
+        let bus_published = counter("bus_published", "Envelopes published to the bus");
+        let bus_received = counter(
+            "bus_received",
+            "Envelopes received from the bus (other nodes)",
+        );
+        let bus_publish_failures = counter(
+            "bus_publish_failures",
+            "Envelopes the bus failed to publish",
+        );
+        let bus_gaps = counter(
+            "bus_gaps",
+            "Envelopes missing according to per-origin sequence numbers",
+        );
+        let bus_reconnects = counter("bus_reconnects", "Bus subscriber reconnections");
+        let bus_connected = Gauge::default();
+        registry.register(
+            "bus_connected",
+            "1 while the bus is connected",
+            bus_connected.clone(),
+        );
+
+        Metrics {
+            registry,
+            sessions,
+            connections,
+            messages_in,
+            messages_out,
+            handle_seconds,
+            errors,
+            closes,
+            auth,
+            queue_full,
+            heartbeat_timeouts,
+            route_cache_hits,
+            route_cache_misses,
+            peer_events_delivered,
+            bus_published,
+            bus_received,
+            bus_publish_failures,
+            bus_gaps,
+            bus_reconnects,
+            bus_connected,
+        }
+    }
+
+    pub fn connection(&self, outcome: ConnectOutcome) {
+        self.connections[outcome as usize].inc();
+    }
+
+    pub fn connections(&self, outcome: ConnectOutcome) -> u64 {
+        self.connections[outcome as usize].get()
+    }
+
+    pub fn message_in(&self, kind: RequestKind) {
+        self.messages_in[kind.index()].inc();
+    }
+
+    pub fn message_out(&self, type_name: &'static str) {
+        self.messages_out
+            .get_or_create(&TypeLabel { r#type: type_name })
+            .inc();
+    }
+
+    pub fn handled(&self, kind: RequestKind, seconds: f64) {
+        self.handle_seconds[kind.index()].observe(seconds);
+    }
+
+    pub fn error(&self, code: ErrorCode) {
+        self.errors[code.index()].inc();
+    }
+
+    pub fn closed(&self, code: u16) {
+        self.closes.get_or_create(&CloseLabel { code }).inc();
+    }
+
+    pub fn auth(&self, op: &'static str, outcome: &'static str) {
+        self.auth.get_or_create(&AuthLabel { op, outcome }).inc();
+    }
+
+    /// Counts for `/stats`.
+    pub fn messages_in_by_type(&self) -> serde_json::Map<String, serde_json::Value> {
+        RequestKind::ALL
+            .iter()
+            .map(|k| {
+                (
+                    k.as_str().to_string(),
+                    self.messages_in[k.index()].get().into(),
+                )
+            })
+            .filter(|(_, v)| v != &serde_json::Value::from(0u64))
+            .collect()
+    }
+
+    pub fn errors_by_code(&self) -> serde_json::Map<String, serde_json::Value> {
+        ErrorCode::ALL
+            .iter()
+            .map(|c| (c.as_str().to_string(), self.errors[c.index()].get().into()))
+            .filter(|(_, v)| v != &serde_json::Value::from(0u64))
+            .collect()
+    }
+
+    pub fn messages_out_total(&self) -> u64 {
+        let mut text = String::new();
+        // Family has no iterator; sum the exposition instead of keeping a
+        // second counter on the hot path.
+        let mut reg = Registry::default();
+        reg.register("o", "", self.messages_out.clone());
+        let _ = prometheus_client::encoding::text::encode(&mut text, &reg);
+        text.lines()
+            .filter(|l| l.starts_with("o_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(16 * 1024);
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            let _ = writeln!(text, "# encoding failed");
+        }
+        text
+    }
+}

@@ -1,0 +1,556 @@
+//! The wire contract of `../shared/PROTOCOL.md` as Rust types.
+//!
+//! These types exist once: the node serialises them and the load client
+//! (`loadtest/`) deserialises them, so the two cannot drift apart. Client
+//! requests are parsed in two steps (see [`parse_request`]) so that a frame
+//! with a known `request_id` but bad fields still gets an error that echoes
+//! that id, and an unknown `type` is told apart from a malformed one.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+pub use crate::network::DisabilityType;
+
+/// The request id a client attached to a request; echoed verbatim in the reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    Num(serde_json::Number),
+    Str(String),
+}
+
+/// Every request type a client may send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    StartNavigation {
+        origin: String,
+        destination: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disability_type: Option<DisabilityType>,
+    },
+    LocationUpdate {
+        latitude: f64,
+        longitude: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        accuracy: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        route_id: Option<String>,
+    },
+    SwitchRoute {
+        target_rank: u8,
+    },
+    RecalculateRoute {
+        latitude: f64,
+        longitude: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disability_type: Option<DisabilityType>,
+    },
+    EndNavigation {},
+    ShareNavigation {
+        guardian_id: String,
+    },
+    UnshareNavigation {
+        guardian_id: String,
+    },
+    Watch {
+        user_id: String,
+    },
+    Unwatch {
+        user_id: String,
+    },
+    RefreshToken {
+        token: String,
+    },
+    Ping {},
+}
+
+/// The request kinds, used as metric labels and to count messages by type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    StartNavigation,
+    LocationUpdate,
+    SwitchRoute,
+    RecalculateRoute,
+    EndNavigation,
+    ShareNavigation,
+    UnshareNavigation,
+    Watch,
+    Unwatch,
+    RefreshToken,
+    Ping,
+    /// A frame that could not be classified (bad JSON, unknown type, binary).
+    Invalid,
+}
+
+impl RequestKind {
+    pub const ALL: [RequestKind; 12] = [
+        RequestKind::StartNavigation,
+        RequestKind::LocationUpdate,
+        RequestKind::SwitchRoute,
+        RequestKind::RecalculateRoute,
+        RequestKind::EndNavigation,
+        RequestKind::ShareNavigation,
+        RequestKind::UnshareNavigation,
+        RequestKind::Watch,
+        RequestKind::Unwatch,
+        RequestKind::RefreshToken,
+        RequestKind::Ping,
+        RequestKind::Invalid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::StartNavigation => "start_navigation",
+            RequestKind::LocationUpdate => "location_update",
+            RequestKind::SwitchRoute => "switch_route",
+            RequestKind::RecalculateRoute => "recalculate_route",
+            RequestKind::EndNavigation => "end_navigation",
+            RequestKind::ShareNavigation => "share_navigation",
+            RequestKind::UnshareNavigation => "unshare_navigation",
+            RequestKind::Watch => "watch",
+            RequestKind::Unwatch => "unwatch",
+            RequestKind::RefreshToken => "refresh_token",
+            RequestKind::Ping => "ping",
+            RequestKind::Invalid => "invalid",
+        }
+    }
+
+    fn from_type(t: &str) -> Option<Self> {
+        RequestKind::ALL
+            .into_iter()
+            .find(|k| *k != RequestKind::Invalid && k.as_str() == t)
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl ClientMessage {
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            ClientMessage::StartNavigation { .. } => RequestKind::StartNavigation,
+            ClientMessage::LocationUpdate { .. } => RequestKind::LocationUpdate,
+            ClientMessage::SwitchRoute { .. } => RequestKind::SwitchRoute,
+            ClientMessage::RecalculateRoute { .. } => RequestKind::RecalculateRoute,
+            ClientMessage::EndNavigation {} => RequestKind::EndNavigation,
+            ClientMessage::ShareNavigation { .. } => RequestKind::ShareNavigation,
+            ClientMessage::UnshareNavigation { .. } => RequestKind::UnshareNavigation,
+            ClientMessage::Watch { .. } => RequestKind::Watch,
+            ClientMessage::Unwatch { .. } => RequestKind::Unwatch,
+            ClientMessage::RefreshToken { .. } => RequestKind::RefreshToken,
+            ClientMessage::Ping {} => RequestKind::Ping,
+        }
+    }
+}
+
+/// The error codes of the contract. Each protocol failure maps to exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    ParsingError,
+    UnknownMessageType,
+    InvalidParameters,
+    InvalidLocation,
+    StationNotFound,
+    RouteNotFound,
+    NoActiveSession,
+    RouteIdMismatch,
+    InvalidRouteRank,
+    Forbidden,
+    RateLimited,
+    InternalError,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::ParsingError,
+        ErrorCode::UnknownMessageType,
+        ErrorCode::InvalidParameters,
+        ErrorCode::InvalidLocation,
+        ErrorCode::StationNotFound,
+        ErrorCode::RouteNotFound,
+        ErrorCode::NoActiveSession,
+        ErrorCode::RouteIdMismatch,
+        ErrorCode::InvalidRouteRank,
+        ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
+        ErrorCode::InternalError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::ParsingError => "PARSING_ERROR",
+            ErrorCode::UnknownMessageType => "UNKNOWN_MESSAGE_TYPE",
+            ErrorCode::InvalidParameters => "INVALID_PARAMETERS",
+            ErrorCode::InvalidLocation => "INVALID_LOCATION",
+            ErrorCode::StationNotFound => "STATION_NOT_FOUND",
+            ErrorCode::RouteNotFound => "ROUTE_NOT_FOUND",
+            ErrorCode::NoActiveSession => "NO_ACTIVE_SESSION",
+            ErrorCode::RouteIdMismatch => "ROUTE_ID_MISMATCH",
+            ErrorCode::InvalidRouteRank => "INVALID_ROUTE_RANK",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::InternalError => "INTERNAL_ERROR",
+        }
+    }
+
+    /// Errors caused by a malformed frame rather than by the state of the
+    /// world; a run of these in a row closes the session with 1008.
+    pub fn is_protocol_error(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::ParsingError | ErrorCode::UnknownMessageType | ErrorCode::InvalidParameters
+        )
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// WebSocket close codes of the contract.
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    /// RFC 6455: a text frame that is not UTF-8 must fail the connection.
+    /// Never sent: how the node counts a connection that vanished without
+    /// a close frame (RFC 6455 reserves 1006 for exactly that).
+    pub const ABNORMAL: u16 = 1006;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    pub const REPLACED: u16 = 4002;
+    pub const TOO_SLOW: u16 = 4008;
+}
+
+/// A station as the wire names it: enough to show and to look it up again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StationRef {
+    pub code: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<String>,
+}
+
+/// One stop of a route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteStation {
+    pub code: String,
+    pub name: String,
+    pub line: String,
+    pub lat: f64,
+    pub lon: f64,
+}
+
+/// One ranked route of a `route_calculated` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteView {
+    pub rank: u8,
+    pub stations: Vec<RouteStation>,
+    pub lines: Vec<String>,
+    pub total_time_min: f64,
+    pub transfers: u32,
+    pub transfer_stations: Vec<String>,
+    pub distance_m: f64,
+    pub score: f64,
+}
+
+/// The body shared by `route_calculated` and `route_recalculated`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoutePlan {
+    pub route_id: String,
+    pub origin: StationRef,
+    pub destination: StationRef,
+    pub disability_type: DisabilityType,
+    pub routes: Vec<RouteView>,
+    pub selected_route_rank: u8,
+}
+
+/// A short summary of a rider's active route, for a guardian who starts watching.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteSummary {
+    pub route_id: String,
+    pub origin: StationRef,
+    pub destination: StationRef,
+    pub disability_type: DisabilityType,
+    pub selected_route_rank: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NavigationUpdate {
+    pub route_id: String,
+    pub current_station: StationRef,
+    pub next_station: Option<StationRef>,
+    pub distance_to_next_m: f64,
+    pub remaining_stations: u32,
+    pub remaining_distance_m: f64,
+    pub eta_s: f64,
+    pub is_transfer: bool,
+    pub transfer_from_line: Option<String>,
+    pub transfer_to_line: Option<String>,
+    pub progress_percent: f64,
+    pub message: String,
+}
+
+/// Every frame the server sends, except `peer_event` (see [`PeerEventFrame`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Connected {
+        user_id: String,
+        session_id: String,
+        node_id: String,
+        server_version: String,
+        heartbeat_interval_s: u64,
+        token_expires_at: i64,
+    },
+    RouteCalculated(RoutePlan),
+    NavigationUpdate(NavigationUpdate),
+    RouteDeviation {
+        route_id: String,
+        nearest_station: StationRef,
+        distance_from_route_m: f64,
+        suggested_action: String,
+    },
+    Arrival {
+        route_id: String,
+        destination: StationRef,
+    },
+    RouteSwitched {
+        route_id: String,
+        selected_route_rank: u8,
+        route: RouteView,
+    },
+    RouteRecalculated(RoutePlan),
+    NavigationEnded {
+        route_id: String,
+    },
+    Shared {
+        guardian_id: String,
+    },
+    Unshared {
+        guardian_id: String,
+    },
+    Watching {
+        user_id: String,
+        active_route: Option<RouteSummary>,
+    },
+    Unwatched {
+        user_id: String,
+    },
+    TokenRefreshed {
+        token_expires_at: i64,
+    },
+    Pong {
+        server_time: i64,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    TokenExpiring {
+        expires_at: i64,
+    },
+    Disconnected {
+        code: String,
+    },
+    /// Only for deserialisation on the client side; the node writes peer
+    /// events with [`PeerEventFrame`] so the event is serialised only once.
+    PeerEvent {
+        user_id: String,
+        event: Box<ServerMessage>,
+        origin_node: String,
+        seq: u64,
+        sent_at_us: u64,
+    },
+}
+
+impl ServerMessage {
+    /// Navigation events are the ones fanned out to the rider's other
+    /// sessions and guardians.
+    pub fn is_navigation_event(&self) -> bool {
+        matches!(
+            self,
+            ServerMessage::RouteCalculated(_)
+                | ServerMessage::NavigationUpdate(_)
+                | ServerMessage::RouteDeviation { .. }
+                | ServerMessage::Arrival { .. }
+                | ServerMessage::RouteSwitched { .. }
+                | ServerMessage::RouteRecalculated(_)
+                | ServerMessage::NavigationEnded { .. }
+        )
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ServerMessage::Connected { .. } => "connected",
+            ServerMessage::RouteCalculated(_) => "route_calculated",
+            ServerMessage::NavigationUpdate(_) => "navigation_update",
+            ServerMessage::RouteDeviation { .. } => "route_deviation",
+            ServerMessage::Arrival { .. } => "arrival",
+            ServerMessage::RouteSwitched { .. } => "route_switched",
+            ServerMessage::RouteRecalculated(_) => "route_recalculated",
+            ServerMessage::NavigationEnded { .. } => "navigation_ended",
+            ServerMessage::Shared { .. } => "shared",
+            ServerMessage::Unshared { .. } => "unshared",
+            ServerMessage::Watching { .. } => "watching",
+            ServerMessage::Unwatched { .. } => "unwatched",
+            ServerMessage::TokenRefreshed { .. } => "token_refreshed",
+            ServerMessage::Pong { .. } => "pong",
+            ServerMessage::Error { .. } => "error",
+            ServerMessage::TokenExpiring { .. } => "token_expiring",
+            ServerMessage::Disconnected { .. } => "disconnected",
+            ServerMessage::PeerEvent { .. } => "peer_event",
+        }
+    }
+}
+
+/// A server frame with the `request_id` of the request it answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    #[serde(flatten)]
+    pub message: ServerMessage,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
+}
+
+/// The `peer_event` frame as the node writes it: `event` is the already
+/// serialised navigation event, embedded without a second round trip
+/// through serde.
+#[derive(Debug, Serialize)]
+pub struct PeerEventFrame<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub user_id: &'a str,
+    pub event: &'a RawValue,
+    pub origin_node: &'a str,
+    pub seq: u64,
+    pub sent_at_us: u64,
+}
+
+/// Why a text frame could not become a [`ClientMessage`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub request_id: Option<RequestId>,
+    pub kind: RequestKind,
+}
+
+/// The first parse: only `type` and `request_id`, borrowing from the frame.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    request_id: Option<RequestId>,
+}
+
+/// Parses one client text frame.
+///
+/// Not JSON, not an object, or no `type` → `PARSING_ERROR`; a `type` the
+/// contract does not know → `UNKNOWN_MESSAGE_TYPE`; a known type whose
+/// fields are missing or of the wrong kind → `INVALID_PARAMETERS`. Messages
+/// never include the offending input, so nothing of it is reflected back.
+pub fn parse_request(text: &str) -> Result<(ClientMessage, Option<RequestId>), RequestError> {
+    let head: Head<'_> = serde_json::from_str(text).map_err(|e| RequestError {
+        code: ErrorCode::ParsingError,
+        message: format!("frame is not a JSON object: {}", classify_json_error(&e)),
+        request_id: None,
+        kind: RequestKind::Invalid,
+    })?;
+    let Some(type_name) = head.kind else {
+        return Err(RequestError {
+            code: ErrorCode::ParsingError,
+            message: "frame has no \"type\" field".into(),
+            request_id: head.request_id,
+            kind: RequestKind::Invalid,
+        });
+    };
+    let Some(kind) = RequestKind::from_type(&type_name) else {
+        return Err(RequestError {
+            code: ErrorCode::UnknownMessageType,
+            message: "unknown message type".into(),
+            request_id: head.request_id,
+            kind: RequestKind::Invalid,
+        });
+    };
+    match serde_json::from_str::<ClientMessage>(text) {
+        Ok(msg) => Ok((msg, head.request_id)),
+        Err(e) => Err(RequestError {
+            code: ErrorCode::InvalidParameters,
+            message: format!("invalid fields for {}: {}", kind.as_str(), field_error(&e)),
+            request_id: head.request_id,
+            kind,
+        }),
+    }
+}
+
+fn classify_json_error(e: &serde_json::Error) -> &'static str {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax => "syntax error",
+        Category::Eof => "unexpected end of input",
+        Category::Data => "expected an object with a string \"type\"",
+        Category::Io => "read error",
+    }
+}
+
+/// serde's message without the line/column suffix: it names the field and
+/// the expected kind, never the value that was sent.
+fn field_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let text = match text.find(" at line ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    // serde quotes unknown enum variants and invalid values; keep the
+    // message short and free of client-supplied text.
+    match text.find(": ") {
+        Some(_) if text.starts_with("invalid value") || text.starts_with("invalid type") => text
+            .split(',')
+            .next()
+            .unwrap_or("invalid value")
+            .to_string(),
+        _ => text.chars().take(120).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_echo_and_error_classes() {
+        let (msg, id) = parse_request(r#"{"type":"ping","request_id":7}"#).unwrap();
+        assert_eq!(msg, ClientMessage::Ping {});
+        assert_eq!(id, Some(RequestId::Num(7.into())));
+
+        let e = parse_request("nope").unwrap_err();
+        assert_eq!(e.code, ErrorCode::ParsingError);
+        let e = parse_request(r#"{"type":"fly","request_id":"a"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownMessageType);
+        assert_eq!(e.request_id, Some(RequestId::Str("a".into())));
+        let e = parse_request(r#"{"type":"location_update","latitude":"x","request_id":1}"#)
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidParameters);
+        assert_eq!(e.request_id, Some(RequestId::Num(1.into())));
+    }
+
+    #[test]
+    fn reply_round_trips_with_request_id() {
+        let reply = Reply {
+            message: ServerMessage::Pong { server_time: 5 },
+            request_id: Some(RequestId::Str("r1".into())),
+        };
+        let text = serde_json::to_string(&reply).unwrap();
+        assert_eq!(text, r#"{"type":"pong","server_time":5,"request_id":"r1"}"#);
+        let back: Reply = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.request_id, reply.request_id);
+        assert_eq!(back.message, reply.message);
+    }
+}

@@ -1,0 +1,228 @@
+//! The registry of this node's WebSocket sessions and who watches whom.
+//!
+//! Each session has exactly one writer task that owns its socket sink; all
+//! other code reaches a session through its [`SessionHandle`], which holds
+//! the bounded queue into that writer. Sends use `try_send`: a full queue is
+//! a decision (close the session with 4008), never a stall of the sender,
+//! so the bus dispatcher and other sessions cannot be slowed by one slow
+//! client. Map guards are cloned out of and dropped before anything else
+//! happens (no guard is ever held across an `.await`).
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::protocol::close;
+
+/// Why and how a session is being closed; set once, by whoever decides first.
+#[derive(Debug, Clone)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: Cow<'static, str>,
+}
+
+/// Shared between a session's tasks and everyone who may close it.
+#[derive(Debug, Default)]
+pub struct Kill {
+    pub token: CancellationToken,
+    reason: OnceLock<CloseReason>,
+}
+
+impl Kill {
+    /// Requests a close with `code`; the first request wins.
+    pub fn kill(&self, code: u16, reason: impl Into<Cow<'static, str>>) {
+        let _ = self.reason.set(CloseReason {
+            code,
+            reason: reason.into(),
+        });
+        self.token.cancel();
+    }
+
+    pub fn reason(&self) -> Option<&CloseReason> {
+        self.reason.get()
+    }
+}
+
+/// A cheap clonable reference to one session.
+#[derive(Clone, Debug)]
+pub struct SessionHandle {
+    /// Internal key; never on the wire.
+    pub key: u64,
+    /// The `session_id` of the `connected` frame.
+    pub session_id: Arc<str>,
+    pub user_id: Arc<str>,
+    tx: mpsc::Sender<Message>,
+    pub kill: Arc<Kill>,
+}
+
+/// A send that did not happen.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The queue was full: the session is being closed with 4008.
+    Full,
+    /// The session is already gone.
+    Closed,
+}
+
+impl SessionHandle {
+    /// Queues a text frame without waiting. A full queue closes the session
+    /// with 4008 and counts it.
+    pub fn send_text(&self, text: Utf8Bytes, metrics: &Metrics) -> Result<(), SendError> {
+        match self.tx.try_send(Message::Text(text)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.kill.reason().is_none() {
+                    metrics.queue_full.inc();
+                    tracing::warn!(
+                        event = "session_queue_full",
+                        session_id = %self.session_id,
+                        user_id = %self.user_id,
+                        "outbound queue full; closing with 4008"
+                    );
+                }
+                self.kill.kill(close::TOO_SLOW, "outbound queue full");
+                Err(SendError::Full)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+        }
+    }
+}
+
+/// What this node knows about one user who has sessions here.
+#[derive(Debug, Default)]
+struct UserEntry {
+    sessions: Vec<u64>,
+    /// Sequence of this user's events published by this node; a receiver
+    /// sees it as `seq` and counts gaps per (origin node, user).
+    seq: u64,
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    next_key: AtomicU64,
+    /// Every open session by internal key.
+    by_key: DashMap<u64, SessionHandle>,
+    /// The sessions of each user on this node.
+    by_user: DashMap<Arc<str>, UserEntry>,
+    /// Watched user → the local sessions watching them.
+    watchers: DashMap<Arc<str>, Vec<u64>>,
+}
+
+impl Sessions {
+    /// Creates a session and its queue; the receiver goes to the writer task.
+    pub fn open(
+        &self,
+        session_id: Arc<str>,
+        user_id: Arc<str>,
+        queue: usize,
+    ) -> (SessionHandle, mpsc::Receiver<Message>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let handle = SessionHandle {
+            key: self.next_key.fetch_add(1, Ordering::Relaxed) + 1,
+            session_id,
+            user_id: user_id.clone(),
+            tx,
+            kill: Arc::new(Kill::default()),
+        };
+        self.by_key.insert(handle.key, handle.clone());
+        self.by_user
+            .entry(user_id)
+            .or_default()
+            .sessions
+            .push(handle.key);
+        (handle, rx)
+    }
+
+    /// Removes a session and its watch subscriptions. Returns the users it
+    /// watched, so the caller can drop bus interest in them.
+    pub fn close(&self, handle: &SessionHandle, watched: &[Arc<str>]) {
+        self.by_key.remove(&handle.key);
+        self.by_user.remove_if_mut(&handle.user_id, |_, entry| {
+            entry.sessions.retain(|k| *k != handle.key);
+            entry.sessions.is_empty()
+        });
+        for user in watched {
+            self.unwatch(user, handle.key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Whether any local session belongs to or watches `user`.
+    pub fn has_interest(&self, user: &str) -> bool {
+        self.by_user.contains_key(user) || self.watchers.contains_key(user)
+    }
+
+    /// The local sessions of `user`, except the one with key `except`.
+    pub fn of_user(&self, user: &str, except: Option<u64>) -> Vec<SessionHandle> {
+        let keys: Vec<u64> = match self.by_user.get(user) {
+            Some(entry) => entry.sessions.clone(),
+            None => return Vec::new(),
+        };
+        self.handles(keys.into_iter().filter(|k| Some(*k) != except))
+    }
+
+    /// The local sessions watching `user`.
+    pub fn watchers_of(&self, user: &str) -> Vec<SessionHandle> {
+        let keys: Vec<u64> = match self.watchers.get(user) {
+            Some(list) => list.clone(),
+            None => return Vec::new(),
+        };
+        self.handles(keys.into_iter())
+    }
+
+    fn handles(&self, keys: impl Iterator<Item = u64>) -> Vec<SessionHandle> {
+        keys.filter_map(|k| self.by_key.get(&k).map(|h| h.value().clone()))
+            .collect()
+    }
+
+    pub fn all(&self) -> Vec<SessionHandle> {
+        self.by_key.iter().map(|h| h.value().clone()).collect()
+    }
+
+    /// The next `seq` for an event of `user` published by this node.
+    pub fn next_seq(&self, user: &str) -> u64 {
+        match self.by_user.get_mut(user) {
+            Some(mut entry) => {
+                entry.seq += 1;
+                entry.seq
+            }
+            // Cannot happen for events made by a local session; a fixed 0
+            // tells receivers not to count it.
+            None => 0,
+        }
+    }
+
+    /// Registers `watcher` (a session key) as watching `user`. Returns true
+    /// if this is the first local watcher of that user.
+    pub fn watch(&self, user: Arc<str>, watcher: u64) -> bool {
+        let mut list = self.watchers.entry(user).or_default();
+        let first = list.is_empty();
+        if !list.contains(&watcher) {
+            list.push(watcher);
+        }
+        first
+    }
+
+    /// Removes a watcher; returns true if `user` has no local watcher left.
+    pub fn unwatch(&self, user: &str, watcher: u64) -> bool {
+        self.watchers
+            .remove_if_mut(user, |_, list| {
+                list.retain(|k| *k != watcher);
+                list.is_empty()
+            })
+            .is_some()
+    }
+}

@@ -1,0 +1,148 @@
+//! The state-store traits: everything a node must share with other nodes.
+//!
+//! Accounts, refresh tokens, route state and guardian shares live behind
+//! these traits so that a single node keeps them in memory
+//! ([`memory::MemoryStore`]) and a cluster keeps them in Redis, with the
+//! rest of the node unaware of which. Methods are async because the Redis
+//! implementation does I/O; the memory one never awaits.
+
+pub mod memory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::network::{DisabilityType, TrackState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("already exists")]
+    Conflict,
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// A registered rider or guardian.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Account {
+    pub user_id: String,
+    /// Lower-cased; the login name.
+    pub email: String,
+    pub username: Option<String>,
+    pub disability_type: Option<DisabilityType>,
+    /// Argon2id PHC string; never logged, never sent.
+    pub password_hash: String,
+}
+
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Creates the account; [`StoreError::Conflict`] if the email exists.
+    async fn create(&self, account: Account) -> Result<(), StoreError>;
+    async fn by_email(&self, email: &str) -> Result<Option<Account>, StoreError>;
+    async fn by_id(&self, user_id: &str) -> Result<Option<Account>, StoreError>;
+}
+
+/// A refresh token as the server remembers it, keyed by its `jti`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RefreshRecord {
+    pub jti: String,
+    pub user_id: String,
+    /// All tokens rotated from one login share a family; reuse of a spent
+    /// token revokes the whole family (the token was stolen or replayed).
+    pub family: String,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Consumed {
+    /// First use: the token is now spent.
+    Fresh(RefreshRecord),
+    /// Already spent: a replay. The family has been revoked.
+    Reused(RefreshRecord),
+    /// Never issued, expired, or revoked.
+    Unknown,
+}
+
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    async fn issue(&self, record: RefreshRecord) -> Result<(), StoreError>;
+    /// Atomically spends a refresh token.
+    async fn consume(&self, jti: &str) -> Result<Consumed, StoreError>;
+}
+
+/// One ranked route, stored as station codes so that any node (with the
+/// same network data) can rebuild it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredRoute {
+    pub rank: u8,
+    pub codes: Vec<String>,
+}
+
+/// A rider's active navigation. One per rider: a new `start_navigation`
+/// replaces it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RouteRecord {
+    pub route_id: String,
+    pub origin_code: String,
+    pub destination_code: String,
+    pub disability_type: DisabilityType,
+    pub routes: Arc<Vec<StoredRoute>>,
+    pub selected_rank: u8,
+    pub track: TrackState,
+}
+
+#[async_trait]
+pub trait RouteStore: Send + Sync {
+    async fn get(&self, user_id: &str) -> Result<Option<RouteRecord>, StoreError>;
+    async fn put(
+        &self,
+        user_id: &str,
+        record: RouteRecord,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+    /// Saves progress and the selected rank if `route_id` is still the
+    /// rider's active route; `false` if it is not (ended or replaced).
+    async fn save_progress(
+        &self,
+        user_id: &str,
+        route_id: &str,
+        selected_rank: u8,
+        track: &TrackState,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+    /// Removes the route if it is the active one; `false` if it was not.
+    async fn remove(&self, user_id: &str, route_id: &str) -> Result<bool, StoreError>;
+}
+
+#[async_trait]
+pub trait ShareStore: Send + Sync {
+    async fn share(&self, rider: &str, guardian: &str) -> Result<(), StoreError>;
+    async fn unshare(&self, rider: &str, guardian: &str) -> Result<bool, StoreError>;
+    async fn is_shared(&self, rider: &str, guardian: &str) -> Result<bool, StoreError>;
+}
+
+/// The four stores a node uses, as trait objects.
+#[derive(Clone)]
+pub struct Stores {
+    pub accounts: Arc<dyn AccountStore>,
+    pub tokens: Arc<dyn TokenStore>,
+    pub routes: Arc<dyn RouteStore>,
+    pub shares: Arc<dyn ShareStore>,
+}
+
+impl Stores {
+    /// Everything in this process's memory: a single node, or tests.
+    pub fn memory() -> Stores {
+        let store = Arc::new(memory::MemoryStore::default());
+        Stores {
+            accounts: store.clone(),
+            tokens: store.clone(),
+            routes: store.clone(),
+            shares: store,
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! One WebSocket session: a reader (this task) and a writer task.
+//!
+//! The writer owns the sink and drains the session's bounded queue, writing
+//! a batch with `feed` and flushing once when the queue is empty; it also
+//! sends the heartbeat pings. The reader owns everything else: parsing,
+//! rate limiting, the heartbeat deadline, token expiry, and the one reply
+//! per request. Whoever decides to close calls `Kill::kill`; the writer
+//! then sends the close frame, and the reader lingers briefly so the peer's
+//! close reply is read rather than answered with a TCP reset.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep, sleep_until};
+use tracing::Instrument;
+
+use super::dispatch::SessionCtx;
+use crate::app::{AppState, ConnectionSlot};
+use crate::auth::Claims;
+use crate::config::MultiDevice;
+use crate::protocol::{ServerMessage, close};
+use crate::session::Kill;
+
+/// How long the reader waits for the peer's close reply after ours.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+pub async fn run(state: AppState, socket: WebSocket, claims: Claims, slot: ConnectionSlot) {
+    let session_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
+    let user_id: Arc<str> = claims.sub.clone().into();
+    let span = tracing::info_span!(
+        "session",
+        session_id = %session_id,
+        user_id = %user_id,
+        node_id = %state.node_id,
+    );
+    let tracker = state.tasks.clone();
+    tracker
+        .track_future(session(state, socket, claims, slot, session_id, user_id).instrument(span))
+        .await;
+}
+
+async fn session(
+    state: AppState,
+    socket: WebSocket,
+    claims: Claims,
+    _slot: ConnectionSlot,
+    session_id: Arc<str>,
+    user_id: Arc<str>,
+) {
+    let started = std::time::Instant::now();
+    let (handle, rx) = state.sessions.open(
+        session_id.clone(),
+        user_id.clone(),
+        state.config.ws.queue_frames,
+    );
+    state.metrics.sessions.inc();
+    state.bus.interest(&user_id);
+    tracing::info!(event = "session_opened", "session opened");
+
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(
+        writer(sink, rx, handle.kill.clone(), state.config.ws.ping_interval).in_current_span(),
+    );
+
+    if state.config.ws.multi_device == MultiDevice::Replace {
+        state.replace_older_sessions(&handle);
+    }
+
+    let mut ctx = SessionCtx::new(&state, handle.clone(), claims).await;
+    ctx.send(
+        &state,
+        ServerMessage::Connected {
+            user_id: user_id.to_string(),
+            session_id: session_id.to_string(),
+            node_id: state.node_id.to_string(),
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            heartbeat_interval_s: state.config.ws.ping_interval.as_secs(),
+            token_expires_at: ctx.token_exp,
+        },
+        None,
+    );
+
+    let mut stream = reader(&state, &mut ctx, stream).await;
+    // A reader that ended without a decision saw the connection vanish.
+    handle.kill.kill(close::ABNORMAL, "connection lost");
+
+    // The close decision is made; let the writer send the close frame, then
+    // read until the peer's close reply (or give up after a short linger).
+    let _ = writer.await;
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+
+    let code = handle
+        .kill
+        .reason()
+        .map(|r| r.code)
+        .unwrap_or(close::NORMAL);
+    state.sessions.close(&handle, &ctx.watched);
+    for user in ctx.watched.iter().chain(std::iter::once(&user_id)) {
+        if !state.sessions.has_interest(user) {
+            state.bus.disinterest(user);
+        }
+    }
+    state.metrics.sessions.dec();
+    state.metrics.closed(code);
+    tracing::info!(
+        event = "session_closed",
+        close_code = code,
+        reason = handle
+            .kill
+            .reason()
+            .map(|r| r.reason.as_ref())
+            .unwrap_or("peer closed"),
+        duration_s = started.elapsed().as_secs_f64(),
+        "session closed"
+    );
+}
+
+/// Reads frames until the session is to be closed; returns the stream so
+/// the caller can linger for the close handshake.
+async fn reader(
+    state: &AppState,
+    ctx: &mut SessionCtx,
+    mut stream: SplitStream<WebSocket>,
+) -> SplitStream<WebSocket> {
+    let kill = ctx.handle.kill.clone();
+    let pong_timeout = state.config.ws.pong_timeout;
+    let mut heartbeat = pin!(sleep(pong_timeout));
+    let mut token_timer = pin!(sleep_until(ctx.next_token_deadline(state)));
+    loop {
+        tokio::select! {
+            biased;
+            _ = kill.token.cancelled() => break,
+            _ = state.shutdown.cancelled() => {
+                kill.kill(close::GOING_AWAY, "node draining");
+                break;
+            }
+            _ = &mut heartbeat => {
+                state.metrics.heartbeat_timeouts.inc();
+                tracing::info!(event = "heartbeat_timeout", timeout_s = pong_timeout.as_secs_f64(), "no frame or pong in time; closing");
+                // The peer is gone or unresponsive; close like a policy breach.
+                kill.kill(close::POLICY, "heartbeat timeout");
+                break;
+            }
+            _ = &mut token_timer => {
+                if ctx.on_token_deadline(state) {
+                    break;
+                }
+                token_timer.as_mut().reset(ctx.next_token_deadline(state));
+            }
+            frame = stream.next() => {
+                heartbeat.as_mut().reset(Instant::now() + pong_timeout);
+                match frame {
+                    None => {
+                        kill.kill(close::ABNORMAL, "connection lost");
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        on_read_error(&kill, e);
+                        break;
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        let expiry_before = ctx.token_exp;
+                        if ctx.on_text(state, text.as_str()).await {
+                            break;
+                        }
+                        if ctx.token_exp != expiry_before {
+                            token_timer.as_mut().reset(ctx.next_token_deadline(state));
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        if ctx.on_binary(state) {
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(frame))) => {
+                        let code = frame.as_ref().map(|f| f.code).unwrap_or(close::NORMAL);
+                        kill.kill(code, "closed by client");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    stream
+}
+
+/// Maps a read error to the close code the contract documents.
+fn on_read_error(kill: &Kill, e: axum::Error) {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => {
+            tracing::info!(
+                event = "frame_too_large",
+                "frame over the size limit; closing with 1009"
+            );
+            kill.kill(close::TOO_BIG, "frame too large");
+        }
+        Some(tungstenite::Error::Utf8(_)) => {
+            tracing::info!(
+                event = "invalid_utf8",
+                "text frame is not UTF-8; closing with 1007"
+            );
+            kill.kill(close::INVALID_PAYLOAD, "text frame is not valid UTF-8");
+        }
+        Some(tungstenite::Error::Protocol(p)) => {
+            tracing::info!(event = "ws_protocol_error", cause = %p, "WebSocket protocol violation");
+            kill.kill(close::POLICY, "protocol violation");
+        }
+        _ => {
+            tracing::debug!(event = "ws_read_error", cause = %inner, "connection lost");
+            kill.kill(close::ABNORMAL, "connection lost");
+        }
+    }
+}
+
+/// Owns the sink: writes queued frames, pings, and finally the close frame.
+async fn writer(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Message>,
+    kill: Arc<Kill>,
+    ping_every: Duration,
+) {
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ok = loop {
+        tokio::select! {
+            biased;
+            _ = kill.token.cancelled() => break true,
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break true };
+                let write = async {
+                    sink.feed(msg).await?;
+                    while let Ok(more) = rx.try_recv() {
+                        sink.feed(more).await?;
+                    }
+                    sink.flush().await
+                };
+                tokio::select! {
+                    biased;
+                    r = write => if r.is_err() { break false },
+                    // A peer that stopped reading can block a write forever;
+                    // the kill (4008, drain, …) must still get through.
+                    _ = kill.token.cancelled() => break true,
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break false;
+                }
+            }
+        }
+    };
+    if !ok {
+        kill.kill(close::ABNORMAL, "connection lost");
+        return;
+    }
+    let reason = kill.reason().cloned();
+    let code = reason.as_ref().map(|r| r.code).unwrap_or(close::NORMAL);
+    // On a drain or a normal close, flush replies already queued; a session
+    // closed for being too slow gets only the close frame.
+    let flush_queued = code != close::TOO_SLOW;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        if flush_queued {
+            while let Ok(msg) = rx.try_recv() {
+                if sink.feed(msg).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let frame = CloseFrame {
+            code,
+            reason: reason
+                .map(|r| r.reason.to_string())
+                .unwrap_or_default()
+                .into(),
+        };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+    })
+    .await;
+}

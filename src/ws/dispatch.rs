@@ -1,0 +1,477 @@
+//! A session's request handling: one direct reply per request.
+//!
+//! Every client frame ends in exactly one reply that echoes its
+//! `request_id` (possibly an `error`), so a client pairing sends with
+//! receives stays in step. Navigation events are also fanned out to the
+//! rider's other sessions and watchers. Errors never carry internals: the
+//! cause goes to the log, the client gets the documented code.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::time::Instant;
+
+use crate::app::AppState;
+use crate::auth::jwt::now_s;
+use crate::auth::{Claims, TokenKind};
+use crate::navigation::{NavError, Navigator};
+use crate::network::DisabilityType;
+use crate::protocol::{
+    ClientMessage, ErrorCode, Reply, RequestId, RequestKind, ServerMessage, close, parse_request,
+};
+use crate::session::SessionHandle;
+
+/// A token bucket: `rate` per second, holding up to `burst`.
+struct RateLimit {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: f64, burst: f64) -> Self {
+        RateLimit {
+            tokens: burst,
+            rate,
+            burst,
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Where the token-expiry clock of a session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExpiryPhase {
+    /// Before `exp - warning`.
+    Valid,
+    /// `token_expiring` sent; waiting for `refresh_token` until `exp`.
+    Warned,
+}
+
+pub struct SessionCtx {
+    pub handle: SessionHandle,
+    pub user_id: Arc<str>,
+    /// `exp` of the token in force (unix seconds).
+    pub token_exp: i64,
+    expiry: ExpiryPhase,
+    /// Users this session watches; dropped when it closes.
+    pub watched: Vec<Arc<str>>,
+    /// The account's default disability type, read once at connect.
+    default_type: Option<DisabilityType>,
+    protocol_errors: u32,
+    rate: RateLimit,
+    nav: Navigator,
+}
+
+impl SessionCtx {
+    pub async fn new(state: &AppState, handle: SessionHandle, claims: Claims) -> SessionCtx {
+        let default_type = match state.auth.account(&claims.sub).await {
+            Ok(account) => account.and_then(|a| a.disability_type),
+            Err(e) => {
+                tracing::warn!(event = "account_lookup_failed", cause = %e, "using PHY as default type");
+                None
+            }
+        };
+        let cfg = &state.config.ws;
+        SessionCtx {
+            user_id: handle.user_id.clone(),
+            handle,
+            token_exp: claims.exp,
+            expiry: ExpiryPhase::Valid,
+            watched: Vec::new(),
+            default_type,
+            protocol_errors: 0,
+            rate: RateLimit::new(cfg.rate_per_s, cfg.rate_burst),
+            nav: Navigator::default(),
+        }
+    }
+
+    /// Serialises and queues a frame. Returns false if the session is gone
+    /// or being closed for a full queue.
+    pub fn send(
+        &self,
+        state: &AppState,
+        message: ServerMessage,
+        request_id: Option<RequestId>,
+    ) -> bool {
+        let type_name = message.type_name();
+        let reply = Reply {
+            message,
+            request_id,
+        };
+        let text = match serde_json::to_string(&reply) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(event = "serialize_failed", cause = %e, "reply not serialisable");
+                return false;
+            }
+        };
+        self.send_text(state, text.into(), type_name)
+    }
+
+    fn send_text(&self, state: &AppState, text: Utf8Bytes, type_name: &'static str) -> bool {
+        let ok = self.handle.send_text(text, &state.metrics).is_ok();
+        if ok {
+            state.metrics.message_out(type_name);
+        }
+        ok
+    }
+
+    fn send_error(
+        &mut self,
+        state: &AppState,
+        code: ErrorCode,
+        message: String,
+        request_id: Option<RequestId>,
+    ) {
+        state.metrics.error(code);
+        self.send(state, ServerMessage::Error { code, message }, request_id);
+    }
+
+    /// Counts a malformed frame; true if the session must now close (1008).
+    fn protocol_error(&mut self, state: &AppState) -> bool {
+        self.protocol_errors += 1;
+        if self.protocol_errors >= state.config.ws.max_protocol_errors {
+            tracing::info!(
+                event = "too_many_protocol_errors",
+                count = self.protocol_errors,
+                "closing with 1008"
+            );
+            self.handle
+                .kill
+                .kill(close::POLICY, "too many protocol errors");
+            return true;
+        }
+        false
+    }
+
+    /// A binary frame: the contract is JSON text only.
+    pub fn on_binary(&mut self, state: &AppState) -> bool {
+        state.metrics.message_in(RequestKind::Invalid);
+        self.send_error(
+            state,
+            ErrorCode::ParsingError,
+            "binary frames are not supported; send JSON text".into(),
+            None,
+        );
+        self.protocol_error(state)
+    }
+
+    /// Handles one text frame. Returns true if the session must close.
+    pub async fn on_text(&mut self, state: &AppState, text: &str) -> bool {
+        let started = std::time::Instant::now();
+        let (message, request_id) = match parse_request(text) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                state.metrics.message_in(e.kind);
+                tracing::debug!(
+                    event = "bad_request",
+                    code = e.code.as_str(),
+                    "request refused"
+                );
+                self.send_error(state, e.code, e.message, e.request_id);
+                return self.protocol_error(state);
+            }
+        };
+        let kind = message.kind();
+        state.metrics.message_in(kind);
+        if !self.rate.allow() {
+            self.send_error(
+                state,
+                ErrorCode::RateLimited,
+                "too many requests; slow down".into(),
+                request_id,
+            );
+            return false;
+        }
+        self.protocol_errors = 0;
+        let result = self.handle_request(state, message).await;
+        match result {
+            Ok(reply) => {
+                let fan_out = reply.is_navigation_event();
+                let type_name = reply.type_name();
+                if fan_out {
+                    // Serialise the event once: the direct reply adds the
+                    // request id; peers get the bare event.
+                    match serde_json::to_string(&reply) {
+                        Ok(event_json) => {
+                            let direct = with_request_id(&event_json, request_id.as_ref());
+                            self.send_text(state, direct.into(), type_name);
+                            state.publish_event(&self.user_id, self.handle.key, &event_json);
+                        }
+                        Err(e) => {
+                            tracing::error!(event = "serialize_failed", cause = %e, "event not serialisable");
+                        }
+                    }
+                } else {
+                    self.send(state, reply, request_id);
+                }
+            }
+            Err(NavError::Client(code, message)) => {
+                tracing::debug!(
+                    event = "request_failed",
+                    r#type = kind.as_str(),
+                    code = code.as_str(),
+                    "request refused"
+                );
+                self.send_error(state, code, message, request_id);
+            }
+            Err(NavError::Internal(cause)) => {
+                tracing::error!(event = "request_internal_error", r#type = kind.as_str(), cause = %cause, "request failed");
+                self.send_error(
+                    state,
+                    ErrorCode::InternalError,
+                    "internal error; try again".into(),
+                    request_id,
+                );
+            }
+        }
+        state.metrics.handled(kind, started.elapsed().as_secs_f64());
+        false
+    }
+
+    async fn handle_request(
+        &mut self,
+        state: &AppState,
+        message: ClientMessage,
+    ) -> Result<ServerMessage, NavError> {
+        let user = self.user_id.clone();
+        match message {
+            ClientMessage::Ping {} => Ok(ServerMessage::Pong {
+                server_time: now_ms(),
+            }),
+            ClientMessage::StartNavigation {
+                origin,
+                destination,
+                disability_type,
+            } => {
+                let dt = disability_type
+                    .or(self.default_type)
+                    .unwrap_or(DisabilityType::PHY);
+                self.nav
+                    .start(state, &user, &origin, &destination, dt)
+                    .await
+            }
+            ClientMessage::LocationUpdate {
+                latitude,
+                longitude,
+                accuracy,
+                route_id,
+            } => {
+                self.nav
+                    .update(
+                        state,
+                        &user,
+                        latitude,
+                        longitude,
+                        accuracy,
+                        route_id.as_deref(),
+                    )
+                    .await
+            }
+            ClientMessage::SwitchRoute { target_rank } => {
+                self.nav.switch(state, &user, target_rank).await
+            }
+            ClientMessage::RecalculateRoute {
+                latitude,
+                longitude,
+                disability_type,
+            } => {
+                self.nav
+                    .recalculate(state, &user, latitude, longitude, disability_type)
+                    .await
+            }
+            ClientMessage::EndNavigation {} => self.nav.end(state, &user).await,
+            ClientMessage::ShareNavigation { guardian_id } => {
+                check_user_id(&guardian_id)?;
+                if guardian_id == *user {
+                    return Err(NavError::Client(
+                        ErrorCode::InvalidParameters,
+                        "cannot share with yourself".into(),
+                    ));
+                }
+                match state.auth.account(&guardian_id).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        return Err(NavError::Client(
+                            ErrorCode::InvalidParameters,
+                            "no such guardian account".into(),
+                        ));
+                    }
+                    Err(e) => return Err(NavError::Internal(e.to_string())),
+                }
+                state
+                    .stores
+                    .shares
+                    .share(&user, &guardian_id)
+                    .await
+                    .map_err(NavError::store)?;
+                tracing::info!(event = "navigation_shared", guardian_id = %guardian_id, "shared with guardian");
+                Ok(ServerMessage::Shared { guardian_id })
+            }
+            ClientMessage::UnshareNavigation { guardian_id } => {
+                check_user_id(&guardian_id)?;
+                state
+                    .stores
+                    .shares
+                    .unshare(&user, &guardian_id)
+                    .await
+                    .map_err(NavError::store)?;
+                // Watchers on any node lose access at their next check; the
+                // local ones are dropped now.
+                state.revoke_watch(&user, &guardian_id);
+                Ok(ServerMessage::Unshared { guardian_id })
+            }
+            ClientMessage::Watch { user_id: rider } => {
+                check_user_id(&rider)?;
+                let allowed = state
+                    .stores
+                    .shares
+                    .is_shared(&rider, &user)
+                    .await
+                    .map_err(NavError::store)?;
+                if !allowed {
+                    return Err(NavError::Client(
+                        ErrorCode::Forbidden,
+                        "that user has not shared navigation with you".into(),
+                    ));
+                }
+                let rider: Arc<str> = rider.into();
+                if !self.watched.contains(&rider) {
+                    self.watched.push(rider.clone());
+                    if state.sessions.watch(rider.clone(), self.handle.key) {
+                        state.bus.interest(&rider);
+                    }
+                }
+                let active_route = self.nav.summary(state, &rider).await?;
+                Ok(ServerMessage::Watching {
+                    user_id: rider.to_string(),
+                    active_route,
+                })
+            }
+            ClientMessage::Unwatch { user_id: rider } => {
+                check_user_id(&rider)?;
+                if let Some(i) = self.watched.iter().position(|w| **w == *rider) {
+                    self.watched.swap_remove(i);
+                    if state.sessions.unwatch(&rider, self.handle.key)
+                        && !state.sessions.has_interest(&rider)
+                    {
+                        state.bus.disinterest(&rider);
+                    }
+                }
+                Ok(ServerMessage::Unwatched { user_id: rider })
+            }
+            ClientMessage::RefreshToken { token } => {
+                let claims = state
+                    .auth
+                    .keys
+                    .verify(&token, TokenKind::Access)
+                    .map_err(|e| {
+                        NavError::Client(
+                            ErrorCode::InvalidParameters,
+                            format!("token refused: {e}"),
+                        )
+                    })?;
+                if claims.sub != *user {
+                    return Err(NavError::Client(
+                        ErrorCode::Forbidden,
+                        "token belongs to another user".into(),
+                    ));
+                }
+                self.token_exp = claims.exp;
+                self.expiry = ExpiryPhase::Valid;
+                tracing::info!(
+                    event = "token_refreshed",
+                    expires_at = claims.exp,
+                    "token refreshed in band"
+                );
+                Ok(ServerMessage::TokenRefreshed {
+                    token_expires_at: claims.exp,
+                })
+            }
+        }
+    }
+
+    /// When the token timer should next fire.
+    pub fn next_token_deadline(&self, state: &AppState) -> Instant {
+        let warning = state.config.ws.token_expiry_warning.as_secs() as i64;
+        let at = match self.expiry {
+            ExpiryPhase::Valid => self.token_exp - warning,
+            ExpiryPhase::Warned => self.token_exp,
+        };
+        let in_s = (at - now_s()).max(0) as u64;
+        Instant::now() + Duration::from_secs(in_s)
+    }
+
+    /// The token timer fired. Returns true if the session must close (4001).
+    pub fn on_token_deadline(&mut self, state: &AppState) -> bool {
+        match self.expiry {
+            ExpiryPhase::Valid => {
+                self.expiry = ExpiryPhase::Warned;
+                self.send(
+                    state,
+                    ServerMessage::TokenExpiring {
+                        expires_at: self.token_exp,
+                    },
+                    None,
+                );
+                false
+            }
+            ExpiryPhase::Warned => {
+                tracing::info!(
+                    event = "token_expired",
+                    "token expired without refresh; closing with 4001"
+                );
+                self.handle.kill.kill(close::TOKEN_EXPIRED, "token expired");
+                true
+            }
+        }
+    }
+}
+
+fn check_user_id(id: &str) -> Result<(), NavError> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(NavError::Client(
+            ErrorCode::InvalidParameters,
+            "user id must be 1–128 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Appends `"request_id":…` to a serialised JSON object.
+fn with_request_id(event_json: &str, request_id: Option<&RequestId>) -> String {
+    match request_id.and_then(|id| serde_json::to_string(id).ok()) {
+        Some(id) if event_json.ends_with('}') => {
+            let mut out = String::with_capacity(event_json.len() + id.len() + 16);
+            out.push_str(&event_json[..event_json.len() - 1]);
+            out.push_str(",\"request_id\":");
+            out.push_str(&id);
+            out.push('}');
+            out
+        }
+        _ => event_json.to_string(),
+    }
+}
