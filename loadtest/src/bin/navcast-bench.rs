@@ -1,0 +1,222 @@
+//! `navcast-bench`: the node's micro-benchmarks, printed as figures.
+//!
+//! `idle` opens N authenticated sessions and prints the node's RSS per
+//! session; `rtt` drives `location_update` round trips at fixed rates from
+//! this separate process and prints the sustained rate with p50/p99,
+//! measured from each send's scheduled time (so a stall cannot hide
+//! latency). Tokens are minted with the node's HS256 secret, which the
+//! operator running the bench has: logging in 10 000 riders through argon2
+//! would measure the password hash, not the WebSocket path.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser)]
+struct Cli {
+    /// Base URL of the node, e.g. ws://127.0.0.1:8080
+    #[arg(long, default_value = "ws://127.0.0.1:8080")]
+    url: String,
+    /// The node's HS256 secret (NAVCAST_JWT_SECRET).
+    #[arg(long, env = "NAVCAST_JWT_SECRET")]
+    secret: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Hold N idle sessions and print the node's RSS per session.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// The node's pid, to read its RSS.
+        #[arg(long)]
+        pid: u32,
+        /// Concurrent connection attempts.
+        #[arg(long, default_value_t = 200)]
+        parallel: usize,
+    },
+    /// Drive location_update round trips at increasing rates.
+    Rtt {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Total target rates (round trips per second), one step each.
+        #[arg(long, value_delimiter = ',', default_value = "5000,10000,20000,30000")]
+        rates: Vec<u64>,
+        /// Seconds per step.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn token(secret: &str, sub: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({"sub": sub, "exp": now + 3600, "iat": now, "jti": uuid::Uuid::new_v4().to_string(), "type": "access"});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("token")
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(base: &str, secret: &str) -> anyhow::Result<Ws> {
+    let sub = uuid::Uuid::new_v4().to_string();
+    let url = format!("{base}/api/v1/ws/{sub}?token={}", token(secret, &sub));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    // The `connected` frame.
+    match ws.next().await {
+        Some(Ok(Message::Text(_))) => Ok(ws),
+        other => anyhow::bail!("no connected frame: {other:?}"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Idle { sessions, pid, parallel } => idle(&cli.url, &cli.secret, sessions, pid, parallel).await,
+        Cmd::Rtt { connections, rates, seconds } => rtt(&cli.url, &cli.secret, connections, &rates, seconds).await,
+    }
+}
+
+async fn idle(url: &str, secret: &str, n: usize, pid: u32, parallel: usize) -> anyhow::Result<()> {
+    let before = rss_kib(pid);
+    let started = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let permit = sem.clone().acquire_owned().await?;
+        let (url, secret) = (url.to_string(), secret.to_string());
+        tasks.push(tokio::spawn(async move {
+            let ws = connect(&url, &secret).await;
+            drop(permit);
+            ws
+        }));
+    }
+    let mut sockets = Vec::with_capacity(n);
+    for t in tasks {
+        sockets.push(t.await??);
+    }
+    let connect_s = started.elapsed().as_secs_f64();
+    // Let the node settle (allocator, lazily grown buffers), then read.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid);
+    let per = (after.saturating_sub(before)) as f64 / n as f64;
+    println!("idle sessions: {n} (connected in {connect_s:.1} s)");
+    println!("node RSS: before {before} KiB, after {after} KiB");
+    println!("RSS per session: {per:.2} KiB (target <= 16 KiB)");
+    for mut ws in sockets {
+        let _ = ws.close(None).await;
+    }
+    Ok(())
+}
+
+async fn rtt(url: &str, secret: &str, conns: usize, rates: &[u64], seconds: u64) -> anyhow::Result<()> {
+    let mut sockets = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let mut ws = connect(url, secret).await?;
+        ws.send(Message::text(json!({"type": "start_navigation", "origin": "강남", "destination": "홍대입구", "request_id": 0}).to_string())).await?;
+        loop {
+            if let Some(Ok(Message::Text(t))) = ws.next().await
+                && t.contains("route_calculated")
+            {
+                break;
+            }
+        }
+        sockets.push(ws);
+    }
+    println!("connections: {conns}; step length {seconds} s; latency from scheduled send time");
+    println!("{:>10} {:>12} {:>10} {:>10} {:>10} {:>8}", "target/s", "achieved/s", "p50 ms", "p99 ms", "max ms", "errors");
+    let sockets = Arc::new(sockets.into_iter().map(Mutex::new).collect::<Vec<_>>());
+    for &rate in rates {
+        let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+        let done = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let per_conn = rate as f64 / conns as f64;
+        let interval = Duration::from_secs_f64(1.0 / per_conn);
+        let step_start = tokio::time::Instant::now() + Duration::from_millis(200);
+        let step_end = step_start + Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        for i in 0..conns {
+            let (sockets, done, errors) = (sockets.clone(), done.clone(), errors.clone());
+            // Spread the connections' schedules over one interval.
+            let offset = interval.mul_f64(i as f64 / conns as f64);
+            tasks.push(tokio::spawn(async move {
+                let mut ws = sockets[i].lock().await;
+                let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                let mut next = step_start + offset;
+                let mut k: u64 = 0;
+                while next < step_end {
+                    tokio::time::sleep_until(next).await;
+                    k += 1;
+                    let jitter = ((k * 7919 + i as u64) % 100) as f64 * 1e-5;
+                    let msg = json!({"type": "location_update", "latitude": 37.5006 + jitter, "longitude": 127.0364, "accuracy": 20, "request_id": k});
+                    if ws.send(Message::text(msg.to_string())).await.is_err() {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    loop {
+                        match ws.next().await {
+                            Some(Ok(Message::Text(t))) => {
+                                if t.contains("\"error\"") {
+                                    errors.fetch_add(1, Ordering::Relaxed);
+                                }
+                                break;
+                            }
+                            Some(Ok(_)) => continue,
+                            _ => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                return local;
+                            }
+                        }
+                    }
+                    let us = tokio::time::Instant::now().duration_since(next).as_micros() as u64;
+                    let _ = local.record(us.max(1));
+                    done.fetch_add(1, Ordering::Relaxed);
+                    next += interval;
+                }
+                local
+            }));
+        }
+        for t in tasks {
+            let local = t.await?;
+            hist.lock().unwrap().add(&local)?;
+        }
+        let elapsed = tokio::time::Instant::now().duration_since(step_start).as_secs_f64().max(seconds as f64);
+        let h = hist.lock().unwrap();
+        println!(
+            "{:>10} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>8}",
+            rate,
+            done.load(Ordering::Relaxed) as f64 / elapsed,
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            h.max() as f64 / 1000.0,
+            errors.load(Ordering::Relaxed)
+        );
+    }
+    Ok(())
+}

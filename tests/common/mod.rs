@@ -1,0 +1,280 @@
+//! Helpers shared by the integration tests: real nodes on port 0, real
+//! HTTP and WebSocket clients.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use navcast::bus::Bus;
+use navcast::store::Stores;
+use navcast::{AppState, Config, Parts};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+
+/// A node config for tests: cheap argon2, a known secret, no seed file.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.jwt.secret = Some(SECRET.into());
+    c.auth.argon2_memory_kib = 1024;
+    c.auth.argon2_iterations = 1;
+    c.auth.seed_file = None;
+    c
+}
+
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestNode {
+    pub async fn start(config: Config) -> TestNode {
+        TestNode::start_with(config, Parts::default()).await
+    }
+
+    pub async fn start_with(config: Config, parts: Parts) -> TestNode {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = AppState::build(config, parts).await.expect("node builds");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(navcast::serve(listener, state.clone(), async move {
+            let _ = stopped.await;
+        }));
+        TestNode {
+            addr,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Nodes sharing one in-process bus and one set of stores.
+    pub async fn cluster(n: usize, tweak: impl Fn(&mut Config)) -> Vec<TestNode> {
+        let hub = Arc::new(navcast::bus::local::LocalHub::default());
+        let stores = Stores::memory();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let mut c = test_config();
+            c.node_id = format!("node-{}", (b'a' + i as u8) as char);
+            tweak(&mut c);
+            let bus: Arc<dyn Bus> = Arc::new(navcast::bus::local::LocalBus::on(hub.clone()));
+            nodes.push(
+                TestNode::start_with(
+                    c,
+                    Parts {
+                        bus: Some(bus),
+                        stores: Some(stores.clone()),
+                    },
+                )
+                .await,
+            );
+        }
+        nodes
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, user_id: &str, token: &str) -> String {
+        format!("ws://{}/api/v1/ws/{}?token={}", self.addr, user_id, token)
+    }
+
+    /// Triggers the drain and waits for `run` to return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().unwrap().await.unwrap()
+    }
+
+    pub async fn stats(&self) -> Value {
+        reqwest::get(self.http("/stats"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub struct Account {
+    pub email: String,
+    pub password: String,
+    pub user_id: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+/// Registers (with a unique email) and logs in.
+pub async fn account(node: &TestNode, disability_type: Option<&str>) -> Account {
+    let email = format!("rider-{}@example.com", uuid::Uuid::new_v4().simple());
+    let password = "correct horse battery".to_string();
+    let http = reqwest::Client::new();
+    let mut body = json!({ "email": email, "password": password });
+    if let Some(t) = disability_type {
+        body["disability_type"] = json!(t);
+    }
+    let r = http
+        .post(node.http("/api/v1/auth/register"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "register: {}", r.text().await.unwrap());
+    let login: Value = http
+        .post(node.http("/api/v1/auth/login"))
+        .form(&[("username", email.as_str()), ("password", password.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    Account {
+        email,
+        password,
+        user_id: login["user_id"].as_str().unwrap().to_string(),
+        access: login["access_token"].as_str().unwrap().to_string(),
+        refresh: login["refresh_token"].as_str().unwrap().to_string(),
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client that pairs replies by `request_id` and keeps pushed
+/// frames (peer events, token warnings) aside.
+pub struct Client {
+    pub ws: Ws,
+    pub connected: Value,
+    pub pushed: VecDeque<Value>,
+    next_id: u64,
+}
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+impl Client {
+    pub async fn connect(node: &TestNode, acct: &Account) -> Client {
+        Client::connect_url(&node.ws_url(&acct.user_id, &acct.access)).await
+    }
+
+    pub async fn connect_url(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+        let mut c = Client {
+            ws,
+            connected: Value::Null,
+            pushed: VecDeque::new(),
+            next_id: 0,
+        };
+        let first = c.next_frame().await.expect("connected frame");
+        assert_eq!(first["type"], "connected", "{first}");
+        c.connected = first;
+        c
+    }
+
+    /// The next text frame as JSON; `None` when the connection closed.
+    pub async fn next_frame(&mut self) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("frame in time") {
+                Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    /// Sends with a fresh request id and returns the reply to it.
+    pub async fn request(&mut self, mut v: Value) -> Value {
+        self.next_id += 1;
+        let id = format!("r{}", self.next_id);
+        v["request_id"] = json!(id);
+        self.send(v).await;
+        loop {
+            let frame = self.next_frame().await.expect("reply before close");
+            if frame["request_id"] == json!(id) {
+                return frame;
+            }
+            assert!(
+                frame.get("request_id").is_none(),
+                "reply to another request: {frame}"
+            );
+            self.pushed.push_back(frame);
+        }
+    }
+
+    /// The next pushed frame of `type`, waiting for it if needed.
+    pub async fn pushed_of(&mut self, kind: &str) -> Value {
+        if let Some(i) = self.pushed.iter().position(|f| f["type"] == kind) {
+            return self.pushed.remove(i).unwrap();
+        }
+        loop {
+            let frame = self.next_frame().await.expect("pushed frame before close");
+            if frame["type"] == kind {
+                return frame;
+            }
+            self.pushed.push_back(frame);
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("close in time") {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                None | Some(Err(_)) => return None,
+            }
+        }
+    }
+}
+
+/// Attempts an upgrade and returns the HTTP status of a refusal (or 101).
+pub async fn handshake_status(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Option<String>) {
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut()
+            .insert(*k, v.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => (101, None),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => (
+            resp.status().as_u16(),
+            resp.headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string()),
+        ),
+        Err(e) => panic!("unexpected handshake error: {e}"),
+    }
+}
+
+/// Coordinates of a few stations, for location updates.
+pub const YEOKSAM: (f64, f64) = (37.5006, 127.0364);
+pub const GANGNAM: (f64, f64) = (37.4979, 127.0276);
+pub const HONGDAE: (f64, f64) = (37.5579, 126.9227);

@@ -1,0 +1,266 @@
+//! Session lifecycle: heartbeat, token expiry and in-band refresh, slow
+//! consumers, graceful drain, and the auth endpoints.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn heartbeat_timeout_closes_a_silent_client() {
+    let mut cfg = test_config();
+    cfg.ws.ping_interval = Duration::from_millis(100);
+    cfg.ws.pong_timeout = Duration::from_millis(400);
+    let node = TestNode::start(cfg).await;
+    let acct = account(&node, None).await;
+    // Connect, then do not read: tungstenite answers pings only while the
+    // client polls the stream, so no pong goes back.
+    let mut c = Client::connect(&node, &acct).await;
+    // Wait for the node to give up on us: the session count drops to zero.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if node.stats().await["sessions"] == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no heartbeat timeout");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.close_code().await, Some(1008));
+    assert_eq!(node.stats().await["heartbeat_timeouts"], 1);
+    // A client that keeps reading answers pings and stays.
+    let mut live = Client::connect(&node, &acct).await;
+    for _ in 0..8 {
+        let r = live.request(json!({"type": "ping"})).await;
+        assert_eq!(r["type"], "pong");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn token_expiry_warns_then_closes_with_4001() {
+    let mut cfg = test_config();
+    cfg.jwt.access_ttl = Duration::from_secs(3);
+    cfg.ws.token_expiry_warning = Duration::from_secs(2);
+    let node = TestNode::start(cfg).await;
+    let acct = account(&node, None).await;
+    let mut c = Client::connect(&node, &acct).await;
+    let warn = c.pushed_of("token_expiring").await;
+    assert_eq!(warn["expires_at"], c.connected["token_expires_at"]);
+    assert_eq!(c.close_code().await, Some(4001));
+}
+
+#[tokio::test]
+async fn in_band_refresh_keeps_the_session() {
+    let mut cfg = test_config();
+    cfg.jwt.access_ttl = Duration::from_secs(3);
+    cfg.ws.token_expiry_warning = Duration::from_secs(2);
+    let node = TestNode::start(cfg).await;
+    let acct = account(&node, None).await;
+    let mut c = Client::connect(&node, &acct).await;
+    let old_exp = c.connected["token_expires_at"].as_i64().unwrap();
+    c.pushed_of("token_expiring").await;
+    // Get a fresh access token over HTTP and hand it over in band.
+    let pair: Value = reqwest::Client::new()
+        .post(node.http("/api/v1/auth/refresh"))
+        .json(&json!({"refresh_token": acct.refresh}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new_access = pair["access_token"].as_str().unwrap().to_string();
+    let r = c.request(json!({"type": "refresh_token", "token": new_access})).await;
+    assert_eq!(r["type"], "token_refreshed", "{r}");
+    let new_exp = r["token_expires_at"].as_i64().unwrap();
+    assert!(new_exp > old_exp, "{new_exp} > {old_exp}");
+    // Past the old expiry, the session still answers.
+    while (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64) <= old_exp {
+        let pong = c.request(json!({"type": "ping"})).await;
+        assert_eq!(pong["type"], "pong");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pong = c.request(json!({"type": "ping"})).await;
+    assert_eq!(pong["type"], "pong", "alive after the old token's exp");
+    // A token of another user is refused in band.
+    let other = account(&node, None).await;
+    let r = c.request(json!({"type": "refresh_token", "token": other.access})).await;
+    assert_eq!(r["code"], "FORBIDDEN");
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_with_4008_and_memory_stays_bounded() {
+    let mut cfg = test_config();
+    cfg.ws.queue_frames = 16;
+    cfg.ws.rate_per_s = 100_000.0;
+    cfg.ws.rate_burst = 100_000.0;
+    let node = TestNode::start(cfg).await;
+    let rider = account(&node, None).await;
+    let guardian = account(&node, None).await;
+    let mut r = Client::connect(&node, &rider).await;
+    // The guardian's socket has a tiny receive buffer and is never read.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(node.addr).await.unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(
+        node.ws_url(&guardian.user_id, &guardian.access),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    let connected = slow.next().await.unwrap().unwrap();
+    assert!(connected.to_text().unwrap().contains("connected"));
+    use futures_util::SinkExt;
+    r.request(json!({"type": "share_navigation", "guardian_id": guardian.user_id})).await;
+    slow.send(Message::text(json!({"type": "watch", "user_id": rider.user_id, "request_id": 1}).to_string()))
+        .await
+        .unwrap();
+    // Wait until the watch is registered (the rider sees the guardian's
+    // session in /stats as a watcher only indirectly: poll the count of
+    // delivered peer events after one event).
+    r.request(json!({"type": "start_navigation", "origin": "강남", "destination": "홍대입구"})).await;
+    let rss_before = node.stats().await["memory"]["rss_bytes"].as_u64().unwrap();
+    // Each route_calculated event is several KiB; push until the node gives up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        r.request(json!({"type": "start_navigation", "origin": "강남", "destination": "홍대입구"})).await;
+        if node.stats().await["queue_full_closes"] == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "slow consumer never closed");
+    }
+    let rss_after = node.stats().await["memory"]["rss_bytes"].as_u64().unwrap();
+    assert!(
+        rss_after < rss_before + 64 * 1024 * 1024,
+        "memory bounded: {rss_before} → {rss_after}"
+    );
+    // The rider is unaffected.
+    let pong = r.request(json!({"type": "ping"})).await;
+    assert_eq!(pong["type"], "pong");
+    // Reading the slow socket now ends in close 4008.
+    let mut code = None;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), slow.next()).await {
+        match msg {
+            Ok(Message::Close(f)) => {
+                code = f.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    assert_eq!(code, Some(4008));
+}
+
+#[tokio::test]
+async fn drain_closes_every_session_with_1001() {
+    let node = TestNode::start(test_config()).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let acct = account(&node, None).await;
+        clients.push(Client::connect(&node, &acct).await);
+    }
+    let ready = reqwest::get(node.http("/ready")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let stopping = tokio::spawn(node.stop());
+    for c in clients.iter_mut() {
+        assert_eq!(c.close_code().await, Some(1001));
+    }
+    stopping.await.unwrap().expect("run returns Ok after the drain");
+}
+
+#[tokio::test]
+async fn drain_refuses_new_upgrades_and_ready_turns_503() {
+    let node = TestNode::start(test_config()).await;
+    let acct = account(&node, None).await;
+    node.state.begin_drain();
+    let ready = reqwest::get(node.http("/ready")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let (status, _) = handshake_status(&node.ws_url(&acct.user_id, &acct.access), &[]).await;
+    assert_eq!(status, 503);
+}
+
+#[tokio::test]
+async fn auth_endpoints_follow_the_contract() {
+    let node = TestNode::start(test_config()).await;
+    let http = reqwest::Client::new();
+    let reg = |body: Value| http.post(node.http("/api/v1/auth/register")).json(&body).send();
+    assert_eq!(reg(json!({"email": "a@b.co", "password": "short"})).await.unwrap().status(), 422);
+    assert_eq!(reg(json!({"email": "not-an-email", "password": "longenough"})).await.unwrap().status(), 422);
+    assert_eq!(
+        reg(json!({"email": "a@b.co", "password": "longenough", "disability_type": "XYZ"})).await.unwrap().status(),
+        422
+    );
+    let ok = reg(json!({"email": "A@B.co", "password": "longenough", "disability_type": "ELD"})).await.unwrap();
+    assert_eq!(ok.status(), 201);
+    let user_id = ok.json::<Value>().await.unwrap()["user_id"].as_str().unwrap().to_string();
+    assert_eq!(reg(json!({"email": "a@b.co", "password": "longenough"})).await.unwrap().status(), 409);
+
+    // Login: JSON and form both; wrong password 401.
+    let json_login = http
+        .post(node.http("/api/v1/auth/login"))
+        .json(&json!({"username": "a@b.co", "password": "longenough"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_login.status(), 200);
+    let pair: Value = json_login.json().await.unwrap();
+    assert_eq!(pair["token_type"], "bearer");
+    assert_eq!(pair["user_id"], user_id.as_str());
+    assert_eq!(pair["expires_in"], 1800);
+    let bad = http
+        .post(node.http("/api/v1/auth/login"))
+        .form(&[("username", "a@b.co"), ("password", "wrong-password")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    let body = bad.text().await.unwrap();
+    assert!(!body.contains("argon2"), "no internals: {body}");
+
+    // Refresh rotates; the spent token is refused; its replay revokes the family.
+    let refresh = |t: &str| {
+        http.post(node.http("/api/v1/auth/refresh"))
+            .json(&json!({"refresh_token": t}))
+            .send()
+    };
+    let first = pair["refresh_token"].as_str().unwrap();
+    let rotated: Value = refresh(first).await.unwrap().json().await.unwrap();
+    let second = rotated["refresh_token"].as_str().unwrap();
+    assert_ne!(first, second);
+    assert_eq!(refresh(first).await.unwrap().status(), 401, "spent token refused");
+    assert_eq!(refresh(second).await.unwrap().status(), 401, "replay revoked the family");
+    assert_eq!(refresh(pair["access_token"].as_str().unwrap()).await.unwrap().status(), 401);
+}
+
+#[tokio::test]
+async fn seeded_accounts_can_log_in_and_metrics_are_exposed() {
+    let mut cfg = test_config();
+    cfg.auth.seed_file = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/config/accounts.toml").into());
+    let node = TestNode::start(cfg).await;
+    let r = reqwest::Client::new()
+        .post(node.http("/api/v1/auth/login"))
+        .form(&[("username", "test123@test.com"), ("password", "password")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = reqwest::get(node.http("/metrics")).await.unwrap().text().await.unwrap();
+    for name in [
+        "navcast_sessions",
+        "navcast_connections_total",
+        "navcast_messages_in_total",
+        "navcast_request_handle_seconds_bucket",
+        "navcast_errors_total",
+        "navcast_queue_full_closes_total",
+        "navcast_heartbeat_timeouts_total",
+        "navcast_route_cache_hits_total",
+        "navcast_bus_publish_failures_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+}

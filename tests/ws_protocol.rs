@@ -1,0 +1,341 @@
+//! The WebSocket contract against a real node on port 0: handshake
+//! rejections, the happy path, every error code, and frame-level abuse.
+
+mod common;
+
+use common::*;
+use futures_util::SinkExt;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn claims(sub: &str, kind: &str, exp: i64) -> Value {
+    json!({"sub": sub, "exp": exp, "iat": now(), "jti": "t1", "type": kind})
+}
+
+fn hs256(claims: &Value, secret: &str) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn b64(v: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+#[tokio::test]
+async fn handshake_rejections_are_plain_http() {
+    let node = TestNode::start(test_config()).await;
+    let acct = account(&node, None).await;
+    let url = |token: &str| node.ws_url(&acct.user_id, token);
+    let base = format!("ws://{}/api/v1/ws/{}", node.addr, acct.user_id);
+
+    assert_eq!(handshake_status(&base, &[]).await.0, 401, "no token");
+    let forged = hs256(&claims(&acct.user_id, "access", now() + 600), "another-secret-0123456789");
+    assert_eq!(handshake_status(&url(&forged), &[]).await.0, 401, "bad signature");
+    let none_token = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&claims(&acct.user_id, "access", now() + 600))
+    );
+    assert_eq!(handshake_status(&url(&none_token), &[]).await.0, 401, "alg none");
+    let expired = hs256(&claims(&acct.user_id, "access", now() - 120), SECRET);
+    assert_eq!(handshake_status(&url(&expired), &[]).await.0, 401, "expired");
+    assert_eq!(handshake_status(&url(&acct.refresh), &[]).await.0, 401, "refresh token");
+    let other = account(&node, None).await;
+    assert_eq!(
+        handshake_status(&node.ws_url(&acct.user_id, &other.access), &[]).await.0,
+        403,
+        "sub != path"
+    );
+    // The valid token works in each of the three places.
+    assert_eq!(handshake_status(&url(&acct.access), &[]).await.0, 101);
+    let bearer = format!("Bearer {}", acct.access);
+    assert_eq!(handshake_status(&base, &[("authorization", &bearer)]).await.0, 101);
+    let proto = format!("bearer, {}", acct.access);
+    assert_eq!(
+        handshake_status(&base, &[("sec-websocket-protocol", &proto)]).await.0,
+        101
+    );
+    let stats = node.stats().await;
+    assert_eq!(stats["connections"]["rejected_unauthorized"], 5);
+    assert_eq!(stats["connections"]["rejected_forbidden"], 1);
+}
+
+#[tokio::test]
+async fn hs_rs_confusion_is_rejected() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let mut c = test_config();
+    c.jwt.algorithm = navcast::config::JwtAlgorithm::RS256;
+    c.jwt.secret = None;
+    c.jwt.public_key_file = Some(format!("{fixtures}/rsa_public.pem").into());
+    c.jwt.private_key_file = Some(format!("{fixtures}/rsa_private.pem").into());
+    let node = TestNode::start(c).await;
+    let acct = account(&node, None).await;
+    // A real RS256 token from the node works.
+    assert_eq!(handshake_status(&node.ws_url(&acct.user_id, &acct.access), &[]).await.0, 101);
+    // An HS256 token "signed" with the public key as an HMAC secret does not.
+    let public = std::fs::read(format!("{fixtures}/rsa_public.pem")).unwrap();
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &claims(&acct.user_id, "access", now() + 600),
+        &EncodingKey::from_secret(&public),
+    )
+    .unwrap();
+    assert_eq!(handshake_status(&node.ws_url(&acct.user_id, &forged), &[]).await.0, 401);
+}
+
+#[tokio::test]
+async fn connection_limit_answers_503_with_retry_after() {
+    let mut c = test_config();
+    c.ws.max_connections = 1;
+    let node = TestNode::start(c).await;
+    let acct = account(&node, None).await;
+    let _first = Client::connect(&node, &acct).await;
+    let (status, retry) = handshake_status(&node.ws_url(&acct.user_id, &acct.access), &[]).await;
+    assert_eq!(status, 503);
+    assert_eq!(retry.as_deref(), Some("5"));
+}
+
+#[tokio::test]
+async fn happy_path_start_update_switch_recalculate_end() {
+    let node = TestNode::start(test_config()).await;
+    let acct = account(&node, Some("VIS")).await;
+    let mut c = Client::connect(&node, &acct).await;
+    assert_eq!(c.connected["user_id"], acct.user_id.as_str());
+    assert_eq!(c.connected["node_id"], node.state.node_id.as_ref());
+    assert!(c.connected["session_id"].as_str().unwrap().len() >= 32);
+    assert_eq!(c.connected["heartbeat_interval_s"], 20);
+
+    let pong = c.request(json!({"type": "ping"})).await;
+    assert_eq!(pong["type"], "pong");
+
+    let calc = c
+        .request(json!({"type": "start_navigation", "origin": "강남", "destination": "홍대입구"}))
+        .await;
+    assert_eq!(calc["type"], "route_calculated", "{calc}");
+    assert_eq!(calc["disability_type"], "VIS", "account default type is used");
+    let route_id = calc["route_id"].as_str().unwrap().to_string();
+    let routes = calc["routes"].as_array().unwrap();
+    assert!(!routes.is_empty() && routes.len() <= 3);
+    assert_eq!(routes[0]["rank"], 1);
+    assert_eq!(routes[0]["stations"][0]["name"], "강남");
+
+    let upd = c
+        .request(json!({"type": "location_update", "latitude": YEOKSAM.0, "longitude": YEOKSAM.1, "accuracy": 20, "route_id": route_id}))
+        .await;
+    assert!(
+        ["navigation_update", "route_deviation"].contains(&upd["type"].as_str().unwrap()),
+        "{upd}"
+    );
+    assert_eq!(upd["route_id"], route_id.as_str());
+
+    if routes.len() > 1 {
+        let sw = c.request(json!({"type": "switch_route", "target_rank": 2})).await;
+        assert_eq!(sw["type"], "route_switched", "{sw}");
+        assert_eq!(sw["selected_route_rank"], 2);
+    }
+    let recalc = c
+        .request(json!({"type": "recalculate_route", "latitude": GANGNAM.0, "longitude": GANGNAM.1}))
+        .await;
+    assert_eq!(recalc["type"], "route_recalculated", "{recalc}");
+    let new_id = recalc["route_id"].as_str().unwrap().to_string();
+    assert_ne!(new_id, route_id);
+
+    let arrival = c
+        .request(json!({"type": "location_update", "latitude": HONGDAE.0, "longitude": HONGDAE.1, "accuracy": 10}))
+        .await;
+    assert_eq!(arrival["type"], "arrival", "{arrival}");
+    assert_eq!(arrival["destination"]["name"], "홍대입구");
+
+    let end = c.request(json!({"type": "end_navigation"})).await;
+    assert_eq!(end["type"], "navigation_ended");
+    assert_eq!(end["route_id"], new_id.as_str());
+    let after = c
+        .request(json!({"type": "location_update", "latitude": GANGNAM.0, "longitude": GANGNAM.1}))
+        .await;
+    assert_eq!(after["code"], "NO_ACTIVE_SESSION", "end_navigation clears the route");
+}
+
+async fn expect_error(c: &mut Client, msg: Value, code: &str) -> Value {
+    let reply = c.request(msg.clone()).await;
+    assert_eq!(reply["type"], "error", "{msg} → {reply}");
+    assert_eq!(reply["code"], code, "{msg} → {reply}");
+    reply
+}
+
+#[tokio::test]
+async fn every_error_code_keeps_the_connection_open() {
+    let mut cfg = test_config();
+    cfg.ws.max_protocol_errors = 100;
+    let node = TestNode::start(cfg).await;
+    let acct = account(&node, None).await;
+    let mut c = Client::connect(&node, &acct).await;
+
+    // PARSING_ERROR: not JSON, no request id to echo.
+    c.ws.send(Message::text("{not json")).await.unwrap();
+    let e = c.next_frame().await.unwrap();
+    assert_eq!(e["code"], "PARSING_ERROR");
+    // NaN is not JSON either.
+    c.ws.send(Message::text(r#"{"type":"location_update","latitude":NaN,"longitude":1}"#))
+        .await
+        .unwrap();
+    assert_eq!(c.next_frame().await.unwrap()["code"], "PARSING_ERROR");
+    // Deeply nested JSON hits serde's recursion limit, not the stack.
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    c.ws.send(Message::text(deep)).await.unwrap();
+    assert_eq!(c.next_frame().await.unwrap()["code"], "PARSING_ERROR");
+
+    expect_error(&mut c, json!({"type": "teleport"}), "UNKNOWN_MESSAGE_TYPE").await;
+    expect_error(&mut c, json!({"type": "start_navigation", "origin": 5}), "INVALID_PARAMETERS").await;
+    expect_error(&mut c, json!({"type": "start_navigation", "origin": "강남", "destination": "강남"}), "INVALID_PARAMETERS").await;
+    expect_error(&mut c, json!({"type": "start_navigation", "origin": "강남", "destination": "홍대", "disability_type": "XYZ"}), "INVALID_PARAMETERS").await;
+    let nf = expect_error(&mut c, json!({"type": "start_navigation", "origin": "강낭", "destination": "홍대입구"}), "STATION_NOT_FOUND").await;
+    assert!(nf["message"].as_str().unwrap().contains("강남"), "suggests a close match: {nf}");
+    expect_error(&mut c, json!({"type": "location_update", "latitude": 37.5, "longitude": 127.0}), "NO_ACTIVE_SESSION").await;
+    expect_error(&mut c, json!({"type": "end_navigation"}), "NO_ACTIVE_SESSION").await;
+
+    let calc = c
+        .request(json!({"type": "start_navigation", "origin": "서울", "destination": "잠실", "disability_type": "PHY"}))
+        .await;
+    assert_eq!(calc["type"], "route_calculated", "{calc}");
+    expect_error(&mut c, json!({"type": "location_update", "latitude": 91.0, "longitude": 127.0}), "INVALID_LOCATION").await;
+    expect_error(&mut c, json!({"type": "location_update", "latitude": 35.1796, "longitude": 129.0756}), "INVALID_LOCATION").await;
+    expect_error(&mut c, json!({"type": "location_update", "latitude": 37.5, "longitude": 127.0, "accuracy": -3}), "INVALID_LOCATION").await;
+    expect_error(&mut c, json!({"type": "location_update", "latitude": 1e400, "longitude": 127.0}), "INVALID_PARAMETERS").await;
+    expect_error(&mut c, json!({"type": "location_update", "latitude": 37.5, "longitude": 127.0, "route_id": "nope"}), "ROUTE_ID_MISMATCH").await;
+    expect_error(&mut c, json!({"type": "switch_route", "target_rank": 9}), "INVALID_ROUTE_RANK").await;
+    let other = account(&node, None).await;
+    expect_error(&mut c, json!({"type": "watch", "user_id": other.user_id}), "FORBIDDEN").await;
+
+    // Binary frames are refused with an error, the session stays.
+    c.ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    assert_eq!(c.next_frame().await.unwrap()["code"], "PARSING_ERROR");
+
+    let pong = c.request(json!({"type": "ping"})).await;
+    assert_eq!(pong["type"], "pong", "still open after every error");
+    let stats = node.stats().await;
+    assert!(stats["errors"]["PARSING_ERROR"].as_u64().unwrap() >= 4);
+    assert_eq!(stats["errors"]["FORBIDDEN"], 1);
+}
+
+#[tokio::test]
+async fn route_not_found_on_a_disconnected_network() {
+    let mut cfg = test_config();
+    cfg.data_dir = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/split-network").into());
+    let node = TestNode::start(cfg).await;
+    let acct = account(&node, None).await;
+    let mut c = Client::connect(&node, &acct).await;
+    let r = expect_error(
+        &mut c,
+        json!({"type": "start_navigation", "origin": "알파", "destination": "감마"}),
+        "ROUTE_NOT_FOUND",
+    )
+    .await;
+    assert!(!r["message"].as_str().unwrap().contains("panic"));
+}
+
+#[tokio::test]
+async fn rate_limit_answers_each_request() {
+    let mut cfg = test_config();
+    cfg.ws.rate_per_s = 1.0;
+    cfg.ws.rate_burst = 5.0;
+    let node = TestNode::start(cfg).await;
+    let acct = account(&node, None).await;
+    let mut c = Client::connect(&node, &acct).await;
+    let mut limited = 0;
+    for _ in 0..12 {
+        let r = c.request(json!({"type": "ping"})).await;
+        if r["code"] == "RATE_LIMITED" {
+            limited += 1;
+        } else {
+            assert_eq!(r["type"], "pong");
+        }
+    }
+    assert!(limited >= 6, "burst of 5 then limited, got {limited} limited");
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_1009() {
+    let mut cfg = test_config();
+    cfg.ws.max_frame_bytes = 4096;
+    let node = TestNode::start(cfg).await;
+    let acct = account(&node, None).await;
+    let mut c = Client::connect(&node, &acct).await;
+    let big = json!({"type": "ping", "pad": "x".repeat(10_000)});
+    c.send(big).await;
+    assert_eq!(c.close_code().await, Some(1009));
+    // A frame just under the limit is fine on a new session.
+    let mut c = Client::connect(&node, &acct).await;
+    let r = c.request(json!({"type": "ping", "pad": "x".repeat(3000)})).await;
+    assert_eq!(r["type"], "pong");
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007() {
+    let node = TestNode::start(test_config()).await;
+    let acct = account(&node, None).await;
+    let mut c = Client::connect(&node, &acct).await;
+    // A text frame whose payload is not UTF-8, written below the type system.
+    let frame = tokio_tungstenite::tungstenite::protocol::frame::Frame::message(
+        vec![0xffu8, 0xfe, 0xfd],
+        tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode::Data(
+            tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Text,
+        ),
+        true,
+    );
+    c.ws.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(c.close_code().await, Some(1007));
+}
+
+#[tokio::test]
+async fn repeated_protocol_errors_close_with_1008_and_spare_others() {
+    let mut cfg = test_config();
+    cfg.ws.max_protocol_errors = 5;
+    let node = TestNode::start(cfg).await;
+    let bad = account(&node, None).await;
+    let good = account(&node, None).await;
+    let mut b = Client::connect(&node, &bad).await;
+    let mut g = Client::connect(&node, &good).await;
+    for _ in 0..5 {
+        b.ws.send(Message::text("garbage")).await.unwrap();
+    }
+    assert_eq!(b.close_code().await, Some(1008));
+    let r = g.request(json!({"type": "ping"})).await;
+    assert_eq!(r["type"], "pong", "a neighbour's abuse does not touch this session");
+    let stats = node.stats().await;
+    assert_eq!(stats["sessions"], 1);
+}
+
+#[tokio::test]
+async fn station_search_over_http() {
+    let node = TestNode::start(test_config()).await;
+    let v: Value = reqwest::get(node.http("/api/v1/stations?query=강남"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = v["stations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"강남"), "{names:?}");
+    assert!(names.contains(&"강남구청"), "{names:?}");
+    let gangnam = v["stations"].as_array().unwrap().iter().find(|s| s["name"] == "강남").unwrap();
+    let lines: Vec<&str> = gangnam["lines"].as_array().unwrap().iter().map(|l| l["line"].as_str().unwrap()).collect();
+    assert!(lines.contains(&"2호선") && lines.contains(&"신분당선"), "{lines:?}");
+}
