@@ -14,9 +14,21 @@ use serde::{Deserialize, Serialize};
 use super::routing::{RIDE_M_PER_MIN, Route};
 use super::{LocationError, Network, Profile, StationId, geo};
 
-/// When a fix lies about as close to two parts of the route, the one nearer
-/// the rider's previous position wins; "about" is this many metres.
+/// When a fix lies about as close to two parts of the route (where the
+/// route doubles back at a transfer, or passes near itself), the first part
+/// ahead of the rider's furthest position wins; "about" is this many metres.
 const SNAP_TIE_M: f64 = 25.0;
+
+/// Ranks a snapped position for the tie rule above: positions ahead of (or
+/// at most 10 m behind) the furthest one come first, nearest first; then
+/// positions behind, nearest first.
+fn preference(along: f64, furthest: f64) -> f64 {
+    if along >= furthest - 10.0 {
+        along - furthest
+    } else {
+        1e9 + (furthest - along)
+    }
+}
 
 /// Tracker thresholds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -150,9 +162,8 @@ impl Tracker {
             best = match best {
                 None => Some((d, along)),
                 Some((bd, ba)) => {
-                    let closer_to_last =
-                        (along - state.along_m).abs() < (ba - state.along_m).abs();
-                    if d + SNAP_TIE_M < bd || (d < bd + SNAP_TIE_M && closer_to_last) {
+                    let preferred = preference(along, state.along_m) < preference(ba, state.along_m);
+                    if d + SNAP_TIE_M < bd || (d < bd + SNAP_TIE_M && preferred) {
                         Some((d, along))
                     } else {
                         Some((bd, ba))
