@@ -14,20 +14,26 @@ use serde::{Deserialize, Serialize};
 use super::routing::{RIDE_M_PER_MIN, Route};
 use super::{LocationError, Network, Profile, StationId, geo};
 
-/// When a fix lies about as close to two parts of the route (where the
-/// route doubles back at a transfer, or passes near itself), the first part
-/// ahead of the rider's furthest position wins; "about" is this many metres.
+/// When a fix lies about as close to several parts of the route (where the
+/// route doubles back at a transfer, or passes near itself), continuity
+/// decides among those within this many metres (plus the fix's accuracy
+/// credit) of the closest.
 const SNAP_TIE_M: f64 = 25.0;
 
-/// Ranks a snapped position for the tie rule above: positions ahead of (or
-/// at most 10 m behind) the furthest one come first, nearest first; then
-/// positions behind, nearest first.
-fn preference(along: f64, furthest: f64) -> f64 {
-    if along >= furthest - 10.0 {
-        along - furthest
+/// Metres of off-route distance that one metre of along-route gap from the
+/// furthest position is worth when choosing among close parts of the route.
+const CONTINUITY_WEIGHT: f64 = 0.05;
+
+/// The continuity cost of a snapped position: the gap ahead of the furthest
+/// position (up to 10 m behind counts as none), and a gap behind three times
+/// over, because progress does not go backwards.
+fn continuity_cost(along: f64, furthest: f64) -> f64 {
+    let gap = if along >= furthest - 10.0 {
+        (along - furthest).max(0.0)
     } else {
-        1e9 + (furthest - along)
-    }
+        3.0 * (furthest - along)
+    };
+    CONTINUITY_WEIGHT * gap
 }
 
 /// Tracker thresholds.
@@ -149,7 +155,11 @@ impl Tracker {
 
         // Snap onto the polyline.
         let proj = geo::LocalProjection::new(lat, lon);
-        let mut best: Option<(f64, f64)> = None; // (distance from route, along)
+        // Project onto every segment, then pick among the parts of the route
+        // about as close as the closest one (within the fix's own
+        // uncertainty): there continuity with the rider's furthest position
+        // decides.
+        let mut candidates: Vec<(f64, f64)> = Vec::with_capacity(route.segments.len());
         let mut prev = {
             let s = n.station(stops[0]);
             proj.project(s.lat, s.lon)
@@ -158,20 +168,19 @@ impl Tracker {
             let s = n.station(to);
             let next = proj.project(s.lat, s.lon);
             let (t, d) = geo::project_on_segment((0.0, 0.0), prev, next);
-            let along = seg.start_m + t * seg.len_m;
-            best = match best {
-                None => Some((d, along)),
-                Some((bd, ba)) => {
-                    let preferred = preference(along, state.along_m) < preference(ba, state.along_m);
-                    if d + SNAP_TIE_M < bd || (d < bd + SNAP_TIE_M && preferred) {
-                        Some((d, along))
-                    } else {
-                        Some((bd, ba))
-                    }
-                }
-            };
+            candidates.push((d, seg.start_m + t * seg.len_m));
             prev = next;
         }
+        let closest = candidates.iter().map(|c| c.0).fold(f64::INFINITY, f64::min);
+        let window = closest + SNAP_TIE_M + credit;
+        let best = candidates
+            .iter()
+            .filter(|c| c.0 <= window)
+            .min_by(|a, b| {
+                let score = |c: &(f64, f64)| c.0 + continuity_cost(c.1, state.along_m);
+                score(a).total_cmp(&score(b))
+            })
+            .copied();
         let (off_route_m, along) = best.unwrap_or_else(|| {
             let s = n.station(stops[0]);
             (geo::haversine_m(lat, lon, s.lat, s.lon), 0.0)
