@@ -149,7 +149,7 @@ fn benches(c: &mut Criterion) {
     let mut state = TrackState::default();
     c.bench_function("track/update_on_long_route", |b| {
         b.iter(|| {
-            if j % fixes.len() == 0 {
+            if j.is_multiple_of(fixes.len()) {
                 state = TrackState::default();
             }
             let (lat, lon) = fixes[j % fixes.len()];

@@ -32,12 +32,36 @@ const REFERENCE: [(&str, f64, f64); 12] = [
 
 /// Consecutive stations more than 6 km apart, all real long gaps.
 const LONG_GAPS: [(&str, &str, &str); 6] = [
-    ("1919", "1918", "1호선 연천–전곡 ~8.5 km: rural 경원선 stretch without stations"),
-    ("1724", "1725", "1호선 평택–성환 ~9 km: rural 경부선 stretch without stations"),
-    ("0406", "0408", "4호선 오남–별내별가람 ~8 km: 진접선, the infill station is not open"),
-    ("4310", "4311", "신분당선 청계산입구–판교 ~7.6 km: tunnel under 청계산"),
-    ("4204", "4206", "공항철도 디지털미디어시티–마곡나루 ~6.5 km: crosses the Han River"),
-    ("4210", "4217", "공항철도 청라국제도시–영종 ~10 km: sea crossing on 영종대교"),
+    (
+        "1919",
+        "1918",
+        "1호선 연천–전곡 ~8.5 km: rural 경원선 stretch without stations",
+    ),
+    (
+        "1724",
+        "1725",
+        "1호선 평택–성환 ~9 km: rural 경부선 stretch without stations",
+    ),
+    (
+        "0406",
+        "0408",
+        "4호선 오남–별내별가람 ~8 km: 진접선, the infill station is not open",
+    ),
+    (
+        "4310",
+        "4311",
+        "신분당선 청계산입구–판교 ~7.6 km: tunnel under 청계산",
+    ),
+    (
+        "4204",
+        "4206",
+        "공항철도 디지털미디어시티–마곡나루 ~6.5 km: crosses the Han River",
+    ),
+    (
+        "4210",
+        "4217",
+        "공항철도 청라국제도시–영종 ~10 km: sea crossing on 영종대교",
+    ),
 ];
 
 /// Consecutive stations closer than 300 m (none today).
@@ -80,7 +104,11 @@ fn reference_stations_lie_within_300_m_on_every_line() {
         for id in ids {
             let s = n.station(id);
             let d = haversine_m(lat, lon, s.lat, s.lon);
-            assert!(d <= 300.0, "{name} on {} is {d:.0} m from the reference", s.line);
+            assert!(
+                d <= 300.0,
+                "{name} on {} is {d:.0} m from the reference",
+                s.line
+            );
         }
     }
 }
@@ -115,7 +143,10 @@ fn consecutive_stations_are_300_m_to_6_km_apart_unless_listed() {
     }
     assert!(bad.is_empty(), "unexplained gaps: {bad:#?}");
     for (a, b, why) in LONG_GAPS {
-        assert!(used.contains(&(a, b)), "allow-list entry not in the data: {why}");
+        assert!(
+            used.contains(&(a, b)),
+            "allow-list entry not in the data: {why}"
+        );
     }
 }
 
@@ -152,10 +183,21 @@ fn every_station_matches_kindmap_and_covers_its_lines() {
         let k = by_code
             .get(s.code.as_str())
             .unwrap_or_else(|| panic!("{} {} is not in KindMap", s.code, s.name));
-        assert_eq!((k.name.as_str(), k.line.as_str()), (s.name.as_str(), s.line.as_str()), "{}", s.code);
+        assert_eq!(
+            (k.name.as_str(), k.line.as_str()),
+            (s.name.as_str(), s.line.as_str()),
+            "{}",
+            s.code
+        );
     }
     for k in km.iter().filter(|k| LINES.contains(&k.line.as_str())) {
-        assert!(n.by_code(&k.station_cd).is_some(), "missing {} {} {}", k.station_cd, k.name, k.line);
+        assert!(
+            n.by_code(&k.station_cd).is_some(),
+            "missing {} {} {}",
+            k.station_cd,
+            k.name,
+            k.line
+        );
     }
     let lines: BTreeSet<&str> = n.stations().iter().map(|s| s.line.as_str()).collect();
     assert_eq!(lines, LINES.iter().copied().collect());
@@ -187,21 +229,38 @@ fn same_named_stations_are_linked_unless_excluded() {
         excluded.insert((a.min(b), a.max(b)));
     }
     assert!(excluded.len() >= 2, "양평 and 신촌 are excluded");
-    let linked: HashSet<(StationId, StationId)> =
-        n.transfers().iter().map(|t| (t.a.min(t.b), t.a.max(t.b))).collect();
+    let linked: HashSet<(StationId, StationId)> = n
+        .transfers()
+        .iter()
+        .map(|t| (t.a.min(t.b), t.a.max(t.b)))
+        .collect();
     for t in n.transfers() {
         let (a, b) = (n.station(t.a), n.station(t.b));
         assert_eq!(a.name, b.name, "transfers join same-named stations");
         assert_ne!(a.line, b.line);
-        assert!(haversine_m(a.lat, a.lon, b.lat, b.lon) <= 600.0, "{}", a.name);
+        assert!(
+            haversine_m(a.lat, a.lon, b.lat, b.lon) <= 600.0,
+            "{}",
+            a.name
+        );
     }
     for a in n.stations() {
-        for b in n.stations().iter().filter(|b| b.id > a.id && b.name == a.name) {
+        for b in n
+            .stations()
+            .iter()
+            .filter(|b| b.id > a.id && b.name == a.name)
+        {
             let pair = (a.id, b.id);
             if excluded.contains(&pair) {
                 assert!(!linked.contains(&pair), "{} must not be linked", a.name);
             } else {
-                assert!(linked.contains(&pair), "{} {}/{} not linked", a.name, a.line, b.line);
+                assert!(
+                    linked.contains(&pair),
+                    "{} {}/{} not linked",
+                    a.name,
+                    a.line,
+                    b.line
+                );
             }
         }
     }
@@ -244,11 +303,19 @@ fn replace_line(text: &str, line: usize, f: impl Fn(&str) -> String) -> String {
 
 fn assert_names(err: &DataError, file: &str, line: u64, field: &str) {
     match err {
-        DataError::Invalid { file: f, line: l, field: fd, .. } => {
+        DataError::Invalid {
+            file: f,
+            line: l,
+            field: fd,
+            ..
+        } => {
             assert!(f.ends_with(file), "{err}");
             assert_eq!((*l, fd.as_str()), (line, field), "{err}");
             let text = err.to_string();
-            assert!(text.contains(&format!("{file}:{line}")) && text.contains(field), "{text}");
+            assert!(
+                text.contains(&format!("{file}:{line}")) && text.contains(field),
+                "{text}"
+            );
         }
         other => panic!("expected Invalid, got {other}"),
     }
@@ -278,7 +345,9 @@ fn an_unknown_code_in_a_sequence_is_reported() {
 #[test]
 fn a_bad_flag_in_transfers_is_reported() {
     let err = load_edited("transfers.csv", |t| {
-        replace_line(&t, 4, |l| l.replace(",Y,", ",maybe,").replace(",N,", ",maybe,"))
+        replace_line(&t, 4, |l| {
+            l.replace(",Y,", ",maybe,").replace(",N,", ",maybe,")
+        })
     });
     assert_names(&err, "transfers.csv", 4, "step_free");
 }
@@ -300,11 +369,20 @@ fn a_station_on_the_wrong_line_is_reported() {
     // 0222 is 강남 on 2호선; put it into a 1호선 sequence.
     let err = load_edited("lines.csv", |t| {
         t.lines()
-            .map(|l| if l.starts_with("L1-main,") { l.replacen("|", "|0222|", 1) } else { l.to_owned() })
+            .map(|l| {
+                if l.starts_with("L1-main,") {
+                    l.replacen("|", "|0222|", 1)
+                } else {
+                    l.to_owned()
+                }
+            })
             .collect::<Vec<_>>()
             .join("\n")
     });
-    assert!(matches!(err, DataError::Invalid { ref field, .. } if field == "stations"), "{err}");
+    assert!(
+        matches!(err, DataError::Invalid { ref field, .. } if field == "stations"),
+        "{err}"
+    );
     assert!(err.to_string().contains("2호선"), "{err}");
 }
 

@@ -19,7 +19,10 @@ fn engine() -> RouteEngine {
 }
 
 fn best(e: &RouteEngine, o: &str, d: &str, t: DisabilityType) -> Route {
-    e.routes(o, d, t).unwrap_or_else(|err| panic!("{o}→{d} {t}: {err}")).routes[0].clone()
+    e.routes(o, d, t)
+        .unwrap_or_else(|err| panic!("{o}→{d} {t}: {err}"))
+        .routes[0]
+        .clone()
 }
 
 fn names(n: &Network, r: &Route) -> Vec<String> {
@@ -49,7 +52,12 @@ fn direct_rides_need_no_transfer() {
     for (o, d, line) in cases {
         for t in ALL {
             let r = best(&e, o, d, t);
-            assert_eq!(r.lines, vec![line.to_owned()], "{o}→{d} {t}: {:?}", names(&e.network(), &r));
+            assert_eq!(
+                r.lines,
+                vec![line.to_owned()],
+                "{o}→{d} {t}: {:?}",
+                names(e.network(), &r)
+            );
             assert_eq!(r.transfers, 0, "{o}→{d} {t}");
         }
     }
@@ -91,19 +99,26 @@ fn the_one_way_eungam_loop_is_respected() {
     let back = best(&e, "구산", "응암", DisabilityType::None);
     assert_eq!(back.stops.len(), 2, "구산→응암 is one stop");
     let round = best(&e, "응암", "구산", DisabilityType::None);
-    assert_eq!(names(&e.network(), &round), ["응암", "역촌", "불광", "독바위", "연신내", "구산"]);
+    assert_eq!(
+        names(e.network(), &round),
+        ["응암", "역촌", "불광", "독바위", "연신내", "구산"]
+    );
 }
 
 #[test]
 fn queries_are_normalised_and_codes_accepted() {
     let e = engine();
-    let a = e.routes("서울역", " 잠실 역", DisabilityType::Physical).unwrap();
+    let a = e
+        .routes("서울역", " 잠실 역", DisabilityType::Physical)
+        .unwrap();
     let b = e.routes("서울", "잠실", DisabilityType::Physical).unwrap();
     assert_eq!(a.routes, b.routes);
     let c = e.routes("0222", "0239", DisabilityType::None).unwrap();
     assert_eq!(c.routes[0].lines, ["2호선"]);
     // A unique prefix resolves.
-    let d = e.routes("구로디지털", "가산디지털단지", DisabilityType::None).unwrap();
+    let d = e
+        .routes("구로디지털", "가산디지털단지", DisabilityType::None)
+        .unwrap();
     assert_eq!(e.network().station(d.origin).name, "구로디지털단지");
 }
 
@@ -112,12 +127,19 @@ fn lookups_by_name_code_and_prefix() {
     let n = Network::embedded();
     let seoul = n.resolve("서울역").unwrap();
     let lines: HashSet<&str> = seoul.iter().map(|&s| n.station(s).line.as_str()).collect();
-    assert_eq!(lines, HashSet::from(["1호선", "4호선", "경의중앙선", "공항철도"]));
+    assert_eq!(
+        lines,
+        HashSet::from(["1호선", "4호선", "경의중앙선", "공항철도"])
+    );
     // A code gives the whole complex.
     assert_eq!(n.resolve("0150").unwrap(), seoul);
     assert_eq!(n.by_code("102c"), n.by_code("102C"));
     // Prefix search: exact name first, deterministic order.
-    let hits: Vec<String> = n.search("신도림", 5).iter().map(|s| format!("{}/{}", s.name, s.line)).collect();
+    let hits: Vec<String> = n
+        .search("신도림", 5)
+        .iter()
+        .map(|s| format!("{}/{}", s.name, s.line))
+        .collect();
     assert_eq!(hits, ["신도림/1호선", "신도림/2호선"]);
     let a: Vec<_> = n.search("신", 20).iter().map(|s| s.id).collect();
     let b: Vec<_> = n.search("신 ", 20).iter().map(|s| s.id).collect();
@@ -133,7 +155,9 @@ fn lookups_by_name_code_and_prefix() {
 #[test]
 fn unknown_stations_come_with_suggestions() {
     let e = engine();
-    let err = e.routes("강냠", "홍대입구", DisabilityType::Physical).unwrap_err();
+    let err = e
+        .routes("강냠", "홍대입구", DisabilityType::Physical)
+        .unwrap_err();
     match &err {
         RouteError::StationNotFound { query, suggestions } => {
             assert_eq!(query, "강냠");
@@ -143,8 +167,12 @@ fn unknown_stations_come_with_suggestions() {
     }
     assert_eq!(err.code(), "STATION_NOT_FOUND");
     // An ambiguous prefix is not a station, but its matches are suggested.
-    let err = e.routes("강남", "신", DisabilityType::Physical).unwrap_err();
-    let RouteError::StationNotFound { suggestions, .. } = err else { panic!() };
+    let err = e
+        .routes("강남", "신", DisabilityType::Physical)
+        .unwrap_err();
+    let RouteError::StationNotFound { suggestions, .. } = err else {
+        panic!()
+    };
     assert!(!suggestions.is_empty() && suggestions.iter().all(|s| s.starts_with('신')));
     assert!(matches!(
         e.routes("", "강남", DisabilityType::Physical),
@@ -183,7 +211,8 @@ fn unreachable_stations_give_no_route() {
 }
 
 fn uses_transfer_at(n: &Network, r: &Route, name: &str) -> bool {
-    r.transfer_stations.iter().any(|s| s == name) && r.stops.iter().any(|&s| n.station(s).name == name)
+    r.transfer_stations.iter().any(|s| s == name)
+        && r.stops.iter().any(|&s| n.station(s).name == name)
 }
 
 #[test]
@@ -199,10 +228,20 @@ fn wheelchair_users_avoid_a_transfer_with_stairs_when_they_can() {
         .unwrap();
     assert!(!singil.step_free);
     let none = best(&e, "영등포", "여의도", DisabilityType::None);
-    assert!(uses_transfer_at(&n, &none, "신길"), "{:?}", none.transfer_stations);
-    let phy = e.routes("영등포", "여의도", DisabilityType::Physical).unwrap();
+    assert!(
+        uses_transfer_at(&n, &none, "신길"),
+        "{:?}",
+        none.transfer_stations
+    );
+    let phy = e
+        .routes("영등포", "여의도", DisabilityType::Physical)
+        .unwrap();
     for r in &phy.routes {
-        assert!(!uses_transfer_at(&n, r, "신길"), "PHY rank {} uses 신길", r.rank);
+        assert!(
+            !uses_transfer_at(&n, r, "신길"),
+            "PHY rank {} uses 신길",
+            r.rank
+        );
     }
 
     // Synthetic: the short transfer at 엑스 has stairs; PHY rides on to 와이.
@@ -210,8 +249,14 @@ fn wheelchair_users_avoid_a_transfer_with_stairs_when_they_can() {
     let e = RouteEngine::new(n.clone(), Profiles::embedded(), 0);
     let none = best(&e, "에이일", "비끝", DisabilityType::None);
     assert_eq!(none.transfer_stations, ["엑스"]);
-    let phy = e.routes("에이일", "비끝", DisabilityType::Physical).unwrap();
-    assert_eq!(phy.routes.len(), 1, "the stairs route is not offered to PHY at all");
+    let phy = e
+        .routes("에이일", "비끝", DisabilityType::Physical)
+        .unwrap();
+    assert_eq!(
+        phy.routes.len(),
+        1,
+        "the stairs route is not offered to PHY at all"
+    );
     assert_eq!(phy.routes[0].transfer_stations, ["와이"]);
 
     // When stairs are the only way, PHY still gets that route.
@@ -227,14 +272,29 @@ fn blind_and_deaf_riders_weigh_station_facilities() {
     // escalator, tactile, staff, visual, audio).
     let n = Arc::new(common::two_lines(true, "YYNYYN"));
     let e = RouteEngine::new(n, Profiles::embedded(), 0);
-    assert_eq!(best(&e, "에이일", "비끝", DisabilityType::None).transfer_stations, ["엑스"]);
-    assert_eq!(best(&e, "에이일", "비끝", DisabilityType::Visual).transfer_stations, ["와이"]);
-    assert_eq!(best(&e, "에이일", "비끝", DisabilityType::Auditory).transfer_stations, ["엑스"]);
+    assert_eq!(
+        best(&e, "에이일", "비끝", DisabilityType::None).transfer_stations,
+        ["엑스"]
+    );
+    assert_eq!(
+        best(&e, "에이일", "비끝", DisabilityType::Visual).transfer_stations,
+        ["와이"]
+    );
+    assert_eq!(
+        best(&e, "에이일", "비끝", DisabilityType::Auditory).transfer_stations,
+        ["엑스"]
+    );
     // 엑스 lacks visual displays.
     let n = Arc::new(common::two_lines(true, "YYYYNY"));
     let e = RouteEngine::new(n, Profiles::embedded(), 0);
-    assert_eq!(best(&e, "에이일", "비끝", DisabilityType::Auditory).transfer_stations, ["와이"]);
-    assert_eq!(best(&e, "에이일", "비끝", DisabilityType::Visual).transfer_stations, ["엑스"]);
+    assert_eq!(
+        best(&e, "에이일", "비끝", DisabilityType::Auditory).transfer_stations,
+        ["와이"]
+    );
+    assert_eq!(
+        best(&e, "에이일", "비끝", DisabilityType::Visual).transfer_stations,
+        ["엑스"]
+    );
 }
 
 #[test]
@@ -285,14 +345,19 @@ fn results_are_deterministic_and_cached() {
 fn a_stored_route_rebuilds_from_its_codes() {
     let e = engine();
     let n = e.network().clone();
-    let set = e.routes("인천공항2터미널", "광교", DisabilityType::Physical).unwrap();
+    let set = e
+        .routes("인천공항2터미널", "광교", DisabilityType::Physical)
+        .unwrap();
     for r in &set.routes {
-        let back = e.route_from_codes(&r.codes(&n), DisabilityType::Physical, r.rank).unwrap();
+        let back = e
+            .route_from_codes(&r.codes(&n), DisabilityType::Physical, r.rank)
+            .unwrap();
         assert_eq!(&back, r);
     }
     let codes = vec!["0222".to_owned(), "0239".to_owned()];
     assert_eq!(
-        e.route_from_codes(&codes, DisabilityType::None, 1).unwrap_err(),
+        e.route_from_codes(&codes, DisabilityType::None, 1)
+            .unwrap_err(),
         RouteError::InvalidRoute
     );
     let codes = vec!["0222".to_owned(), "nope".to_owned()];
@@ -313,7 +378,12 @@ fn routes_from_a_station_start_anywhere_in_its_complex() {
 }
 
 /// Checks every invariant of a route set.
-fn check_set(n: &Network, set: &RouteSet, origin: &[StationId], destination: &[StationId]) -> Result<(), String> {
+fn check_set(
+    n: &Network,
+    set: &RouteSet,
+    origin: &[StationId],
+    destination: &[StationId],
+) -> Result<(), String> {
     if set.routes.is_empty() || set.routes.len() > 3 {
         return Err(format!("{} routes", set.routes.len()));
     }
@@ -326,7 +396,10 @@ fn check_set(n: &Network, set: &RouteSet, origin: &[StationId], destination: &[S
             return Err("scores not ascending".into());
         }
         if !keys.insert((r.lines.clone(), r.transfer_stations.clone())) {
-            return Err(format!("rank {} repeats lines {:?} via {:?}", r.rank, r.lines, r.transfer_stations));
+            return Err(format!(
+                "rank {} repeats lines {:?} via {:?}",
+                r.rank, r.lines, r.transfer_stations
+            ));
         }
         if !origin.contains(&r.stops[0]) || !destination.contains(r.stops.last().unwrap()) {
             return Err("wrong ends".into());
@@ -348,7 +421,10 @@ fn check_set(n: &Network, set: &RouteSet, origin: &[StationId], destination: &[S
             return Err("transfer count".into());
         }
         if !(r.total_time_min > 0.0 && r.distance_m > 0.0 && r.score >= r.total_time_min - 0.1) {
-            return Err(format!("figures {} {} {}", r.total_time_min, r.distance_m, r.score));
+            return Err(format!(
+                "figures {} {} {}",
+                r.total_time_min, r.distance_m, r.score
+            ));
         }
     }
     Ok(())

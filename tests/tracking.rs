@@ -43,7 +43,11 @@ fn point_at(n: &Network, r: &Route, along_m: f64) -> (f64, f64) {
         let (a, b) = (n.station(w[0]), n.station(w[1]));
         let len = haversine_m(a.lat, a.lon, b.lat, b.lon);
         if along_m <= start + len {
-            let t = if len > 0.0 { ((along_m - start) / len).clamp(0.0, 1.0) } else { 0.0 };
+            let t = if len > 0.0 {
+                ((along_m - start) / len).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
             return (a.lat + t * (b.lat - a.lat), a.lon + t * (b.lon - a.lon));
         }
         start += len;
@@ -71,7 +75,12 @@ fn a_fix_between_stations_snaps_onto_the_segment() {
     assert_eq!(pr.next_station, Some(r.stops[3]));
     let (a, b) = (n.station(r.stops[2]), n.station(r.stops[3]));
     let seg = haversine_m(a.lat, a.lon, b.lat, b.lon);
-    assert!((pr.distance_to_next_m - 0.6 * seg).abs() < 5.0, "{} vs {}", pr.distance_to_next_m, 0.6 * seg);
+    assert!(
+        (pr.distance_to_next_m - 0.6 * seg).abs() < 5.0,
+        "{} vs {}",
+        pr.distance_to_next_m,
+        0.6 * seg
+    );
     assert_eq!(pr.remaining_stations as usize, r.stops.len() - 3);
     assert!(pr.progress_percent > 0.0 && pr.progress_percent < 30.0);
     assert!(pr.eta_s > 0.0 && pr.remaining_distance_m > 0.0);
@@ -100,7 +109,11 @@ fn the_stop_before_a_transfer_gives_the_transfer_hint() {
     assert_eq!(pr.transfer_to_line.as_deref(), Some(to.line.as_str()));
     let want = format!("Transfer at {} from {} to {}", at.name, at.line, to.line);
     assert!(pr.message.starts_with(&want), "{}", pr.message);
-    assert!(pr.message.contains("elevator"), "the PHY hint: {}", pr.message);
+    assert!(
+        pr.message.contains("elevator"),
+        "the PHY hint: {}",
+        pr.message
+    );
     // After the transfer the hint is gone.
     let (lat, lon) = point_on(&n, &r, k + 1, 0.5, 0.0);
     let pr = progress(tr.update(&n, &r, p, &mut st, lat, lon, None).unwrap());
@@ -114,8 +127,15 @@ fn a_fix_near_the_destination_is_an_arrival() {
     let p = e.profiles().get(DisabilityType::Elderly);
     let dest = n.station(*r.stops.last().unwrap());
     let mut st = TrackState::default();
-    let out = tr.update(&n, &r, p, &mut st, dest.lat + 0.0009, dest.lon, None).unwrap();
-    assert_eq!(out, TrackOutcome::Arrival { destination: dest.id });
+    let out = tr
+        .update(&n, &r, p, &mut st, dest.lat + 0.0009, dest.lon, None)
+        .unwrap();
+    assert_eq!(
+        out,
+        TrackOutcome::Arrival {
+            destination: dest.id
+        }
+    );
     assert!(st.arrived);
     // 300 m short of the destination is not yet an arrival.
     let last = r.stops.len() - 2;
@@ -136,9 +156,15 @@ fn a_fix_far_from_the_route_is_a_deviation_with_the_nearest_station() {
     let p = e.profiles().get(DisabilityType::Visual);
     let mut st = TrackState::default();
     let city_hall = n.station(n.by_code("0201").unwrap());
-    let out = tr.update(&n, &r, p, &mut st, city_hall.lat, city_hall.lon, None).unwrap();
+    let out = tr
+        .update(&n, &r, p, &mut st, city_hall.lat, city_hall.lon, None)
+        .unwrap();
     match out {
-        TrackOutcome::Deviation { nearest_station, distance_from_route_m, suggested_action } => {
+        TrackOutcome::Deviation {
+            nearest_station,
+            distance_from_route_m,
+            suggested_action,
+        } => {
             assert_eq!(n.station(nearest_station).name, "시청");
             assert!(distance_from_route_m > 1000.0);
             assert!(suggested_action.contains("시청"), "{suggested_action}");
@@ -156,18 +182,30 @@ fn gps_accuracy_widens_the_deviation_threshold_up_to_a_cap() {
     let is_dev = |off: f64, acc: Option<f64>| {
         let (lat, lon) = point_on(&n, &r, 0, 0.5, off);
         let mut st = TrackState::default();
-        matches!(tr.update(&n, &r, p, &mut st, lat, lon, acc).unwrap(), TrackOutcome::Deviation { .. })
+        matches!(
+            tr.update(&n, &r, p, &mut st, lat, lon, acc).unwrap(),
+            TrackOutcome::Deviation { .. }
+        )
     };
     assert!(!is_dev(350.0, None));
     assert!(is_dev(450.0, None));
     assert!(!is_dev(450.0, Some(80.0)));
     assert!(is_dev(520.0, Some(80.0)));
-    assert!(is_dev(520.0, Some(5000.0)), "accuracy credit is capped at 100 m");
+    assert!(
+        is_dev(520.0, Some(5000.0)),
+        "accuracy credit is capped at 100 m"
+    );
     assert!(!is_dev(490.0, Some(5000.0)));
     // A tighter configuration.
-    let strict = Tracker::new(TrackerConfig { deviation_threshold_m: 100.0, max_accuracy_credit_m: 0.0, ..Default::default() });
+    let strict = Tracker::new(TrackerConfig {
+        deviation_threshold_m: 100.0,
+        max_accuracy_credit_m: 0.0,
+        ..Default::default()
+    });
     let (lat, lon) = point_on(&n, &r, 0, 0.5, 150.0);
-    let out = strict.update(&n, &r, p, &mut TrackState::default(), lat, lon, Some(50.0)).unwrap();
+    let out = strict
+        .update(&n, &r, p, &mut TrackState::default(), lat, lon, Some(50.0))
+        .unwrap();
     assert!(matches!(out, TrackOutcome::Deviation { .. }));
 }
 
@@ -188,18 +226,39 @@ fn invalid_fixes_are_rejected() {
     check(37.5, -181.0, None, LocationError::OutOfRange);
     check(35.1796, 129.0756, None, LocationError::OutsideNetwork); // 부산
     check(0.0, 0.0, None, LocationError::OutsideNetwork);
-    check(37.4979, 127.0276, Some(-1.0), LocationError::InvalidAccuracy);
-    check(37.4979, 127.0276, Some(f64::NAN), LocationError::InvalidAccuracy);
-    assert_eq!(st, TrackState::default(), "rejected fixes leave the state alone");
+    check(
+        37.4979,
+        127.0276,
+        Some(-1.0),
+        LocationError::InvalidAccuracy,
+    );
+    check(
+        37.4979,
+        127.0276,
+        Some(f64::NAN),
+        LocationError::InvalidAccuracy,
+    );
+    assert_eq!(
+        st,
+        TrackState::default(),
+        "rejected fixes leave the state alone"
+    );
     assert!(n.check_location(37.4979, 127.0276).is_ok());
 }
 
 #[test]
 fn track_state_round_trips_through_json() {
-    let st = TrackState { along_m: 1234.5, arrived: false, updates: 7 };
+    let st = TrackState {
+        along_m: 1234.5,
+        arrived: false,
+        updates: 7,
+    };
     let json = serde_json::to_string(&st).unwrap();
     assert_eq!(serde_json::from_str::<TrackState>(&json).unwrap(), st);
-    assert_eq!(serde_json::from_str::<TrackState>("{}").unwrap(), TrackState::default());
+    assert_eq!(
+        serde_json::from_str::<TrackState>("{}").unwrap(),
+        TrackState::default()
+    );
 }
 
 #[test]

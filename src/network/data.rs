@@ -205,7 +205,11 @@ fn parse(
         }
         let id = StationId(stations.len() as u32);
         if let Some((_, first)) = index.get(&code.to_ascii_uppercase()) {
-            return Err(t.err(line, "code", format!("duplicate code {code} (first on line {first})")));
+            return Err(t.err(
+                line,
+                "code",
+                format!("duplicate code {code} (first on line {first})"),
+            ));
         }
         index.insert(code.to_ascii_uppercase(), (id, line));
         let facilities = Facilities {
@@ -259,7 +263,10 @@ fn parse(
                 return Err(t.err(
                     line,
                     "stations",
-                    format!("station {code} ({}) is on {}, not {line_name}", s.name, s.line),
+                    format!(
+                        "station {code} ({}) is on {}, not {line_name}",
+                        s.name, s.line
+                    ),
                 ));
             }
             if ids.contains(&id) {
@@ -284,12 +291,19 @@ fn parse(
             file: sfile.to_owned(),
             line: station_lines[i],
             field: "code".to_owned(),
-            message: format!("station {} is in no line sequence of {lfile}", stations[i].code),
+            message: format!(
+                "station {} is in no line sequence of {lfile}",
+                stations[i].code
+            ),
         });
     }
 
     // Transfers.
-    let t = Table::read(tfile, ttext, &["from_code", "to_code", "walk_m", "step_free"])?;
+    let t = Table::read(
+        tfile,
+        ttext,
+        &["from_code", "to_code", "walk_m", "step_free"],
+    )?;
     let mut transfers = Vec::with_capacity(t.rows.len());
     let mut seen_pair = HashSet::new();
     for (line, rec) in &t.rows {

@@ -200,7 +200,8 @@ impl Network {
         };
         for seq in &lines {
             let s = &seq.stations;
-            let mut pairs: Vec<(StationId, StationId)> = s.windows(2).map(|w| (w[0], w[1])).collect();
+            let mut pairs: Vec<(StationId, StationId)> =
+                s.windows(2).map(|w| (w[0], w[1])).collect();
             if seq.is_loop && s.len() > 2 {
                 pairs.push((s[s.len() - 1], s[0]));
             }
@@ -228,7 +229,12 @@ impl Network {
 
         let mut by_code = HashMap::with_capacity(n);
         let mut by_name: BTreeMap<String, Vec<StationId>> = BTreeMap::new();
-        let mut bbox = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+        let mut bbox = (
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        );
         for s in &stations {
             by_code.insert(s.code.to_ascii_uppercase(), s.id);
             by_name.entry(normalise(&s.name)).or_default().push(s.id);
@@ -350,7 +356,10 @@ impl Network {
             if let Some(id) = self.by_code(query) {
                 return Ok(self.complex_of(id));
             }
-            let mut names = self.by_name.range(key.clone()..).take_while(|(k, _)| k.starts_with(&key));
+            let mut names = self
+                .by_name
+                .range(key.clone()..)
+                .take_while(|(k, _)| k.starts_with(&key));
             if let (Some((_, ids)), None) = (names.next(), names.next()) {
                 return Ok(ids.clone());
             }

@@ -202,19 +202,31 @@ impl Profiles {
                     false,
                 ),
                 ("missing_facility_penalty_min.elevator", pen.elevator, false),
-                ("missing_facility_penalty_min.escalator", pen.escalator, false),
+                (
+                    "missing_facility_penalty_min.escalator",
+                    pen.escalator,
+                    false,
+                ),
                 (
                     "missing_facility_penalty_min.tactile_paving",
                     pen.tactile_paving,
                     false,
                 ),
-                ("missing_facility_penalty_min.staff_help", pen.staff_help, false),
+                (
+                    "missing_facility_penalty_min.staff_help",
+                    pen.staff_help,
+                    false,
+                ),
                 (
                     "missing_facility_penalty_min.visual_display",
                     pen.visual_display,
                     false,
                 ),
-                ("missing_facility_penalty_min.audio_guide", pen.audio_guide, false),
+                (
+                    "missing_facility_penalty_min.audio_guide",
+                    pen.audio_guide,
+                    false,
+                ),
             ];
             for (name, v, positive) in checks {
                 let ok = v.is_finite() && if positive { v > 0.0 } else { v >= 0.0 };
@@ -271,7 +283,10 @@ mod tests {
             let json = serde_json::to_string(&t).unwrap();
             assert_eq!(json, format!("\"{}\"", t.as_str()));
         }
-        assert_eq!("phy".parse::<DisabilityType>(), Ok(DisabilityType::Physical));
+        assert_eq!(
+            "phy".parse::<DisabilityType>(),
+            Ok(DisabilityType::Physical)
+        );
         assert!("XYZ".parse::<DisabilityType>().is_err());
     }
 

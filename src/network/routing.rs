@@ -118,7 +118,10 @@ pub struct Route {
 impl Route {
     /// The stops' station codes, the form in which a route is stored.
     pub fn codes(&self, n: &Network) -> Vec<String> {
-        self.stops.iter().map(|&s| n.station(s).code.clone()).collect()
+        self.stops
+            .iter()
+            .map(|&s| n.station(s).code.clone())
+            .collect()
     }
 
     /// Length of the route's polyline through its stops, metres.
@@ -366,7 +369,11 @@ impl RouteEngine {
         };
         let limit = (best * MAX_SCORE_RATIO).max(best + MAX_SCORE_SLACK_MIN);
         found.retain(|r| r.score <= limit);
-        found.sort_by(|a, b| a.score.total_cmp(&b.score).then_with(|| a.stops.cmp(&b.stops)));
+        found.sort_by(|a, b| {
+            a.score
+                .total_cmp(&b.score)
+                .then_with(|| a.stops.cmp(&b.stops))
+        });
         for (i, r) in found.iter_mut().enumerate() {
             r.rank = i as u8 + 1;
         }
@@ -379,7 +386,13 @@ impl RouteEngine {
     }
 
     /// Measures a path: real time and distance, lines, transfers, score.
-    fn build_route(&self, stops: Vec<StationId>, edges: &[usize], dt: DisabilityType, rank: u8) -> Route {
+    fn build_route(
+        &self,
+        stops: Vec<StationId>,
+        edges: &[usize],
+        dt: DisabilityType,
+        rank: u8,
+    ) -> Route {
         let n = &self.network;
         let profile = self.profiles.get(dt);
         let costs = &self.costs[dt.index()];

@@ -147,7 +147,9 @@ impl Tracker {
         let stops = &route.stops;
         let destination = *stops.last().expect("a route has stops");
         let dest = n.station(destination);
-        if state.arrived || geo::haversine_m(lat, lon, dest.lat, dest.lon) <= self.cfg.arrival_radius_m {
+        if state.arrived
+            || geo::haversine_m(lat, lon, dest.lat, dest.lon) <= self.cfg.arrival_radius_m
+        {
             state.arrived = true;
             state.along_m = route.polyline_length_m();
             return Ok(TrackOutcome::Arrival { destination });
@@ -199,7 +201,12 @@ impl Tracker {
         }
 
         state.along_m = state.along_m.max(along);
-        Ok(TrackOutcome::Progress(self.progress(n, route, profile, state.along_m)))
+        Ok(TrackOutcome::Progress(self.progress(
+            n,
+            route,
+            profile,
+            state.along_m,
+        )))
     }
 
     fn progress(&self, n: &Network, route: &Route, profile: &Profile, pos: f64) -> NavProgress {
@@ -219,7 +226,11 @@ impl Tracker {
             Some(_) => (stops[j], Some(stops[j + 1]), end_j - pos),
             None => (stops[0], None, 0.0),
         };
-        let next_ix = if seg.is_some() && pos >= end_j { j + 2 } else { j + 1 };
+        let next_ix = if seg.is_some() && pos >= end_j {
+            j + 2
+        } else {
+            j + 1
+        };
 
         // Stations ahead (from the next stop on), a transfer counting once.
         let remaining_stations = (next_ix..stops.len())
@@ -246,7 +257,9 @@ impl Tracker {
         let transfer_at = if walking {
             Some(j)
         } else {
-            segs.get(next_ix).filter(|s| s.transfer_walk_m.is_some()).map(|_| next_ix)
+            segs.get(next_ix)
+                .filter(|s| s.transfer_walk_m.is_some())
+                .map(|_| next_ix)
         };
         let (from_line, to_line) = match transfer_at {
             Some(k) => (

@@ -22,7 +22,11 @@ pub fn station_with(code: &str, name: &str, line: &str, lat: f64, lon: f64, flag
 pub fn network(stations: &[String], lines: &[&str], transfers: &[&str]) -> Network {
     let dir = tempfile::tempdir().unwrap();
     let head = "code,name,line,lat,lon,coord_source,elevator,escalator,tactile_paving,staff_help,visual_display,audio_guide,facilities_source";
-    std::fs::write(dir.path().join("stations.csv"), format!("{head}\n{}\n", stations.join("\n"))).unwrap();
+    std::fs::write(
+        dir.path().join("stations.csv"),
+        format!("{head}\n{}\n", stations.join("\n")),
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("lines.csv"),
         format!("sequence,line,loop,oneway,stations\n{}\n", lines.join("\n")),
@@ -30,7 +34,10 @@ pub fn network(stations: &[String], lines: &[&str], transfers: &[&str]) -> Netwo
     .unwrap();
     std::fs::write(
         dir.path().join("transfers.csv"),
-        format!("from_code,to_code,walk_m,step_free,source\n{}\n", transfers.join("\n")),
+        format!(
+            "from_code,to_code,walk_m,step_free,source\n{}\n",
+            transfers.join("\n")
+        ),
     )
     .unwrap();
     Network::load_dir(dir.path()).unwrap()
@@ -62,7 +69,11 @@ pub fn two_lines_with(x_step_free: bool, x_flags: &str, with_y: bool) -> Network
         station("B4", "와이", "B선", lat_b, 127.040),
         station("B5", "비끝", "B선", lat_b, 127.060),
     ];
-    let x = if x_step_free { "A2,B2,100,Y,test" } else { "A2,B2,100,N,test" };
+    let x = if x_step_free {
+        "A2,B2,100,Y,test"
+    } else {
+        "A2,B2,100,N,test"
+    };
     network(
         &stations,
         &["A,A선,N,N,A1|A2|A3", "B,B선,N,N,B1|B2|B3|B4|B5"],
