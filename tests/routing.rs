@@ -342,6 +342,21 @@ fn results_are_deterministic_and_cached() {
 }
 
 #[test]
+fn the_cache_evicts_the_least_recently_used_route() {
+    let e = RouteEngine::new(Network::embedded(), Profiles::embedded(), 1);
+    let t = DisabilityType::Elderly;
+    e.routes("강남", "잠실", t).unwrap();
+    e.routes("강남", "잠실", t).unwrap();
+    e.routes("강남", "서울", t).unwrap();
+    e.routes("강남", "잠실", t).unwrap();
+    let s = e.cache_stats();
+    assert_eq!((s.hits, s.misses), (1, 3));
+    // The disability type is part of the key.
+    e.routes("강남", "잠실", DisabilityType::Visual).unwrap();
+    assert_eq!(e.cache_stats().misses, 4);
+}
+
+#[test]
 fn a_stored_route_rebuilds_from_its_codes() {
     let e = engine();
     let n = e.network().clone();

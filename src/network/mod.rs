@@ -137,8 +137,11 @@ impl LocationError {
 /// The subway network: immutable after loading.
 #[derive(Debug)]
 pub struct Network {
+    /// Line-stations; a station's id is its index here.
     stations: Vec<Station>,
+    /// Running sequences, as loaded (kept for validation and the tests).
     lines: Vec<LineSequence>,
+    /// Transfer links; `Link::Transfer` indexes this.
     transfers: Vec<Transfer>,
     /// CSR adjacency: the edges of station `i` are `edges[edge_start[i]..edge_start[i + 1]]`.
     edge_start: Vec<u32>,

@@ -154,7 +154,10 @@ struct ProfileCosts {
 
 /// Computes routes; `Send + Sync`, meant to be shared as an `Arc`.
 pub struct RouteEngine {
+    /// The graph searched; shared with the node, which also needs lookups.
     network: Arc<Network>,
+    /// Kept for real walking minutes and for callers (the tracker needs a
+    /// profile per update).
     profiles: Profiles,
     /// Indexed by [`DisabilityType::index`].
     costs: Vec<ProfileCosts>,
@@ -162,6 +165,7 @@ pub struct RouteEngine {
     /// a lookup is far shorter than the route computation it saves, and the
     /// lock is never held while computing.
     cache: Option<Mutex<LruCache<CacheKey, Arc<RouteSet>>>>,
+    /// Cache hits and misses, for the node's /metrics.
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -553,5 +557,23 @@ impl Search {
         stops.reverse();
         edges.reverse();
         (stops, edges)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ride_takes_at_least_a_minute() {
+        assert_eq!(ride_minutes(100.0), MIN_RIDE_MIN);
+        assert_eq!(ride_minutes(1100.0), 2.0);
+    }
+
+    #[test]
+    fn the_engine_can_be_shared_between_tasks() {
+        fn shared<T: Send + Sync>() {}
+        shared::<RouteEngine>();
+        shared::<Network>();
     }
 }
