@@ -155,12 +155,11 @@ impl Tracker {
             return Ok(TrackOutcome::Arrival { destination });
         }
 
-        // Snap onto the polyline.
+        // Snap onto the polyline: project onto every segment, then pick
+        // among the parts of the route about as close as the closest one
+        // (within the fix's own uncertainty); there continuity with the
+        // rider's furthest position decides.
         let proj = geo::LocalProjection::new(lat, lon);
-        // Project onto every segment, then pick among the parts of the route
-        // about as close as the closest one (within the fix's own
-        // uncertainty): there continuity with the rider's furthest position
-        // decides.
         let mut candidates: Vec<(f64, f64)> = Vec::with_capacity(route.segments.len());
         let mut prev = {
             let s = n.station(stops[0]);
@@ -183,10 +182,13 @@ impl Tracker {
                 score(a).total_cmp(&score(b))
             })
             .copied();
-        let (off_route_m, along) = best.unwrap_or_else(|| {
-            let s = n.station(stops[0]);
-            (geo::haversine_m(lat, lon, s.lat, s.lon), 0.0)
-        });
+        let (off_route_m, along) = match best {
+            Some((_, along)) => (closest, along),
+            None => {
+                let s = n.station(stops[0]);
+                (geo::haversine_m(lat, lon, s.lat, s.lon), 0.0)
+            }
+        };
         if off_route_m > self.cfg.deviation_threshold_m + credit {
             let (nearest, _) = n.nearest_station(lat, lon);
             let ns = n.station(nearest);
