@@ -57,6 +57,10 @@ impl From<RouteError> for NavError {
             RouteError::NoRoute => {
                 NavError::client(ErrorCode::RouteNotFound, "no route between these stations")
             }
+            RouteError::InvalidRoute => NavError::client(
+                ErrorCode::RouteNotFound,
+                "the stored route no longer fits the network; start a new navigation",
+            ),
         }
     }
 }
@@ -252,12 +256,10 @@ impl Navigator {
             .iter()
             .find(|r| r.rank == record.selected_rank)
             .ok_or_else(|| NavError::Internal("selected rank missing from record".into()))?;
-        let route = state
-            .engine
-            .route_from_codes(&stored.codes, record.disability_type, stored.rank)
-            .map_err(|e| {
-                NavError::Internal(format!("stored route does not fit the network: {e}"))
-            })?;
+        let route =
+            state
+                .engine
+                .route_from_codes(&stored.codes, record.disability_type, stored.rank)?;
         let route = Arc::new(route);
         self.cached = Some(Cached {
             route_id: record.route_id.clone(),

@@ -42,30 +42,58 @@ async fn handshake_rejections_are_plain_http() {
     let base = format!("ws://{}/api/v1/ws/{}", node.addr, acct.user_id);
 
     assert_eq!(handshake_status(&base, &[]).await.0, 401, "no token");
-    let forged = hs256(&claims(&acct.user_id, "access", now() + 600), "another-secret-0123456789");
-    assert_eq!(handshake_status(&url(&forged), &[]).await.0, 401, "bad signature");
+    let forged = hs256(
+        &claims(&acct.user_id, "access", now() + 600),
+        "another-secret-0123456789",
+    );
+    assert_eq!(
+        handshake_status(&url(&forged), &[]).await.0,
+        401,
+        "bad signature"
+    );
     let none_token = format!(
         "{}.{}.",
         b64(&json!({"alg": "none", "typ": "JWT"})),
         b64(&claims(&acct.user_id, "access", now() + 600))
     );
-    assert_eq!(handshake_status(&url(&none_token), &[]).await.0, 401, "alg none");
+    assert_eq!(
+        handshake_status(&url(&none_token), &[]).await.0,
+        401,
+        "alg none"
+    );
     let expired = hs256(&claims(&acct.user_id, "access", now() - 120), SECRET);
-    assert_eq!(handshake_status(&url(&expired), &[]).await.0, 401, "expired");
-    assert_eq!(handshake_status(&url(&acct.refresh), &[]).await.0, 401, "refresh token");
+    assert_eq!(
+        handshake_status(&url(&expired), &[]).await.0,
+        401,
+        "expired"
+    );
+    assert_eq!(
+        handshake_status(&url(&acct.refresh), &[]).await.0,
+        401,
+        "refresh token"
+    );
     let other = account(&node, None).await;
     assert_eq!(
-        handshake_status(&node.ws_url(&acct.user_id, &other.access), &[]).await.0,
+        handshake_status(&node.ws_url(&acct.user_id, &other.access), &[])
+            .await
+            .0,
         403,
         "sub != path"
     );
     // The valid token works in each of the three places.
     assert_eq!(handshake_status(&url(&acct.access), &[]).await.0, 101);
     let bearer = format!("Bearer {}", acct.access);
-    assert_eq!(handshake_status(&base, &[("authorization", &bearer)]).await.0, 101);
+    assert_eq!(
+        handshake_status(&base, &[("authorization", &bearer)])
+            .await
+            .0,
+        101
+    );
     let proto = format!("bearer, {}", acct.access);
     assert_eq!(
-        handshake_status(&base, &[("sec-websocket-protocol", &proto)]).await.0,
+        handshake_status(&base, &[("sec-websocket-protocol", &proto)])
+            .await
+            .0,
         101
     );
     let stats = node.stats().await;
@@ -84,7 +112,12 @@ async fn hs_rs_confusion_is_rejected() {
     let node = TestNode::start(c).await;
     let acct = account(&node, None).await;
     // A real RS256 token from the node works.
-    assert_eq!(handshake_status(&node.ws_url(&acct.user_id, &acct.access), &[]).await.0, 101);
+    assert_eq!(
+        handshake_status(&node.ws_url(&acct.user_id, &acct.access), &[])
+            .await
+            .0,
+        101
+    );
     // An HS256 token "signed" with the public key as an HMAC secret does not.
     let public = std::fs::read(format!("{fixtures}/rsa_public.pem")).unwrap();
     let forged = encode(
@@ -93,7 +126,12 @@ async fn hs_rs_confusion_is_rejected() {
         &EncodingKey::from_secret(&public),
     )
     .unwrap();
-    assert_eq!(handshake_status(&node.ws_url(&acct.user_id, &forged), &[]).await.0, 401);
+    assert_eq!(
+        handshake_status(&node.ws_url(&acct.user_id, &forged), &[])
+            .await
+            .0,
+        401
+    );
 }
 
 #[tokio::test]
@@ -125,7 +163,10 @@ async fn happy_path_start_update_switch_recalculate_end() {
         .request(json!({"type": "start_navigation", "origin": "강남", "destination": "홍대입구"}))
         .await;
     assert_eq!(calc["type"], "route_calculated", "{calc}");
-    assert_eq!(calc["disability_type"], "VIS", "account default type is used");
+    assert_eq!(
+        calc["disability_type"], "VIS",
+        "account default type is used"
+    );
     let route_id = calc["route_id"].as_str().unwrap().to_string();
     let routes = calc["routes"].as_array().unwrap();
     assert!(!routes.is_empty() && routes.len() <= 3);
@@ -142,12 +183,16 @@ async fn happy_path_start_update_switch_recalculate_end() {
     assert_eq!(upd["route_id"], route_id.as_str());
 
     if routes.len() > 1 {
-        let sw = c.request(json!({"type": "switch_route", "target_rank": 2})).await;
+        let sw = c
+            .request(json!({"type": "switch_route", "target_rank": 2}))
+            .await;
         assert_eq!(sw["type"], "route_switched", "{sw}");
         assert_eq!(sw["selected_route_rank"], 2);
     }
     let recalc = c
-        .request(json!({"type": "recalculate_route", "latitude": GANGNAM.0, "longitude": GANGNAM.1}))
+        .request(
+            json!({"type": "recalculate_route", "latitude": GANGNAM.0, "longitude": GANGNAM.1}),
+        )
         .await;
     assert_eq!(recalc["type"], "route_recalculated", "{recalc}");
     let new_id = recalc["route_id"].as_str().unwrap().to_string();
@@ -165,7 +210,10 @@ async fn happy_path_start_update_switch_recalculate_end() {
     let after = c
         .request(json!({"type": "location_update", "latitude": GANGNAM.0, "longitude": GANGNAM.1}))
         .await;
-    assert_eq!(after["code"], "NO_ACTIVE_SESSION", "end_navigation clears the route");
+    assert_eq!(
+        after["code"], "NO_ACTIVE_SESSION",
+        "end_navigation clears the route"
+    );
 }
 
 async fn expect_error(c: &mut Client, msg: Value, code: &str) -> Value {
@@ -188,9 +236,11 @@ async fn every_error_code_keeps_the_connection_open() {
     let e = c.next_frame().await.unwrap();
     assert_eq!(e["code"], "PARSING_ERROR");
     // NaN is not JSON either.
-    c.ws.send(Message::text(r#"{"type":"location_update","latitude":NaN,"longitude":1}"#))
-        .await
-        .unwrap();
+    c.ws.send(Message::text(
+        r#"{"type":"location_update","latitude":NaN,"longitude":1}"#,
+    ))
+    .await
+    .unwrap();
     assert_eq!(c.next_frame().await.unwrap()["code"], "PARSING_ERROR");
     // Deeply nested JSON hits serde's recursion limit, not the stack.
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
@@ -198,26 +248,87 @@ async fn every_error_code_keeps_the_connection_open() {
     assert_eq!(c.next_frame().await.unwrap()["code"], "PARSING_ERROR");
 
     expect_error(&mut c, json!({"type": "teleport"}), "UNKNOWN_MESSAGE_TYPE").await;
-    expect_error(&mut c, json!({"type": "start_navigation", "origin": 5}), "INVALID_PARAMETERS").await;
-    expect_error(&mut c, json!({"type": "start_navigation", "origin": "강남", "destination": "강남"}), "INVALID_PARAMETERS").await;
+    expect_error(
+        &mut c,
+        json!({"type": "start_navigation", "origin": 5}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
+    expect_error(
+        &mut c,
+        json!({"type": "start_navigation", "origin": "강남", "destination": "강남"}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
     expect_error(&mut c, json!({"type": "start_navigation", "origin": "강남", "destination": "홍대", "disability_type": "XYZ"}), "INVALID_PARAMETERS").await;
-    let nf = expect_error(&mut c, json!({"type": "start_navigation", "origin": "강낭", "destination": "홍대입구"}), "STATION_NOT_FOUND").await;
-    assert!(nf["message"].as_str().unwrap().contains("강남"), "suggests a close match: {nf}");
-    expect_error(&mut c, json!({"type": "location_update", "latitude": 37.5, "longitude": 127.0}), "NO_ACTIVE_SESSION").await;
-    expect_error(&mut c, json!({"type": "end_navigation"}), "NO_ACTIVE_SESSION").await;
+    let nf = expect_error(
+        &mut c,
+        json!({"type": "start_navigation", "origin": "강낭", "destination": "홍대입구"}),
+        "STATION_NOT_FOUND",
+    )
+    .await;
+    assert!(
+        nf["message"].as_str().unwrap().contains("강남"),
+        "suggests a close match: {nf}"
+    );
+    expect_error(
+        &mut c,
+        json!({"type": "location_update", "latitude": 37.5, "longitude": 127.0}),
+        "NO_ACTIVE_SESSION",
+    )
+    .await;
+    expect_error(
+        &mut c,
+        json!({"type": "end_navigation"}),
+        "NO_ACTIVE_SESSION",
+    )
+    .await;
 
     let calc = c
         .request(json!({"type": "start_navigation", "origin": "서울", "destination": "잠실", "disability_type": "PHY"}))
         .await;
     assert_eq!(calc["type"], "route_calculated", "{calc}");
-    expect_error(&mut c, json!({"type": "location_update", "latitude": 91.0, "longitude": 127.0}), "INVALID_LOCATION").await;
-    expect_error(&mut c, json!({"type": "location_update", "latitude": 35.1796, "longitude": 129.0756}), "INVALID_LOCATION").await;
-    expect_error(&mut c, json!({"type": "location_update", "latitude": 37.5, "longitude": 127.0, "accuracy": -3}), "INVALID_LOCATION").await;
-    expect_error(&mut c, json!({"type": "location_update", "latitude": 1e400, "longitude": 127.0}), "INVALID_PARAMETERS").await;
+    expect_error(
+        &mut c,
+        json!({"type": "location_update", "latitude": 91.0, "longitude": 127.0}),
+        "INVALID_LOCATION",
+    )
+    .await;
+    expect_error(
+        &mut c,
+        json!({"type": "location_update", "latitude": 35.1796, "longitude": 129.0756}),
+        "INVALID_LOCATION",
+    )
+    .await;
+    expect_error(
+        &mut c,
+        json!({"type": "location_update", "latitude": 37.5, "longitude": 127.0, "accuracy": -3}),
+        "INVALID_LOCATION",
+    )
+    .await;
+    // A number beyond f64 (1e400) is refused, naming the request.
+    c.ws.send(Message::text(
+        r#"{"type":"location_update","latitude":1e400,"longitude":127.0,"request_id":"big"}"#,
+    ))
+    .await
+    .unwrap();
+    let big = c.next_frame().await.unwrap();
+    assert_eq!(big["code"], "INVALID_PARAMETERS", "{big}");
+    assert_eq!(big["request_id"], "big");
     expect_error(&mut c, json!({"type": "location_update", "latitude": 37.5, "longitude": 127.0, "route_id": "nope"}), "ROUTE_ID_MISMATCH").await;
-    expect_error(&mut c, json!({"type": "switch_route", "target_rank": 9}), "INVALID_ROUTE_RANK").await;
+    expect_error(
+        &mut c,
+        json!({"type": "switch_route", "target_rank": 9}),
+        "INVALID_ROUTE_RANK",
+    )
+    .await;
     let other = account(&node, None).await;
-    expect_error(&mut c, json!({"type": "watch", "user_id": other.user_id}), "FORBIDDEN").await;
+    expect_error(
+        &mut c,
+        json!({"type": "watch", "user_id": other.user_id}),
+        "FORBIDDEN",
+    )
+    .await;
 
     // Binary frames are refused with an error, the session stays.
     c.ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
@@ -233,7 +344,8 @@ async fn every_error_code_keeps_the_connection_open() {
 #[tokio::test]
 async fn route_not_found_on_a_disconnected_network() {
     let mut cfg = test_config();
-    cfg.data_dir = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/split-network").into());
+    cfg.data_dir =
+        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/split-network").into());
     let node = TestNode::start(cfg).await;
     let acct = account(&node, None).await;
     let mut c = Client::connect(&node, &acct).await;
@@ -263,7 +375,10 @@ async fn rate_limit_answers_each_request() {
             assert_eq!(r["type"], "pong");
         }
     }
-    assert!(limited >= 6, "burst of 5 then limited, got {limited} limited");
+    assert!(
+        limited >= 6,
+        "burst of 5 then limited, got {limited} limited"
+    );
 }
 
 #[tokio::test]
@@ -278,7 +393,9 @@ async fn oversized_frame_closes_with_1009() {
     assert_eq!(c.close_code().await, Some(1009));
     // A frame just under the limit is fine on a new session.
     let mut c = Client::connect(&node, &acct).await;
-    let r = c.request(json!({"type": "ping", "pad": "x".repeat(3000)})).await;
+    let r = c
+        .request(json!({"type": "ping", "pad": "x".repeat(3000)}))
+        .await;
     assert_eq!(r["type"], "pong");
 }
 
@@ -313,9 +430,11 @@ async fn repeated_protocol_errors_close_with_1008_and_spare_others() {
     }
     assert_eq!(b.close_code().await, Some(1008));
     let r = g.request(json!({"type": "ping"})).await;
-    assert_eq!(r["type"], "pong", "a neighbour's abuse does not touch this session");
-    let stats = node.stats().await;
-    assert_eq!(stats["sessions"], 1);
+    assert_eq!(
+        r["type"], "pong",
+        "a neighbour's abuse does not touch this session"
+    );
+    node.wait_sessions(1).await;
 }
 
 #[tokio::test]
@@ -335,7 +454,20 @@ async fn station_search_over_http() {
         .collect();
     assert!(names.contains(&"강남"), "{names:?}");
     assert!(names.contains(&"강남구청"), "{names:?}");
-    let gangnam = v["stations"].as_array().unwrap().iter().find(|s| s["name"] == "강남").unwrap();
-    let lines: Vec<&str> = gangnam["lines"].as_array().unwrap().iter().map(|l| l["line"].as_str().unwrap()).collect();
-    assert!(lines.contains(&"2호선") && lines.contains(&"신분당선"), "{lines:?}");
+    let gangnam = v["stations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "강남")
+        .unwrap();
+    let lines: Vec<&str> = gangnam["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap())
+        .collect();
+    assert!(
+        lines.contains(&"2호선") && lines.contains(&"신분당선"),
+        "{lines:?}"
+    );
 }

@@ -3,6 +3,8 @@
 //! itself is not built yet.
 
 fn main() {
-    eprintln!("navcast-load: the step-load client is not built yet; see navcast-bench for the node benchmarks");
+    eprintln!(
+        "navcast-load: the step-load client is not built yet; see navcast-bench for the node benchmarks"
+    );
     std::process::exit(2);
 }

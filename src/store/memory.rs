@@ -120,7 +120,7 @@ impl RouteStore for MemoryStore {
         let now = Instant::now();
         match self.routes.get_mut(user_id) {
             Some(mut entry) if entry.0.route_id == route_id && entry.1 > now => {
-                entry.0.track = track.clone();
+                entry.0.track = *track;
                 entry.0.selected_rank = selected_rank;
                 entry.1 = now + ttl;
                 Ok(true)

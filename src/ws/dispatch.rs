@@ -262,7 +262,7 @@ impl SessionCtx {
             } => {
                 let dt = disability_type
                     .or(self.default_type)
-                    .unwrap_or(DisabilityType::PHY);
+                    .unwrap_or(DisabilityType::Physical);
                 self.nav
                     .start(state, &user, &origin, &destination, dt)
                     .await

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests: real nodes on port 0, real
 //! HTTP and WebSocket clients.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
+
+pub mod synthetic;
+pub use synthetic::*;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -100,6 +103,19 @@ impl TestNode {
         self.task.take().unwrap().await.unwrap()
     }
 
+    /// Polls `/stats` until the node counts `n` sessions (closing sessions
+    /// finish their close handshake asynchronously).
+    pub async fn wait_sessions(&self, n: u64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.stats().await["sessions"] != n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node never reached {n} sessions"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn stats(&self) -> Value {
         reqwest::get(self.http("/stats"))
             .await
@@ -144,7 +160,10 @@ pub async fn account(node: &TestNode, disability_type: Option<&str>) -> Account 
     assert_eq!(r.status(), 201, "register: {}", r.text().await.unwrap());
     let login: Value = http
         .post(node.http("/api/v1/auth/login"))
-        .form(&[("username", email.as_str()), ("password", password.as_str())])
+        .form(&[
+            ("username", email.as_str()),
+            ("password", password.as_str()),
+        ])
         .send()
         .await
         .unwrap()
@@ -179,7 +198,9 @@ impl Client {
     }
 
     pub async fn connect_url(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect");
         let mut c = Client {
             ws,
             connected: Value::Null,
@@ -195,7 +216,10 @@ impl Client {
     /// The next text frame as JSON; `None` when the connection closed.
     pub async fn next_frame(&mut self) -> Option<Value> {
         loop {
-            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("frame in time") {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("frame in time")
+            {
                 Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
                 Some(Ok(_)) => continue,
@@ -240,27 +264,32 @@ impl Client {
         }
     }
 
-    /// Reads until the server closes; returns the close code.
+    /// Reads until the server closes; returns the close code. Keeps polling
+    /// after the close frame so the client's close reply is flushed and the
+    /// handshake completes.
     pub async fn close_code(&mut self) -> Option<u16> {
-        loop {
-            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("close in time") {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+        let code = loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close in time")
+            {
+                Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
                 Some(Ok(_)) => continue,
                 None | Some(Err(_)) => return None,
             }
-        }
+        };
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
+        code
     }
 }
 
 /// Attempts an upgrade and returns the HTTP status of a refusal (or 101).
-pub async fn handshake_status(
-    url: &str,
-    headers: &[(&str, &str)],
-) -> (u16, Option<String>) {
+pub async fn handshake_status(url: &str, headers: &[(&str, &str)]) -> (u16, Option<String>) {
     let mut req = url.into_client_request().unwrap();
     for (k, v) in headers {
-        req.headers_mut()
-            .insert(*k, v.parse().unwrap());
+        let name =
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+        req.headers_mut().insert(name, v.parse().unwrap());
     }
     match tokio_tungstenite::connect_async(req).await {
         Ok(_) => (101, None),

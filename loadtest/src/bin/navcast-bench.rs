@@ -81,7 +81,8 @@ fn token(secret: &str, sub: &str) -> String {
     .expect("token")
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(base: &str, secret: &str) -> anyhow::Result<Ws> {
     let sub = uuid::Uuid::new_v4().to_string();
@@ -98,8 +99,16 @@ async fn connect(base: &str, secret: &str) -> anyhow::Result<Ws> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Idle { sessions, pid, parallel } => idle(&cli.url, &cli.secret, sessions, pid, parallel).await,
-        Cmd::Rtt { connections, rates, seconds } => rtt(&cli.url, &cli.secret, connections, &rates, seconds).await,
+        Cmd::Idle {
+            sessions,
+            pid,
+            parallel,
+        } => idle(&cli.url, &cli.secret, sessions, pid, parallel).await,
+        Cmd::Rtt {
+            connections,
+            rates,
+            seconds,
+        } => rtt(&cli.url, &cli.secret, connections, &rates, seconds).await,
     }
 }
 
@@ -135,7 +144,13 @@ async fn idle(url: &str, secret: &str, n: usize, pid: u32, parallel: usize) -> a
     Ok(())
 }
 
-async fn rtt(url: &str, secret: &str, conns: usize, rates: &[u64], seconds: u64) -> anyhow::Result<()> {
+async fn rtt(
+    url: &str,
+    secret: &str,
+    conns: usize,
+    rates: &[u64],
+    seconds: u64,
+) -> anyhow::Result<()> {
     let mut sockets = Vec::with_capacity(conns);
     for _ in 0..conns {
         let mut ws = connect(url, secret).await?;
@@ -150,10 +165,15 @@ async fn rtt(url: &str, secret: &str, conns: usize, rates: &[u64], seconds: u64)
         sockets.push(ws);
     }
     println!("connections: {conns}; step length {seconds} s; latency from scheduled send time");
-    println!("{:>10} {:>12} {:>10} {:>10} {:>10} {:>8}", "target/s", "achieved/s", "p50 ms", "p99 ms", "max ms", "errors");
+    println!(
+        "{:>10} {:>12} {:>10} {:>10} {:>10} {:>8}",
+        "target/s", "achieved/s", "p50 ms", "p99 ms", "max ms", "errors"
+    );
     let sockets = Arc::new(sockets.into_iter().map(Mutex::new).collect::<Vec<_>>());
     for &rate in rates {
-        let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+        let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+            1, 60_000_000, 3,
+        )?));
         let done = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(AtomicU64::new(0));
         let per_conn = rate as f64 / conns as f64;
@@ -206,7 +226,10 @@ async fn rtt(url: &str, secret: &str, conns: usize, rates: &[u64], seconds: u64)
             let local = t.await?;
             hist.lock().unwrap().add(&local)?;
         }
-        let elapsed = tokio::time::Instant::now().duration_since(step_start).as_secs_f64().max(seconds as f64);
+        let elapsed = tokio::time::Instant::now()
+            .duration_since(step_start)
+            .as_secs_f64()
+            .max(seconds as f64);
         let h = hist.lock().unwrap();
         println!(
             "{:>10} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>8}",
