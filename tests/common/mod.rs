@@ -26,8 +26,10 @@ pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 
 /// A node config for tests: cheap argon2, a known secret, no seed file.
 pub fn test_config() -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().unwrap();
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
     c.jwt.secret = Some(SECRET.into());
     c.auth.argon2_memory_kib = 1024;
     c.auth.argon2_iterations = 1;
