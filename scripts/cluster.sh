@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# A local navcast cluster: redis-server, N nodes and nginx (HTTP + HTTPS),
+# all on loopback, with pids, logs and generated config under .cluster/.
+#   scripts/cluster.sh up|down|status
+# Settings (environment, defaults shown):
+#   NODES=3 NODE_BASE_PORT=9001 REDIS_PORT=6380 HTTP_PORT=8080 HTTPS_PORT=8443
+#   BIND=127.0.0.1 CLUSTER_DIR=.cluster NAVCAST_BUS_TOPOLOGY=broadcast
+#   NAVCAST_TLS_CERT/NAVCAST_TLS_KEY (default: a generated dev certificate)
+# `up` is idempotent (running parts are kept), waits until every part is
+# ready and prints the URLs; `down` stops only what `up` started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+NODES=${NODES:-3}
+NODE_BASE_PORT=${NODE_BASE_PORT:-9001}
+REDIS_PORT=${REDIS_PORT:-6380}
+HTTP_PORT=${HTTP_PORT:-8080}
+HTTPS_PORT=${HTTPS_PORT:-8443}
+BIND=${BIND:-127.0.0.1}
+CLUSTER_DIR=${CLUSTER_DIR:-.cluster}
+mkdir -p "$CLUSTER_DIR"
+DIR=$(cd "$CLUSTER_DIR" && pwd)
+RUN=$DIR/run LOGS=$DIR/logs TMP=$DIR/tmp TLS=$DIR/tls
+BIN=$ROOT/target/release/navcast
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+need() {
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v nginx >/dev/null || missing+=(nginx)
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v curl >/dev/null || missing+=(curl)
+  if ((${#missing[@]})); then
+    echo "cluster: missing ${missing[*]}; install with: apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+}
+
+wait_for() { # url what [curl args]
+  local url=$1 what=$2; shift 2
+  for _ in $(seq 150); do
+    curl -sf "$@" "$url" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "cluster: $what did not become ready ($url); see $LOGS" >&2
+  return 1
+}
+
+up() {
+  need
+  mkdir -p "$RUN" "$LOGS" "$TMP" "$DIR/redis"
+  if [ ! -x "$BIN" ] || [ -n "$(find src data Cargo.toml -newer "$BIN" -print -quit 2>/dev/null)" ]; then
+    echo "cluster: building navcast (release)"
+    cargo build --release -q -p navcast
+  fi
+  [ -s "$DIR/jwt_secret" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DIR/jwt_secret"
+  chmod 600 "$DIR/jwt_secret"
+
+  if ! alive "$RUN/redis.pid"; then
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+      --dir "$DIR/redis" --daemonize yes --pidfile "$RUN/redis.pid" \
+      --logfile "$LOGS/redis.log" >/dev/null
+    for _ in $(seq 50); do alive "$RUN/redis.pid" && break; sleep 0.1; done
+  fi
+  ulimit -n 20000 2>/dev/null || true
+  for i in $(seq 1 "$NODES"); do
+    local port=$((NODE_BASE_PORT + i - 1))
+    alive "$RUN/node-$i.pid" && continue
+    NAVCAST_NODE_ID=node-$i NAVCAST_LISTEN=$BIND:$port \
+      NAVCAST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
+      NAVCAST_JWT_SECRET=$(cat "$DIR/jwt_secret") NAVCAST_LOG_FORMAT=json \
+      nohup "$BIN" >"$LOGS/node-$i.log" 2>&1 &
+    echo $! > "$RUN/node-$i.pid"
+  done
+
+  local cert=${NAVCAST_TLS_CERT:-$TLS/cert.pem} key=${NAVCAST_TLS_KEY:-$TLS/key.pem}
+  [ -n "${NAVCAST_TLS_CERT:-}" ] || scripts/dev-cert.sh "$TLS" >/dev/null
+  local upstreams=""
+  for i in $(seq 1 "$NODES"); do
+    upstreams+="        server $BIND:$((NODE_BASE_PORT + i - 1)) max_fails=2 fail_timeout=5s;"$'\n'
+  done
+  sed -e "s#@@RUN@@#$RUN#g" -e "s#@@LOGS@@#$LOGS#g" -e "s#@@TMP@@#$TMP#g" \
+      -e "s#@@BIND@@#$BIND#g" -e "s#@@HTTP_PORT@@#$HTTP_PORT#g" \
+      -e "s#@@HTTPS_PORT@@#$HTTPS_PORT#g" -e "s#@@TLS_CERT@@#$cert#g" \
+      -e "s#@@TLS_KEY@@#$key#g" nginx/navcast.conf.template \
+    | awk -v ups="$upstreams" '/@@UPSTREAMS@@/ { printf "%s", ups; next } { print }' \
+    > "$DIR/nginx.conf"
+  nginx -t -q -c "$DIR/nginx.conf" -p "$DIR" -g "error_log $LOGS/nginx-error.log;"
+  if alive "$RUN/nginx.pid"; then
+    nginx -s reload -c "$DIR/nginx.conf" -p "$DIR"
+  else
+    nginx -c "$DIR/nginx.conf" -p "$DIR"
+  fi
+
+  for i in $(seq 1 "$NODES"); do
+    wait_for "http://$BIND:$((NODE_BASE_PORT + i - 1))/ready" "node-$i"
+  done
+  wait_for "http://$BIND:$HTTP_PORT/health" "nginx (http)"
+  wait_for "https://$BIND:$HTTPS_PORT/health" "nginx (https)" --cacert "$cert"
+  echo "cluster up: redis 127.0.0.1:$REDIS_PORT, $NODES nodes on $BIND:$NODE_BASE_PORT…"
+  echo "  wss://$BIND:$HTTPS_PORT/api/v1/ws/{user_id}   (CA file: $cert)"
+  echo "  https://$BIND:$HTTPS_PORT/api/v1/auth/login"
+  echo "  http://$BIND:$HTTP_PORT/health"
+  for i in $(seq 1 "$NODES"); do
+    echo "  node-$i: http://$BIND:$((NODE_BASE_PORT + i - 1))/stats  /metrics"
+  done
+}
+
+stop_pid() { # pidfile name
+  if alive "$1"; then
+    local pid; pid=$(cat "$1")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    echo "stopped $2"
+  fi
+  rm -f "$1"
+}
+
+down() {
+  stop_pid "$RUN/nginx.pid" nginx
+  for f in "$RUN"/node-*.pid; do
+    [ -e "$f" ] && stop_pid "$f" "$(basename "$f" .pid)"
+  done
+  stop_pid "$RUN/redis.pid" redis
+  return 0
+}
+
+status() {
+  local rc=0 line
+  for f in "$RUN"/redis.pid "$RUN"/node-*.pid "$RUN"/nginx.pid; do
+    [ -e "$f" ] || continue
+    local name; name=$(basename "$f" .pid)
+    if alive "$f"; then line="$name: running (pid $(cat "$f"))"; else line="$name: dead"; rc=1; fi
+    if [[ $name == node-* ]] && alive "$f"; then
+      local port=$((NODE_BASE_PORT + ${name#node-} - 1))
+      local s; s=$(curl -s "http://$BIND:$port/stats" || true)
+      line+=" ready=$(curl -s -o /dev/null -w '%{http_code}' "http://$BIND:$port/ready") sessions=$(echo "$s" | grep -o '"sessions":[0-9]*' | head -1 | cut -d: -f2)"
+    fi
+    echo "$line"
+  done
+  [ -n "$(ls "$RUN" 2>/dev/null)" ] || { echo "cluster: not running"; rc=3; }
+  return $rc
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: scripts/cluster.sh up|down|status" >&2; exit 2 ;;
+esac
