@@ -9,7 +9,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = cli.load_config()?;
     if cli.print_config {
-        println!("{}", toml::to_string_pretty(&config)?);
+        let mut shown = config.clone();
+        if shown.jwt.secret.is_some() {
+            shown.jwt.secret = Some("<redacted>".into());
+        }
+        println!("{}", toml::to_string_pretty(&shown)?);
         return Ok(());
     }
     navcast::telemetry::init(config.log_format, &config.log_level);

@@ -471,3 +471,53 @@ async fn station_search_over_http() {
         "{lines:?}"
     );
 }
+
+#[tokio::test]
+async fn es256_tokens_from_a_pem_key_pair() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let mut c = test_config();
+    c.jwt.algorithm = navcast::config::JwtAlgorithm::ES256;
+    c.jwt.secret = None;
+    c.jwt.public_key_file = Some(format!("{fixtures}/ec_public.pem").into());
+    c.jwt.private_key_file = Some(format!("{fixtures}/ec_private.pem").into());
+    c.jwt.issuer = Some("navcast-test".into());
+    c.jwt.audience = Some("riders".into());
+    let node = TestNode::start(c).await;
+    let acct = account(&node, None).await;
+    assert_eq!(
+        handshake_status(&node.ws_url(&acct.user_id, &acct.access), &[])
+            .await
+            .0,
+        101
+    );
+    // Same key, wrong audience: refused.
+    let key = std::fs::read(format!("{fixtures}/ec_private.pem")).unwrap();
+    let mut cl = claims(&acct.user_id, "access", now() + 600);
+    cl["iss"] = json!("navcast-test");
+    cl["aud"] = json!("someone-else");
+    let wrong_aud = encode(
+        &Header::new(Algorithm::ES256),
+        &cl,
+        &EncodingKey::from_ec_pem(&key).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        handshake_status(&node.ws_url(&acct.user_id, &wrong_aud), &[])
+            .await
+            .0,
+        401
+    );
+    cl["aud"] = json!("riders");
+    let right = encode(
+        &Header::new(Algorithm::ES256),
+        &cl,
+        &EncodingKey::from_ec_pem(&key).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        handshake_status(&node.ws_url(&acct.user_id, &right), &[])
+            .await
+            .0,
+        101
+    );
+}
