@@ -5,7 +5,8 @@
 # Settings (environment, defaults shown):
 #   NODES=3 NODE_BASE_PORT=9001 REDIS_PORT=6380 HTTP_PORT=8080 HTTPS_PORT=8443
 #   BIND=127.0.0.1 CLUSTER_DIR=.cluster NAVCAST_BUS_TOPOLOGY=broadcast
-#   NAVCAST_TLS_CERT/NAVCAST_TLS_KEY (default: a generated dev certificate)
+#   TLS_CERT/TLS_KEY (default: a generated dev certificate)
+#   NODE_BIN (default: target/release/navcast, built when missing or stale)
 # `up` is idempotent (running parts are kept), waits until every part is
 # ready and prints the URLs; `down` stops only what `up` started.
 set -euo pipefail
@@ -21,7 +22,7 @@ CLUSTER_DIR=${CLUSTER_DIR:-.cluster}
 mkdir -p "$CLUSTER_DIR"
 DIR=$(cd "$CLUSTER_DIR" && pwd)
 RUN=$DIR/run LOGS=$DIR/logs TMP=$DIR/tmp TLS=$DIR/tls
-BIN=$ROOT/target/release/navcast
+BIN=${NODE_BIN:-$ROOT/target/release/navcast}
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -50,7 +51,7 @@ wait_for() { # url what [curl args]
 up() {
   need
   mkdir -p "$RUN" "$LOGS" "$TMP" "$DIR/redis"
-  if [ ! -x "$BIN" ] || [ -n "$(find src data Cargo.toml -newer "$BIN" -print -quit 2>/dev/null)" ]; then
+  if [ -z "${NODE_BIN:-}" ] && { [ ! -x "$BIN" ] || [ -n "$(find src data Cargo.toml -newer "$BIN" -print -quit 2>/dev/null)" ]; }; then
     echo "cluster: building navcast (release)"
     cargo build --release -q -p navcast
   fi
@@ -74,8 +75,8 @@ up() {
     echo $! > "$RUN/node-$i.pid"
   done
 
-  local cert=${NAVCAST_TLS_CERT:-$TLS/cert.pem} key=${NAVCAST_TLS_KEY:-$TLS/key.pem}
-  [ -n "${NAVCAST_TLS_CERT:-}" ] || scripts/dev-cert.sh "$TLS" >/dev/null
+  local cert=${TLS_CERT:-$TLS/cert.pem} key=${TLS_KEY:-$TLS/key.pem}
+  [ -n "${TLS_CERT:-}" ] || scripts/dev-cert.sh "$TLS" >/dev/null
   local upstreams=""
   for i in $(seq 1 "$NODES"); do
     upstreams+="        server $BIND:$((NODE_BASE_PORT + i - 1)) max_fails=2 fail_timeout=5s;"$'\n'

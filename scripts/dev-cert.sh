@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes a self-signed development certificate for 127.0.0.1 / localhost.
 #   scripts/dev-cert.sh DIR   → DIR/cert.pem, DIR/key.pem (kept if present)
-# For real certificates, skip this and point NAVCAST_TLS_CERT/NAVCAST_TLS_KEY
+# For real certificates, skip this and point TLS_CERT/TLS_KEY
 # (cluster.sh) or the compose volume at your files.
 set -euo pipefail
 dir=${1:?usage: scripts/dev-cert.sh DIR}
