@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The main job, on a fresh Debian machine: install what is missing, build,
+# start a local cluster (Redis + 3 nodes + nginx with TLS), run the
+# step-1000 load test at time scale 0.1 (150 s) over wss through nginx,
+# write the CSV/HTML/JSON reports to reports/, print the pass/fail table,
+# and stop the cluster. Exit code: the load test's (0 = every criterion met).
+#   PROFILE=config/loadtest/step-1000.toml TIME_SCALE=0.1 scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROFILE=${PROFILE:-config/loadtest/step-1000.toml}
+TIME_SCALE=${TIME_SCALE:-0.1}
+name=$(basename "$PROFILE" .toml)
+
+missing=()
+for pkg in redis-server nginx openssl curl; do
+  command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    echo "demo: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "demo: missing ${missing[*]}; run as root, or: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+command -v cargo >/dev/null || { echo "demo: a Rust toolchain is needed (https://rustup.rs)" >&2; exit 1; }
+
+echo "demo: building (release)"
+cargo build --release -q -p navcast -p navcast-load
+trap 'scripts/cluster.sh down >/dev/null 2>&1 || true' EXIT
+scripts/cluster.sh up
+mkdir -p reports
+ulimit -n 20000 2>/dev/null || true
+echo "demo: $name at time scale $TIME_SCALE through nginx (wss)"
+set +e
+./target/release/navcast-load run \
+  --host "wss://127.0.0.1:${HTTPS_PORT:-8443}" --ca-file .cluster/tls/cert.pem \
+  --profile "$PROFILE" --time-scale "$TIME_SCALE" \
+  --csv "reports/$name" --html "reports/$name.html" --json "reports/$name.json"
+status=$?
+set -e
+echo "demo: reports in reports/$name*.csv, reports/$name.html, reports/$name.json"
+exit $status
