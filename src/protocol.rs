@@ -553,4 +553,85 @@ mod tests {
         assert_eq!(back.request_id, reply.request_id);
         assert_eq!(back.message, reply.message);
     }
+
+    mod codec {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Coordinates as clients send them: a few decimals. (serde_json's
+        /// default parser may be one ulp off on 17-digit floats.)
+        fn finite() -> impl Strategy<Value = f64> {
+            (-1_800_000i32..1_800_000).prop_map(|x| f64::from(x) / 1e4)
+        }
+
+        fn client_message() -> impl Strategy<Value = ClientMessage> {
+            prop_oneof![
+                (
+                    ".{0,20}",
+                    ".{0,20}",
+                    proptest::option::of(prop_oneof![
+                        Just(DisabilityType::Physical),
+                        Just(DisabilityType::Visual),
+                        Just(DisabilityType::Auditory),
+                        Just(DisabilityType::Elderly),
+                    ])
+                )
+                    .prop_map(|(origin, destination, disability_type)| {
+                        ClientMessage::StartNavigation {
+                            origin,
+                            destination,
+                            disability_type,
+                        }
+                    }),
+                (
+                    finite(),
+                    finite(),
+                    proptest::option::of(finite()),
+                    proptest::option::of("[a-f0-9]{0,32}")
+                )
+                    .prop_map(|(latitude, longitude, accuracy, route_id)| {
+                        ClientMessage::LocationUpdate {
+                            latitude,
+                            longitude,
+                            accuracy,
+                            route_id,
+                        }
+                    }),
+                any::<u8>().prop_map(|target_rank| ClientMessage::SwitchRoute { target_rank }),
+                Just(ClientMessage::EndNavigation {}),
+                ".{0,40}".prop_map(|user_id| ClientMessage::Watch { user_id }),
+                ".{0,40}".prop_map(|guardian_id| ClientMessage::ShareNavigation { guardian_id }),
+                Just(ClientMessage::Ping {}),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn every_request_round_trips_with_its_id(msg in client_message(), id in any::<i64>()) {
+                let mut v = serde_json::to_value(&msg).unwrap();
+                v["request_id"] = id.into();
+                let (back, rid) = parse_request(&v.to_string()).unwrap();
+                prop_assert_eq!(back, msg);
+                prop_assert_eq!(rid, Some(RequestId::Num(id.into())));
+            }
+
+            #[test]
+            fn arbitrary_text_never_panics_and_gets_a_code(text in ".{0,200}") {
+                if let Err(e) = parse_request(&text) {
+                    prop_assert!(!e.message.contains(&text) || text.len() < 3, "input reflected: {}", e.message);
+                }
+            }
+
+            #[test]
+            fn mutated_requests_get_a_documented_code(msg in client_message(), cut in 0usize..200) {
+                let text = serde_json::to_string(&msg).unwrap();
+                let cut = cut.min(text.len());
+                if let Some(prefix) = text.get(..cut)
+                    && let Err(e) = parse_request(prefix)
+                {
+                    prop_assert!(matches!(e.code, ErrorCode::ParsingError | ErrorCode::UnknownMessageType | ErrorCode::InvalidParameters));
+                }
+            }
+        }
+    }
 }
