@@ -247,6 +247,15 @@ async fn every_error_code_keeps_the_connection_open() {
     c.ws.send(Message::text(deep)).await.unwrap();
     assert_eq!(c.next_frame().await.unwrap()["code"], "PARSING_ERROR");
 
+    // A huge (but in-limit) frame with an absurd field: refused, not echoed.
+    let huge = "가".repeat(20_000);
+    let r = expect_error(
+        &mut c,
+        json!({"type": "start_navigation", "origin": huge, "destination": "잠실"}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
+    assert!(r["message"].as_str().unwrap().len() < 200, "{r}");
     expect_error(&mut c, json!({"type": "teleport"}), "UNKNOWN_MESSAGE_TYPE").await;
     expect_error(
         &mut c,
