@@ -30,7 +30,7 @@ use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use redis::aio::{ConnectionManager, PubSubSink};
+use redis::aio::PubSubSink;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Bus, Deliver, Envelope, InterestCheck, Payload};
 use crate::config::BusTopology;
+use crate::store::redis::Connection;
 
 /// Envelopes waiting for the publisher. At 5 000 events/s this is almost a
 /// second of Redis being slow before publishes start failing; an envelope
@@ -223,8 +224,7 @@ impl Bus for RedisBus {
             );
             return;
         };
-        let manager_config = crate::store::redis::manager_config();
-        match ConnectionManager::new_lazy_with_config(self.client.clone(), manager_config) {
+        match Connection::new(self.client.clone()) {
             Ok(conn) => {
                 tokio::spawn(publisher(
                     self.shared.clone(),
@@ -306,7 +306,7 @@ impl Bus for RedisBus {
 /// Sends queued envelopes, a pipeline per batch, until the bus is dropped.
 async fn publisher(
     shared: Arc<Shared>,
-    mut conn: ConnectionManager,
+    mut conn: Connection,
     mut rx: mpsc::Receiver<Envelope>,
     stop: CancellationToken,
 ) {

@@ -22,8 +22,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, Value};
 
 use super::{
     Account, AccountStore, Consumed, NodeInfo, NodeRegistry, RefreshRecord, RouteRecord,
@@ -52,7 +52,7 @@ impl Default for Options {
 
 pub struct RedisStore {
     /// Cheap to clone; each call clones it for the `&mut` the commands need.
-    conn: ConnectionManager,
+    conn: Connection,
     options: Options,
     create_account: Script,
     consume_token: Script,
@@ -115,6 +115,52 @@ fn map_err(e: RedisError) -> StoreError {
     }
 }
 
+/// A [`ConnectionManager`] that sends a command a second time when the
+/// first attempt could not even connect. The manager remembers a failed
+/// connect until the next call swaps in a fresh attempt, so without this
+/// the first command after Redis comes back would fail too. Only a refused
+/// connection is retried: nothing was sent, so nothing is applied twice.
+#[derive(Clone)]
+pub struct Connection(ConnectionManager);
+
+impl Connection {
+    /// A lazily connecting connection to `client`'s server.
+    pub fn new(client: redis::Client) -> redis::RedisResult<Connection> {
+        ConnectionManager::new_lazy_with_config(client, manager_config()).map(Connection)
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            match self.0.req_packed_command(cmd).await {
+                Err(e) if e.is_connection_refusal() => self.0.req_packed_command(cmd).await,
+                other => other,
+            }
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            match self.0.req_packed_commands(pipeline, offset, count).await {
+                Err(e) if e.is_connection_refusal() => {
+                    self.0.req_packed_commands(pipeline, offset, count).await
+                }
+                other => other,
+            }
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
@@ -145,8 +191,7 @@ pub fn manager_config() -> ConnectionManagerConfig {
 impl RedisStore {
     /// A store on `client`'s server. Connects on first use.
     pub fn new(client: redis::Client, options: Options) -> Result<RedisStore, StoreError> {
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, manager_config()).map_err(map_err)?;
+        let conn = Connection::new(client).map_err(map_err)?;
         Ok(RedisStore {
             conn,
             options,
@@ -161,7 +206,7 @@ impl RedisStore {
         format!("{}:{}:{}", self.options.prefix, kind, id)
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Connection {
         self.conn.clone()
     }
 }
