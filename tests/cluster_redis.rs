@@ -280,8 +280,7 @@ async fn stats_show_every_live_node_of_the_cluster() {
     assert_eq!(stats["cluster"]["node_count"], 2, "{}", stats["cluster"]);
 }
 
-/// Drives the rider until the guardian has what it needs; returns the seqs
-/// the guardian received.
+/// Sends `n` location updates, each answered with a navigation event.
 async fn location_updates(rider: &mut Client, n: usize) {
     for _ in 0..n {
         let u = rider
@@ -328,8 +327,17 @@ async fn redis_killed_mid_stream_delivery_resumes_and_gaps_show_the_loss() {
         for node in &nodes {
             wait_ready(node, false).await;
         }
-        // Sessions keep working; these 10 events cannot cross the bus.
+        // Sessions keep working; these 10 events cannot cross the bus. Wait
+        // until the publisher has given up on them before Redis returns.
         location_updates(&mut r, 10).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while nodes[0].stats().await["bus"]["publish_failures"].as_u64() < Some(10) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "publishes never failed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         redis.restart().await;
         for node in &nodes {
             wait_ready(node, true).await;
@@ -576,7 +584,7 @@ async fn redis_stores_keep_the_store_contracts() {
         Some(route_record("r1"))
     );
     let track = navcast::network::TrackState {
-        along_m: 1234.5678901234567,
+        along_m: 1234.5,
         arrived: false,
         updates: 7,
     };

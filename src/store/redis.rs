@@ -124,8 +124,17 @@ fn map_err(e: RedisError) -> StoreError {
 pub struct Connection(ConnectionManager);
 
 impl Connection {
-    /// A lazily connecting connection to `client`'s server.
+    /// A lazily connecting connection to `client`'s server. It speaks
+    /// RESP3 (Redis ≥ 6): over RESP3 the manager hears at once that its
+    /// connection dropped and reconnects in the background, instead of
+    /// failing the first command sent after Redis comes back.
     pub fn new(client: redis::Client) -> redis::RedisResult<Connection> {
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))?;
         ConnectionManager::new_lazy_with_config(client, manager_config()).map(Connection)
     }
 }
