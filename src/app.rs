@@ -338,8 +338,11 @@ impl AppState {
                 }
             }
             Payload::Replace { session_id } => {
+                // `sent_at_us` is when the newer session opened: a local
+                // session opened after it is newer still and stays, even
+                // when this notice was slow to arrive.
                 for old in self.sessions.of_user(&envelope.user_id, None) {
-                    if *old.session_id != **session_id {
+                    if *old.session_id != **session_id && old.opened_at_us < envelope.sent_at_us {
                         self.kick_replaced(&old);
                     }
                 }
@@ -442,7 +445,7 @@ impl AppState {
             origin_node: self.node_id.to_string(),
             node_seq: self.next_node_seq(),
             seq: 0,
-            sent_at_us: now_us(),
+            sent_at_us: new.opened_at_us,
             user_id: new.user_id.to_string(),
             payload: Payload::Replace {
                 session_id: new.session_id.to_string(),
