@@ -277,7 +277,9 @@ impl Bus for RedisBus {
     }
 
     fn settled(&self) -> BoxFuture<'static, ()> {
-        if self.shared.topology != BusTopology::Targeted {
+        // While Redis is down there is nothing to wait for: the subscriber
+        // subscribes to every wanted channel when it reconnects.
+        if self.shared.topology != BusTopology::Targeted || !self.is_connected() {
             return Box::pin(std::future::ready(()));
         }
         let (tx, rx) = oneshot::channel();
