@@ -7,7 +7,7 @@ use std::future::Future;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ws::Utf8Bytes;
@@ -20,13 +20,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthService, JwtKeys};
 use crate::bus::local::LocalBus;
+use crate::bus::redis::{BusCounters, RedisBus};
 use crate::bus::{Bus, Envelope, Payload, now_us};
 use crate::config::{BusTopology, Config};
 use crate::metrics::Metrics;
 use crate::network::{Network, Profiles, RouteEngine, Tracker, TrackerConfig};
 use crate::protocol::{PeerEventFrame, ServerMessage, close};
 use crate::session::{SessionHandle, Sessions};
-use crate::store::Stores;
+use crate::store::{NodeInfo, Stores};
 
 /// Everything a node shares between its tasks. Cheap to clone.
 #[derive(Clone)]
@@ -69,9 +70,19 @@ pub struct Inner {
     connections: AtomicUsize,
     /// Sequence of envelopes this node published.
     node_seq: AtomicU64,
-    /// Last `node_seq` seen per origin node, for gap counting.
+    /// Last `node_seq` seen per origin node, for gap counting (topology
+    /// `broadcast`, where every node sees every envelope).
     last_seen: DashMap<String, u64>,
+    /// Last `seq` seen per user and origin node, for gap counting (topology
+    /// `targeted`, where a node sees only the users it is interested in).
+    /// Forgotten when the node loses interest in the user, so a later
+    /// subscription does not count the events it was not subscribed for.
+    last_user_seq: DashMap<String, Vec<(String, u64)>>,
     pub started: Instant,
+    /// Unix seconds at start, for the node registry.
+    started_at: i64,
+    /// Cancelled when `serve` returns: the registry heartbeat stops.
+    stopped: CancellationToken,
 }
 
 /// A reserved place under `ws.max_connections`; released on drop.
@@ -99,9 +110,11 @@ impl Drop for ConnectionSlot {
 /// Optional parts a caller may supply instead of the defaults.
 #[derive(Default)]
 pub struct Parts {
-    /// Defaults to a bus of this node alone.
+    /// Defaults to a Redis bus when `redis_url` is set, else a bus of this
+    /// node alone.
     pub bus: Option<Arc<dyn Bus>>,
-    /// Defaults to in-memory stores.
+    /// Defaults to Redis stores when `redis_url` is set, else in-memory
+    /// stores.
     pub stores: Option<Stores>,
 }
 
@@ -142,7 +155,26 @@ impl AppState {
             (None, _) => None,
         };
         let keys = JwtKeys::new(&config.jwt, secret)?;
-        let stores = parts.stores.unwrap_or_else(Stores::memory);
+        // Opening a client parses the URL and connects nothing: a node whose
+        // Redis is down starts, reports not ready, and catches up.
+        let redis = match &config.redis_url {
+            Some(url) if parts.bus.is_none() || parts.stores.is_none() => Some(
+                ::redis::Client::open(url.as_str())
+                    .map_err(|e| anyhow::anyhow!("redis_url {url:?} is not usable: {e}"))?,
+            ),
+            _ => None,
+        };
+        let stores = match (parts.stores, &redis) {
+            (Some(stores), _) => stores,
+            (None, Some(client)) => Stores::redis(
+                client.clone(),
+                crate::store::redis::Options {
+                    refresh_ttl: config.jwt.refresh_ttl,
+                    ..Default::default()
+                },
+            )?,
+            (None, None) => Stores::memory(),
+        };
         let auth = AuthService::new(
             keys,
             &config.auth,
@@ -153,7 +185,21 @@ impl AppState {
             let created = auth.seed(seed).await?;
             tracing::info!(event = "accounts_seeded", file = %seed.display(), created, "seed accounts loaded");
         }
-        let bus = parts.bus.unwrap_or_else(|| Arc::new(LocalBus::new()));
+        let metrics = Metrics::new();
+        let bus: Arc<dyn Bus> = match (parts.bus, redis) {
+            (Some(bus), _) => bus,
+            (None, Some(client)) => Arc::new(RedisBus::new(
+                client,
+                config.bus.topology,
+                &config.bus.channel,
+                BusCounters {
+                    publish_failures: metrics.bus_publish_failures.clone(),
+                    reconnects: metrics.bus_reconnects.clone(),
+                    connected: metrics.bus_connected.clone(),
+                },
+            )),
+            (None, None) => Arc::new(LocalBus::new()),
+        };
         let state = AppState(Arc::new(Inner {
             node_id: config.node_id.clone().into(),
             config,
@@ -163,15 +209,27 @@ impl AppState {
             tracker,
             sessions: Sessions::default(),
             bus,
-            metrics: Metrics::new(),
+            metrics,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             node_seq: AtomicU64::new(0),
             last_seen: DashMap::new(),
+            last_user_seq: DashMap::new(),
             started: Instant::now(),
+            started_at: crate::auth::jwt::now_s(),
+            stopped: CancellationToken::new(),
         }));
+        if state.bus.is_connected() {
+            state.metrics.bus_connected.set(1);
+        }
+        let weak = Arc::downgrade(&state.0);
+        state.bus.set_interest_check(Arc::new(move |user| {
+            weak.upgrade()
+                .is_some_and(|inner| inner.sessions.has_interest(user))
+        }));
+        tokio::spawn(heartbeat(Arc::downgrade(&state.0)));
         let weak = Arc::downgrade(&state.0);
         state.bus.start(
             &state.node_id,
@@ -254,8 +312,11 @@ impl AppState {
             return;
         }
         self.metrics.bus_received.inc();
-        if self.config.bus.topology == BusTopology::Broadcast {
-            self.count_gap(&envelope.origin_node, envelope.node_seq);
+        match self.config.bus.topology {
+            BusTopology::Broadcast => self.count_gap(&envelope.origin_node, envelope.node_seq),
+            BusTopology::Targeted => {
+                self.count_user_gap(&envelope.origin_node, &envelope.user_id, envelope.seq)
+            }
         }
         match &envelope.payload {
             Payload::Event { event } => {
@@ -277,8 +338,11 @@ impl AppState {
                 }
             }
             Payload::Replace { session_id } => {
+                // `sent_at_us` is when the newer session opened: a local
+                // session opened after it is newer still and stays, even
+                // when this notice was slow to arrive.
                 for old in self.sessions.of_user(&envelope.user_id, None) {
-                    if *old.session_id != **session_id {
+                    if *old.session_id != **session_id && old.opened_at_us < envelope.sent_at_us {
                         self.kick_replaced(&old);
                     }
                 }
@@ -290,11 +354,73 @@ impl AppState {
         let mut last = self.last_seen.entry(origin.to_string()).or_insert(0);
         if *last != 0 && node_seq > *last + 1 {
             let missing = node_seq - *last - 1;
-            self.metrics.bus_gaps.inc_by(missing);
-            tracing::warn!(event = "bus_gap", origin_node = %origin, missing, "envelopes missing from an origin");
+            self.gap(origin, None, missing);
         }
         if node_seq > *last {
             *last = node_seq;
+        }
+    }
+
+    /// Gap counting by the per-(origin, user) `seq`. A `seq` of 0 is not
+    /// counted (envelopes that are not events). A `seq` at or below the last
+    /// one seen is a new stream (the user's sessions on that node closed
+    /// and reopened, which restarts it at 1): it becomes the new baseline.
+    fn count_user_gap(&self, origin: &str, user: &str, seq: u64) {
+        if seq == 0 {
+            return;
+        }
+        let mut origins = self.last_user_seq.entry(user.to_string()).or_default();
+        match origins.iter_mut().find(|(o, _)| o == origin) {
+            Some((_, last)) => {
+                if seq > *last + 1 {
+                    let missing = seq - *last - 1;
+                    *last = seq;
+                    drop(origins);
+                    self.gap(origin, Some(user), missing);
+                } else {
+                    *last = seq;
+                }
+            }
+            None => origins.push((origin.to_string(), seq)),
+        }
+    }
+
+    fn gap(&self, origin: &str, user: Option<&str>, missing: u64) {
+        self.metrics.bus_gaps.inc_by(missing);
+        tracing::warn!(
+            event = "bus_gap",
+            origin_node = %origin,
+            user_id = user.unwrap_or(""),
+            missing,
+            "envelopes missing from an origin"
+        );
+    }
+
+    /// A session of or watching `user` went away: if it was the last local
+    /// one, the bus may stop listening for `user`.
+    pub fn release_interest(&self, user: &str) {
+        if !self.sessions.has_interest(user) {
+            self.last_user_seq.remove(user);
+            self.bus.disinterest(user);
+        }
+    }
+
+    /// Waits (briefly) until the bus listens for every user this node
+    /// declared interest in, so a reply like `connected` or `watching` is
+    /// not followed by a missed event. Never waits long: a slow Redis must
+    /// not stall a session.
+    pub async fn interest_settled(&self) {
+        let _ = tokio::time::timeout(INTEREST_SETTLE_MAX, self.bus.settled()).await;
+    }
+
+    /// This node's record for the registry.
+    fn node_info(&self) -> NodeInfo {
+        NodeInfo {
+            node_id: self.node_id.to_string(),
+            sessions: self.sessions.len() as u64,
+            started_at: self.started_at,
+            heartbeat_at_ms: (now_us() / 1000) as i64,
+            version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
 
@@ -319,7 +445,7 @@ impl AppState {
             origin_node: self.node_id.to_string(),
             node_seq: self.next_node_seq(),
             seq: 0,
-            sent_at_us: now_us(),
+            sent_at_us: new.opened_at_us,
             user_id: new.user_id.to_string(),
             payload: Payload::Replace {
                 session_id: new.session_id.to_string(),
@@ -335,9 +461,7 @@ impl AppState {
                 self.sessions.unwatch(rider, watcher.key);
             }
         }
-        if !self.sessions.has_interest(rider) {
-            self.bus.disinterest(rider);
-        }
+        self.release_interest(rider);
     }
 
     /// Starts a drain: `/ready` turns 503, upgrades are refused, and every
@@ -351,6 +475,46 @@ impl AppState {
             );
         }
         self.shutdown.cancel();
+    }
+}
+
+/// The longest a session waits for the bus to confirm a subscription.
+const INTEREST_SETTLE_MAX: Duration = Duration::from_secs(2);
+
+/// Writes this node's record into the node registry every
+/// `bus.heartbeat_interval`, to expire after three periods, until the node
+/// stops (or its state is dropped).
+async fn heartbeat(state: std::sync::Weak<Inner>) {
+    let (period, stopped) = match state.upgrade() {
+        Some(inner) => (inner.config.bus.heartbeat_interval, inner.stopped.clone()),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stopped.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(inner) = state.upgrade() else { return };
+        let state = AppState(inner);
+        let info = state.node_info();
+        let result = state.stores.nodes.heartbeat(&info, period * 3).await;
+        match (result, failing) {
+            (Ok(()), true) => {
+                failing = false;
+                tracing::info!(
+                    event = "registry_heartbeat_recovered",
+                    "node registry heartbeat works again"
+                );
+            }
+            (Err(e), false) => {
+                failing = true;
+                tracing::warn!(event = "registry_heartbeat_failed", cause = %e, "node registry heartbeat failed; retrying every period");
+            }
+            _ => {}
+        }
     }
 }
 
@@ -393,6 +557,15 @@ pub async fn serve(
     let drained = tokio::time::timeout(timeout, state.tasks.wait())
         .await
         .is_ok();
+    state.stopped.cancel();
+    if let Ok(Err(e)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        state.stores.nodes.leave(&state.node_id),
+    )
+    .await
+    {
+        tracing::warn!(event = "registry_leave_failed", cause = %e, "node record left to expire");
+    }
     tracing::info!(
         event = "drain_finished",
         complete = drained,

@@ -191,6 +191,10 @@ pub struct BusConfig {
     /// When the bus is down: `true` keeps `/ready` at 200 and reports
     /// `degraded`; `false` (default) answers 503.
     pub ready_when_degraded: bool,
+    /// How often a node refreshes its record in the node registry (Redis
+    /// key `navcast:node:<node_id>`, expiring after 3 periods). Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -285,6 +289,7 @@ impl Default for BusConfig {
             topology: BusTopology::Broadcast,
             channel: "navcast:events".into(),
             ready_when_degraded: false,
+            heartbeat_interval: Duration::from_secs(5),
         }
     }
 }
@@ -436,6 +441,12 @@ impl Config {
         }
         if self.ws.pong_timeout <= self.ws.ping_interval {
             return rule("ws.pong_timeout must be longer than ws.ping_interval");
+        }
+        if self.bus.heartbeat_interval.is_zero() {
+            return rule("bus.heartbeat_interval must be > 0");
+        }
+        if self.bus.channel.is_empty() {
+            return rule("bus.channel must not be empty");
         }
         if self.node_id.is_empty() || self.node_id.len() > 64 {
             return rule("node_id must be 1–64 characters");

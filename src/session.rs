@@ -57,6 +57,10 @@ pub struct SessionHandle {
     /// The `session_id` of the `connected` frame.
     pub session_id: Arc<str>,
     pub user_id: Arc<str>,
+    /// Wall clock at open (µs): under `multi_device = replace`, another
+    /// node's replace notice closes only sessions opened before the
+    /// newcomer, even if the notice arrives late.
+    pub opened_at_us: u64,
     tx: mpsc::Sender<Message>,
     pub kill: Arc<Kill>,
 }
@@ -127,6 +131,7 @@ impl Sessions {
             key: self.next_key.fetch_add(1, Ordering::Relaxed) + 1,
             session_id,
             user_id: user_id.clone(),
+            opened_at_us: crate::bus::now_us(),
             tx,
             kill: Arc::new(Kill::default()),
         };

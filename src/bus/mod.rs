@@ -5,12 +5,15 @@
 //! of their own origin, so no session sees an event twice. `publish` never
 //! waits: a bus that cannot keep up counts a failure and moves on, so a
 //! session is never blocked by the bus. [`local::LocalBus`] connects nodes
-//! of one process (a single node, or tests); the Redis implementation
-//! connects nodes across processes.
+//! of one process (a single node, or tests); [`redis::RedisBus`] connects
+//! nodes across processes through Redis pub/sub.
 
 pub mod local;
+pub mod redis;
 
 use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -45,6 +48,11 @@ pub struct Envelope {
 /// Called by the bus for every envelope from another node. Must not block.
 pub type Deliver = Arc<dyn Fn(Arc<Envelope>) + Send + Sync>;
 
+/// Answers whether this node still has a session of, or watching, a user.
+/// A targeted bus asks it before it unsubscribes, so that an `interest`
+/// racing a `disinterest` for the same user never leaves it unsubscribed.
+pub type InterestCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 pub trait Bus: Send + Sync {
     /// Starts delivering other nodes' envelopes to `deliver`.
     fn start(&self, node_id: &str, deliver: Deliver);
@@ -54,6 +62,16 @@ pub trait Bus: Send + Sync {
     /// `user`; a targeted bus subscribes to that user's channel.
     fn interest(&self, user: &str);
     fn disinterest(&self, user: &str);
+    /// Resolves once every `interest` call made before it has taken effect
+    /// (the subscription is confirmed), or at once while the bus is down.
+    /// A node awaits it before telling a client it is connected or
+    /// watching, so the first event after that reply is not missed.
+    fn settled(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
+    /// Gives the bus the node's own view of who is interesting; see
+    /// [`InterestCheck`]. Buses without per-user subscriptions ignore it.
+    fn set_interest_check(&self, _check: InterestCheck) {}
     /// Whether the bus currently reaches the other nodes.
     fn is_connected(&self) -> bool;
     /// A short name for logs and `/stats`.

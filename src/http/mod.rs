@@ -5,6 +5,7 @@ mod error;
 pub use error::ApiError;
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
@@ -53,7 +54,27 @@ fn rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The whole cluster as the node registry sees it: every live node with
+/// its session count. A registry that cannot be read gives an `error`
+/// instead, and the rest of `/stats` still answers.
+async fn cluster(state: &AppState) -> serde_json::Value {
+    let live = tokio::time::timeout(Duration::from_secs(1), state.stores.nodes.live()).await;
+    match live {
+        Ok(Ok(nodes)) => {
+            let sessions: u64 = nodes.iter().map(|n| n.sessions).sum();
+            serde_json::json!({
+                "node_count": nodes.len(),
+                "sessions": sessions,
+                "nodes": nodes,
+            })
+        }
+        Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
+        Err(_) => serde_json::json!({ "error": "node registry timed out" }),
+    }
+}
+
 async fn stats(State(state): State<AppState>) -> impl IntoResponse {
+    let cluster = cluster(&state).await;
     let m = &state.metrics;
     sync_cache_counters(&state);
     let rejected: u64 = ConnectOutcome::ALL
@@ -84,6 +105,7 @@ async fn stats(State(state): State<AppState>) -> impl IntoResponse {
         "route_cache": { "hits": m.route_cache_hits.get(), "misses": m.route_cache_misses.get() },
         "bus": {
             "kind": state.bus.kind(),
+            "topology": state.config.bus.topology,
             "connected": state.bus.is_connected(),
             "published": m.bus_published.get(),
             "received": m.bus_received.get(),
@@ -92,6 +114,7 @@ async fn stats(State(state): State<AppState>) -> impl IntoResponse {
             "reconnects": m.bus_reconnects.get(),
         },
         "peer_events_delivered": m.peer_events_delivered.get(),
+        "cluster": cluster,
         "memory": { "rss_bytes": rss_bytes() },
     }))
 }

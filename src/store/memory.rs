@@ -26,6 +26,8 @@ pub struct MemoryStore {
     routes: DashMap<String, (RouteRecord, Instant)>,
     /// (rider, guardian) pairs.
     shares: DashMap<(String, String), ()>,
+    /// Node heartbeats with their expiry.
+    nodes: DashMap<String, (NodeInfo, Instant)>,
 }
 
 #[async_trait]
@@ -156,5 +158,27 @@ impl ShareStore for MemoryStore {
         Ok(self
             .shares
             .contains_key(&(rider.to_string(), guardian.to_string())))
+    }
+}
+
+#[async_trait]
+impl NodeRegistry for MemoryStore {
+    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
+        self.nodes
+            .insert(node.node_id.clone(), (node.clone(), Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn leave(&self, node_id: &str) -> Result<(), StoreError> {
+        self.nodes.remove(node_id);
+        Ok(())
+    }
+
+    async fn live(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let now = Instant::now();
+        self.nodes.retain(|_, (_, expires)| *expires > now);
+        let mut nodes: Vec<NodeInfo> = self.nodes.iter().map(|n| n.value().0.clone()).collect();
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(nodes)
     }
 }

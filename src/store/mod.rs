@@ -1,12 +1,14 @@
 //! The state-store traits: everything a node must share with other nodes.
 //!
-//! Accounts, refresh tokens, route state and guardian shares live behind
-//! these traits so that a single node keeps them in memory
-//! ([`memory::MemoryStore`]) and a cluster keeps them in Redis, with the
-//! rest of the node unaware of which. Methods are async because the Redis
-//! implementation does I/O; the memory one never awaits.
+//! Accounts, refresh tokens, route state, guardian shares and the node
+//! registry live behind these traits so that a single node keeps them in
+//! memory ([`memory::MemoryStore`]) and a cluster keeps them in Redis
+//! ([`redis::RedisStore`]), with the rest of the node unaware of which.
+//! Methods are async because the Redis implementation does I/O; the memory
+//! one never awaits.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,13 +127,39 @@ pub trait ShareStore: Send + Sync {
     async fn is_shared(&self, rider: &str, guardian: &str) -> Result<bool, StoreError>;
 }
 
-/// The four stores a node uses, as trait objects.
+/// One live node as the registry knows it, for `/stats`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeInfo {
+    pub node_id: String,
+    /// Open sessions at the last heartbeat.
+    pub sessions: u64,
+    /// Unix seconds when the node started.
+    pub started_at: i64,
+    /// Unix milliseconds of the last heartbeat.
+    pub heartbeat_at_ms: i64,
+    pub version: String,
+}
+
+/// Which nodes are alive: each node writes a heartbeat record that expires
+/// unless refreshed, so a node that dies leaves the list by itself.
+#[async_trait]
+pub trait NodeRegistry: Send + Sync {
+    /// Writes (or refreshes) `node`'s record, to expire after `ttl`.
+    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError>;
+    /// Removes a node's record (clean shutdown).
+    async fn leave(&self, node_id: &str) -> Result<(), StoreError>;
+    /// Every node whose record has not expired, sorted by id.
+    async fn live(&self) -> Result<Vec<NodeInfo>, StoreError>;
+}
+
+/// The stores a node uses, as trait objects.
 #[derive(Clone)]
 pub struct Stores {
     pub accounts: Arc<dyn AccountStore>,
     pub tokens: Arc<dyn TokenStore>,
     pub routes: Arc<dyn RouteStore>,
     pub shares: Arc<dyn ShareStore>,
+    pub nodes: Arc<dyn NodeRegistry>,
 }
 
 impl Stores {
@@ -142,7 +170,22 @@ impl Stores {
             accounts: store.clone(),
             tokens: store.clone(),
             routes: store.clone(),
-            shares: store,
+            shares: store.clone(),
+            nodes: store,
         }
+    }
+
+    /// Everything in Redis, for a cluster. Connects lazily: building this
+    /// never fails because Redis is down; calls made while it is down fail
+    /// with [`StoreError::Unavailable`].
+    pub fn redis(client: ::redis::Client, options: redis::Options) -> Result<Stores, StoreError> {
+        let store = Arc::new(redis::RedisStore::new(client, options)?);
+        Ok(Stores {
+            accounts: store.clone(),
+            tokens: store.clone(),
+            routes: store.clone(),
+            shares: store.clone(),
+            nodes: store,
+        })
     }
 }

@@ -72,6 +72,9 @@ async fn session(
     }
 
     let mut ctx = SessionCtx::new(&state, handle.clone(), claims).await;
+    // A targeted bus subscribes to this user's channel in the background;
+    // wait for it (briefly) so events sent after `connected` arrive.
+    state.interest_settled().await;
     ctx.send(
         &state,
         ServerMessage::Connected {
@@ -108,9 +111,7 @@ async fn session(
         .unwrap_or(close::NORMAL);
     state.sessions.close(&handle, &ctx.watched);
     for user in ctx.watched.iter().chain(std::iter::once(&user_id)) {
-        if !state.sessions.has_interest(user) {
-            state.bus.disinterest(user);
-        }
+        state.release_interest(user);
     }
     state.metrics.sessions.dec();
     state.metrics.closed(code);

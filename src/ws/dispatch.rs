@@ -356,6 +356,7 @@ impl SessionCtx {
                     self.watched.push(rider.clone());
                     if state.sessions.watch(rider.clone(), self.handle.key) {
                         state.bus.interest(&rider);
+                        state.interest_settled().await;
                     }
                 }
                 let active_route = self.nav.summary(state, &rider).await?;
@@ -368,10 +369,8 @@ impl SessionCtx {
                 check_user_id(&rider)?;
                 if let Some(i) = self.watched.iter().position(|w| **w == *rider) {
                     self.watched.swap_remove(i);
-                    if state.sessions.unwatch(&rider, self.handle.key)
-                        && !state.sessions.has_interest(&rider)
-                    {
-                        state.bus.disinterest(&rider);
+                    if state.sessions.unwatch(&rider, self.handle.key) {
+                        state.release_interest(&rider);
                     }
                 }
                 Ok(ServerMessage::Unwatched { user_id: rider })

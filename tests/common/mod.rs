@@ -2,6 +2,7 @@
 //! HTTP and WebSocket clients.
 #![allow(dead_code, unused_imports)]
 
+pub mod redis;
 pub mod synthetic;
 pub use synthetic::*;
 

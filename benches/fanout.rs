@@ -1,0 +1,447 @@
+//! Cross-node fan-out over Redis: latency and bus traffic.
+//!
+//! `cargo bench --bench fanout` starts a `redis-server` on a free port and
+//! three nodes in this process, puts riders and guardians on them evenly
+//! (rider `i` on node `i % 3`, its guardian on node `(i / 3) % 3`, so every
+//! pair of nodes is equally common), drives location updates at 1 000 and
+//! then 5 000 events/s in total, and prints:
+//!
+//! - publish → guardian receipt latency (from the envelope's `sent_at_us`)
+//!   at p50/p99/p99.9/max, for guardians on another node (through Redis)
+//!   and on the rider's node (local delivery);
+//! - the bus messages each node received from other nodes, in `broadcast`
+//!   and `targeted` topologies.
+//!
+//! It prints figures; it asserts nothing. Clients and nodes share this
+//! process and the machine's cores, so the latency includes the clients'
+//! own scheduling.
+
+#[allow(dead_code)]
+#[path = "../tests/common/redis.rs"]
+mod redis_server;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use navcast::config::BusTopology;
+use navcast::{AppState, Config, Parts};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Riders; a multiple of 9 so every (rider node, guardian node) pair is
+/// equally common.
+const RIDERS: usize = 180;
+const NODES: usize = 3;
+/// Measured phases: (events per second in total, seconds).
+const PHASES: [(u64, u64); 2] = [(1_000, 5), (5_000, 5)];
+const WARMUP: (u64, u64) = (1_000, 1);
+
+struct Node {
+    state: AppState,
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+fn node_config(redis_url: &str, name: &str, topology: BusTopology) -> Config {
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        node_id: name.to_string(),
+        redis_url: Some(redis_url.to_string()),
+        ..Default::default()
+    };
+    c.jwt.secret = Some("bench-secret-0123456789abcdef-0123456789".into());
+    c.auth.argon2_memory_kib = 1024;
+    c.auth.argon2_iterations = 1;
+    c.auth.seed_file = None;
+    c.ws.rate_per_s = 10_000.0;
+    c.ws.rate_burst = 10_000.0;
+    c.bus.topology = topology;
+    c
+}
+
+async fn start_node(config: Config) -> Node {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = AppState::build(config, Parts::default()).await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(navcast::serve(listener, state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !state.is_ready() {
+        assert!(tokio::time::Instant::now() < deadline, "node never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Node {
+        state,
+        addr,
+        stop: Some(stop),
+    }
+}
+
+struct Login {
+    user_id: String,
+    access: String,
+}
+
+async fn login(http: &reqwest::Client, node: &Node, n: usize) -> Login {
+    let email = format!("bench-{n}-{}@example.com", uuid::Uuid::new_v4().simple());
+    let password = "bench password 1";
+    let r = http
+        .post(format!("http://{}/api/v1/auth/register", node.addr))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = http
+        .post(format!("http://{}/api/v1/auth/login", node.addr))
+        .json(&json!({"username": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    Login {
+        user_id: v["user_id"].as_str().unwrap().to_string(),
+        access: v["access_token"].as_str().unwrap().to_string(),
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(node: &Node, who: &Login) -> Ws {
+    let url = format!(
+        "ws://{}/api/v1/ws/{}?token={}",
+        node.addr, who.user_id, who.access
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let first = ws.next().await.unwrap().unwrap();
+    assert!(first.to_text().unwrap().contains("\"connected\""));
+    ws
+}
+
+/// Sends one request and returns its reply (no other traffic is expected
+/// during setup except pushed frames, which are skipped).
+async fn request(ws: &mut Ws, mut v: Value) -> Value {
+    v["request_id"] = json!("setup");
+    ws.send(Message::text(v.to_string())).await.unwrap();
+    loop {
+        let msg = ws.next().await.unwrap().unwrap();
+        if let Message::Text(t) = msg {
+            let reply: Value = serde_json::from_str(&t).unwrap();
+            if reply["request_id"] == "setup" {
+                return reply;
+            }
+        }
+    }
+}
+
+/// Latency recorders per phase: [through Redis, local].
+struct Recorders {
+    phase: AtomicUsize,
+    hist: Vec<Mutex<[Histogram<u64>; 2]>>,
+    received: Vec<[AtomicU64; 2]>,
+}
+
+impl Recorders {
+    fn new(phases: usize) -> Recorders {
+        let h = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        Recorders {
+            phase: AtomicUsize::new(0),
+            hist: (0..phases).map(|_| Mutex::new([h(), h()])).collect(),
+            received: (0..phases)
+                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+                .collect(),
+        }
+    }
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// Pulls `"sent_at_us":N` out of a peer_event without parsing the event.
+fn sent_at(text: &str) -> Option<u64> {
+    let i = text.rfind("\"sent_at_us\":")? + "\"sent_at_us\":".len();
+    let digits: String = text[i..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+struct Figures {
+    topology: BusTopology,
+    phases: Vec<PhaseFigures>,
+}
+
+struct PhaseFigures {
+    rate: u64,
+    sent: u64,
+    received: [u64; 2],
+    hist: [Histogram<u64>; 2],
+    bus_received: Vec<u64>,
+    publish_failures: u64,
+    gaps: u64,
+}
+
+async fn run_topology(redis_url: &str, topology: BusTopology) -> Figures {
+    let mut nodes = Vec::new();
+    for i in 0..NODES {
+        let name = format!("node-{}", (b'a' + i as u8) as char);
+        nodes.push(start_node(node_config(redis_url, &name, topology)).await);
+    }
+    let http = reqwest::Client::new();
+    let all_phases = 1 + PHASES.len();
+    let rec = Arc::new(Recorders::new(all_phases));
+    // Interval between one rider's updates, in µs; 0 = paused.
+    let interval_us = Arc::new(AtomicU64::new(0));
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..all_phases).map(|_| AtomicU64::new(0)).collect());
+    let done = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+
+    for i in 0..RIDERS {
+        let rider_node = i % NODES;
+        let guardian_node = (i / NODES) % NODES;
+        let rider = login(&http, &nodes[rider_node], i).await;
+        let guardian = login(&http, &nodes[guardian_node], i).await;
+        let mut r = connect(&nodes[rider_node], &rider).await;
+        let mut g = connect(&nodes[guardian_node], &guardian).await;
+        let shared = request(
+            &mut r,
+            json!({"type": "share_navigation", "guardian_id": guardian.user_id}),
+        )
+        .await;
+        assert_eq!(shared["type"], "shared", "{shared}");
+        let watching = request(&mut g, json!({"type": "watch", "user_id": rider.user_id})).await;
+        assert_eq!(watching["type"], "watching", "{watching}");
+        let calc = request(
+            &mut r,
+            json!({"type": "start_navigation", "origin": "서울", "destination": "잠실"}),
+        )
+        .await;
+        assert_eq!(calc["type"], "route_calculated", "{calc}");
+
+        // The guardian: every peer_event's latency into the current phase.
+        let remote = usize::from(rider_node == guardian_node);
+        let rec_g = rec.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok(msg)) = g.next().await {
+                let Message::Text(t) = msg else { continue };
+                let Some(sent_at_us) = sent_at(&t) else {
+                    continue;
+                };
+                let latency = now_us().saturating_sub(sent_at_us).max(1);
+                let phase = rec_g.phase.load(Ordering::Relaxed);
+                rec_g.hist[phase].lock()[remote].saturating_record(latency);
+                rec_g.received[phase][remote].fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+        // The rider: location updates on a schedule, replies drained.
+        let (mut sink, mut stream) = r.split();
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = stream.next().await {}
+        }));
+        let interval = interval_us.clone();
+        let sent = sent.clone();
+        let rec_r = rec.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let frame =
+                json!({"type": "location_update", "latitude": 37.5547, "longitude": 126.9707})
+                    .to_string();
+            // Spread the riders' schedules over the first interval.
+            let mut next = tokio::time::Instant::now()
+                + Duration::from_micros(rand::random::<u64>() % 200_000);
+            while !done.load(Ordering::Relaxed) {
+                tokio::time::sleep_until(next).await;
+                let every = interval.load(Ordering::Relaxed);
+                if every == 0 {
+                    next += Duration::from_millis(10);
+                    continue;
+                }
+                if sink.send(Message::text(frame.clone())).await.is_err() {
+                    return;
+                }
+                sent[rec_r.phase.load(Ordering::Relaxed)].fetch_add(1, Ordering::Relaxed);
+                next += Duration::from_micros(every);
+                // Behind schedule (a stall): skip rather than burst.
+                let now = tokio::time::Instant::now();
+                if next < now {
+                    next = now;
+                }
+            }
+        }));
+    }
+
+    let mut figures = Figures {
+        topology,
+        phases: Vec::new(),
+    };
+    let phases: Vec<(u64, u64)> = std::iter::once(WARMUP).chain(PHASES).collect();
+    for (p, (rate, secs)) in phases.into_iter().enumerate() {
+        let before: Vec<(u64, u64, u64)> = nodes
+            .iter()
+            .map(|n| {
+                let m = &n.state.metrics;
+                (
+                    m.bus_received.get(),
+                    m.bus_publish_failures.get(),
+                    m.bus_gaps.get(),
+                )
+            })
+            .collect();
+        rec.phase.store(p, Ordering::Relaxed);
+        interval_us.store(1_000_000 * RIDERS as u64 / rate, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        // Let the last events of the phase land in it.
+        interval_us.store(0, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if p == 0 {
+            continue;
+        }
+        let hist = {
+            let h = rec.hist[p].lock();
+            [h[0].clone(), h[1].clone()]
+        };
+        let after = nodes.iter().map(|n| {
+            let m = &n.state.metrics;
+            (
+                m.bus_received.get(),
+                m.bus_publish_failures.get(),
+                m.bus_gaps.get(),
+            )
+        });
+        let deltas: Vec<(u64, u64, u64)> = after
+            .zip(&before)
+            .map(|(a, b)| (a.0 - b.0, a.1 - b.1, a.2 - b.2))
+            .collect();
+        figures.phases.push(PhaseFigures {
+            rate,
+            sent: sent[p].load(Ordering::Relaxed),
+            received: [
+                rec.received[p][0].load(Ordering::Relaxed),
+                rec.received[p][1].load(Ordering::Relaxed),
+            ],
+            hist,
+            bus_received: deltas.iter().map(|d| d.0).collect(),
+            publish_failures: deltas.iter().map(|d| d.1).sum(),
+            gaps: deltas.iter().map(|d| d.2).sum(),
+        });
+    }
+    done.store(true, Ordering::Relaxed);
+    for node in &mut nodes {
+        if let Some(stop) = node.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    // Give the nodes a moment to drain before the next cluster starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    figures
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn print(figures: &[Figures]) {
+    println!();
+    println!(
+        "fan-out over Redis: {NODES} nodes in one process, {RIDERS} riders + {RIDERS} guardians, rider i on node i%3, guardian on node (i/3)%3"
+    );
+    println!();
+    println!(
+        "{:<10} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}",
+        "topology",
+        "rate/s",
+        "sent",
+        "delivered",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "local p50",
+        "local p99",
+        "failures"
+    );
+    for f in figures {
+        for p in &f.phases {
+            let [remote, local] = &p.hist;
+            println!(
+                "{:<10} {:>7} {:>8} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.2}   {:>8.2} {:>9.2} {:>8}",
+                format!("{:?}", f.topology).to_lowercase(),
+                p.rate,
+                p.sent,
+                p.received[0] + p.received[1],
+                ms(remote.value_at_quantile(0.5)),
+                ms(remote.value_at_quantile(0.99)),
+                ms(remote.value_at_quantile(0.999)),
+                ms(remote.max()),
+                ms(local.value_at_quantile(0.5)),
+                ms(local.value_at_quantile(0.99)),
+                p.publish_failures + p.gaps,
+            );
+        }
+    }
+    println!();
+    println!("bus messages received from other nodes, per node (phase at the highest rate):");
+    let mut per_topology = Vec::new();
+    for f in figures {
+        let p = f.phases.last().unwrap();
+        let total: u64 = p.bus_received.iter().sum();
+        println!(
+            "  {:<10} {:?} total {total} ({:.0}/s per node)",
+            format!("{:?}", f.topology).to_lowercase(),
+            p.bus_received,
+            total as f64 / NODES as f64 / PHASES.last().unwrap().1 as f64
+        );
+        per_topology.push(total);
+    }
+    if let [broadcast, targeted] = per_topology[..] {
+        println!(
+            "  targeted / broadcast = {:.3} (a third is {:.3})",
+            targeted as f64 / broadcast.max(1) as f64,
+            1.0 / 3.0
+        );
+    }
+    println!();
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; with a filter that names another
+    // bench, do nothing.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args
+        .iter()
+        .any(|a| !a.starts_with('-') && !"fanout".contains(a.as_str()))
+    {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let redis = redis_server::RedisServer::start().await;
+        let mut figures = Vec::new();
+        for topology in [BusTopology::Broadcast, BusTopology::Targeted] {
+            figures.push(run_topology(&redis.url(), topology).await);
+        }
+        print(&figures);
+    });
+}

@@ -1,0 +1,542 @@
+//! Redis implementation of every store trait, for a cluster of nodes.
+//!
+//! One [`ConnectionManager`] (a multiplexed connection that reconnects
+//! itself) serves every call; it connects lazily, so a node starts while
+//! Redis is down and its calls fail with [`StoreError::Unavailable`] until
+//! Redis is back. Every check-then-write is a Lua script, so two nodes
+//! racing on the same record cannot interleave.
+//!
+//! Keys (with the default prefix `navcast`):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `navcast:account:<user_id>` | hash | `user_id`, `email`, `username`?, `disability_type`?, `password_hash` |
+//! | `navcast:email:<email>` | string | user id; created with `SET NX`, the uniqueness constraint |
+//! | `navcast:refresh:<jti>` | hash | `user_id`, `family`, `expires_at`, `spent`; expires at `expires_at` |
+//! | `navcast:family:<family>:revoked` | string | present once a spent token of the family was replayed; lives one refresh lifetime |
+//! | `navcast:route:<user_id>` | hash | `route_id`, `record` (JSON), `selected_rank`, `track` (JSON); TTL `navigation.route_ttl` |
+//! | `navcast:shares:<rider>` | set | guardian ids the rider shares with |
+//! | `navcast:node:<node_id>` | string | JSON heartbeat of a live node; TTL 3 × the heartbeat period |
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, Value};
+
+use super::{
+    Account, AccountStore, Consumed, NodeInfo, NodeRegistry, RefreshRecord, RouteRecord,
+    RouteStore, ShareStore, StoreError, TokenStore,
+};
+use crate::network::TrackState;
+
+/// How a [`RedisStore`] names its keys and how long revocations last.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Prefix of every key. Default `navcast`.
+    pub prefix: String,
+    /// How long a revoked refresh-token family stays revoked: the refresh
+    /// token lifetime, since no token of the family outlives it.
+    pub refresh_ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            prefix: "navcast".into(),
+            refresh_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+pub struct RedisStore {
+    /// Cheap to clone; each call clones it for the `&mut` the commands need.
+    conn: Connection,
+    options: Options,
+    create_account: Script,
+    consume_token: Script,
+    save_progress: Script,
+    remove_route: Script,
+}
+
+/// Creates the email key only if absent, then the account hash.
+const CREATE_ACCOUNT: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+  return 1
+end
+return 0
+";
+
+/// Spends a refresh token once. A replay of a spent token marks its whole
+/// family revoked. The family key is derived inside the script, so this
+/// script assumes a single Redis (not Redis Cluster).
+const CONSUME_TOKEN: &str = r"
+local rec = redis.call('HMGET', KEYS[1], 'user_id', 'family', 'expires_at', 'spent')
+if not rec[1] or not rec[2] or not rec[3] then return {'unknown'} end
+if tonumber(rec[3]) < tonumber(ARGV[1]) then return {'unknown'} end
+local family = ARGV[2] .. rec[2] .. ':revoked'
+if redis.call('EXISTS', family) == 1 then return {'unknown'} end
+if rec[4] == '1' then
+  redis.call('SET', family, '1', 'EX', ARGV[3])
+  return {'reused', rec[1], rec[2], rec[3]}
+end
+redis.call('HSET', KEYS[1], 'spent', '1')
+return {'fresh', rec[1], rec[2], rec[3]}
+";
+
+/// Writes progress only while `route_id` is still the active route.
+const SAVE_PROGRESS: &str = r"
+if redis.call('HGET', KEYS[1], 'route_id') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'selected_rank', ARGV[2], 'track', ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  return 1
+end
+return 0
+";
+
+/// Deletes the route only if it is the active one.
+const REMOVE_ROUTE: &str = r"
+if redis.call('HGET', KEYS[1], 'route_id') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+";
+
+/// Connection errors, timeouts and server refusals (loading, read-only,
+/// out of memory) mean "try again later"; a reply of the wrong shape means
+/// a record or script disagrees with this code.
+fn map_err(e: RedisError) -> StoreError {
+    match e.kind() {
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// A [`ConnectionManager`] that sends a command a second time when the
+/// first attempt could not even connect. The manager remembers a failed
+/// connect until the next call swaps in a fresh attempt, so without this
+/// the first command after Redis comes back would fail too. Only a refused
+/// connection is retried: nothing was sent, so nothing is applied twice.
+#[derive(Clone)]
+pub struct Connection(ConnectionManager);
+
+impl Connection {
+    /// A lazily connecting connection to `client`'s server. It speaks
+    /// RESP3 (Redis ≥ 6): over RESP3 the manager hears at once that its
+    /// connection dropped and reconnects in the background, instead of
+    /// failing the first command sent after Redis comes back.
+    pub fn new(client: redis::Client) -> redis::RedisResult<Connection> {
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        ConnectionManager::new_lazy_with_config(client, manager_config()).map(Connection)
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            match self.0.req_packed_command(cmd).await {
+                Err(e) if e.is_connection_refusal() => self.0.req_packed_command(cmd).await,
+                other => other,
+            }
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            match self.0.req_packed_commands(pipeline, offset, count).await {
+                Err(e) if e.is_connection_refusal() => {
+                    self.0.req_packed_commands(pipeline, offset, count).await
+                }
+                other => other,
+            }
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    (ttl.as_millis() as u64).max(1)
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The connection settings of the store and the bus publisher: fail fast
+/// while Redis is down (one retry, short timeouts) so a request gets its
+/// `INTERNAL_ERROR`/503 in about a second rather than hanging.
+pub fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(1))
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+}
+
+impl RedisStore {
+    /// A store on `client`'s server. Connects on first use.
+    pub fn new(client: redis::Client, options: Options) -> Result<RedisStore, StoreError> {
+        let conn = Connection::new(client).map_err(map_err)?;
+        Ok(RedisStore {
+            conn,
+            options,
+            create_account: Script::new(CREATE_ACCOUNT),
+            consume_token: Script::new(CONSUME_TOKEN),
+            save_progress: Script::new(SAVE_PROGRESS),
+            remove_route: Script::new(REMOVE_ROUTE),
+        })
+    }
+
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}:{}:{}", self.options.prefix, kind, id)
+    }
+
+    fn conn(&self) -> Connection {
+        self.conn.clone()
+    }
+}
+
+fn account_from_hash(mut h: HashMap<String, String>) -> Result<Option<Account>, StoreError> {
+    if h.is_empty() {
+        return Ok(None);
+    }
+    let mut take = |field: &str| h.remove(field);
+    let user_id = take("user_id").ok_or_else(|| corrupt("account", "no user_id"))?;
+    let email = take("email").ok_or_else(|| corrupt("account", "no email"))?;
+    let password_hash = take("password_hash").ok_or_else(|| corrupt("account", "no hash"))?;
+    let username = take("username");
+    let disability_type = take("disability_type")
+        .map(|t| serde_json::from_value(serde_json::Value::String(t)))
+        .transpose()
+        .map_err(|e| corrupt("account disability_type", e))?;
+    Ok(Some(Account {
+        user_id,
+        email,
+        username,
+        disability_type,
+        password_hash,
+    }))
+}
+
+#[async_trait]
+impl AccountStore for RedisStore {
+    async fn create(&self, account: Account) -> Result<(), StoreError> {
+        let mut invocation = self.create_account.prepare_invoke();
+        invocation
+            .key(self.key("email", &account.email))
+            .key(self.key("account", &account.user_id))
+            .arg(&account.user_id)
+            .arg("user_id")
+            .arg(&account.user_id)
+            .arg("email")
+            .arg(&account.email)
+            .arg("password_hash")
+            .arg(&account.password_hash);
+        if let Some(name) = &account.username {
+            invocation.arg("username").arg(name);
+        }
+        if let Some(t) = account.disability_type {
+            invocation.arg("disability_type").arg(t.as_str());
+        }
+        let created: i64 = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        if created == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
+    async fn by_email(&self, email: &str) -> Result<Option<Account>, StoreError> {
+        let id: Option<String> = redis::cmd("GET")
+            .arg(self.key("email", email))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        match id {
+            Some(id) => self.by_id(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn by_id(&self, user_id: &str) -> Result<Option<Account>, StoreError> {
+        let h: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.key("account", user_id))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        account_from_hash(h)
+    }
+}
+
+#[async_trait]
+impl TokenStore for RedisStore {
+    async fn issue(&self, record: RefreshRecord) -> Result<(), StoreError> {
+        let key = self.key("refresh", &record.jti);
+        redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("user_id")
+            .arg(&record.user_id)
+            .arg("family")
+            .arg(&record.family)
+            .arg("expires_at")
+            .arg(record.expires_at)
+            .arg("spent")
+            .arg("0")
+            .ignore()
+            .cmd("EXPIREAT")
+            .arg(&key)
+            .arg(record.expires_at)
+            .ignore()
+            .exec_async(&mut self.conn())
+            .await
+            .map_err(map_err)
+    }
+
+    async fn consume(&self, jti: &str) -> Result<Consumed, StoreError> {
+        let reply: Vec<String> = self
+            .consume_token
+            .key(self.key("refresh", jti))
+            .arg(now_s())
+            .arg(format!("{}:family:", self.options.prefix))
+            .arg(self.options.refresh_ttl.as_secs().max(1))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        let record = |r: &[String]| -> Result<RefreshRecord, StoreError> {
+            match r {
+                [_, user_id, family, expires_at] => Ok(RefreshRecord {
+                    jti: jti.to_string(),
+                    user_id: user_id.clone(),
+                    family: family.clone(),
+                    expires_at: expires_at
+                        .parse()
+                        .map_err(|e| corrupt("refresh expires_at", e))?,
+                }),
+                _ => Err(corrupt("consume reply", format!("{r:?}"))),
+            }
+        };
+        match reply.first().map(String::as_str) {
+            Some("fresh") => Ok(Consumed::Fresh(record(&reply)?)),
+            Some("reused") => Ok(Consumed::Reused(record(&reply)?)),
+            Some("unknown") => Ok(Consumed::Unknown),
+            _ => Err(corrupt("consume reply", format!("{reply:?}"))),
+        }
+    }
+}
+
+#[async_trait]
+impl RouteStore for RedisStore {
+    async fn get(&self, user_id: &str) -> Result<Option<RouteRecord>, StoreError> {
+        let mut h: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.key("route", user_id))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let record = h
+            .remove("record")
+            .ok_or_else(|| corrupt("route", "no record"))?;
+        let mut record: RouteRecord =
+            serde_json::from_str(&record).map_err(|e| corrupt("route record", e))?;
+        if let Some(rank) = h.get("selected_rank") {
+            record.selected_rank = rank.parse().map_err(|e| corrupt("route rank", e))?;
+        }
+        if let Some(track) = h.get("track") {
+            record.track = serde_json::from_str(track).map_err(|e| corrupt("route track", e))?;
+        }
+        Ok(Some(record))
+    }
+
+    async fn put(
+        &self,
+        user_id: &str,
+        record: RouteRecord,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let key = self.key("route", user_id);
+        let json = serde_json::to_string(&record).map_err(|e| corrupt("route record", e))?;
+        let track = serde_json::to_string(&record.track).map_err(|e| corrupt("route track", e))?;
+        redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(&key)
+            .ignore()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("route_id")
+            .arg(&record.route_id)
+            .arg("record")
+            .arg(json)
+            .arg("selected_rank")
+            .arg(record.selected_rank)
+            .arg("track")
+            .arg(track)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl_ms(ttl))
+            .ignore()
+            .exec_async(&mut self.conn())
+            .await
+            .map_err(map_err)
+    }
+
+    async fn save_progress(
+        &self,
+        user_id: &str,
+        route_id: &str,
+        selected_rank: u8,
+        track: &TrackState,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let track = serde_json::to_string(track).map_err(|e| corrupt("route track", e))?;
+        let saved: i64 = self
+            .save_progress
+            .key(self.key("route", user_id))
+            .arg(route_id)
+            .arg(selected_rank)
+            .arg(track)
+            .arg(ttl_ms(ttl))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        Ok(saved == 1)
+    }
+
+    async fn remove(&self, user_id: &str, route_id: &str) -> Result<bool, StoreError> {
+        let removed: i64 = self
+            .remove_route
+            .key(self.key("route", user_id))
+            .arg(route_id)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        Ok(removed == 1)
+    }
+}
+
+#[async_trait]
+impl ShareStore for RedisStore {
+    async fn share(&self, rider: &str, guardian: &str) -> Result<(), StoreError> {
+        redis::cmd("SADD")
+            .arg(self.key("shares", rider))
+            .arg(guardian)
+            .exec_async(&mut self.conn())
+            .await
+            .map_err(map_err)
+    }
+
+    async fn unshare(&self, rider: &str, guardian: &str) -> Result<bool, StoreError> {
+        let removed: i64 = redis::cmd("SREM")
+            .arg(self.key("shares", rider))
+            .arg(guardian)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        Ok(removed == 1)
+    }
+
+    async fn is_shared(&self, rider: &str, guardian: &str) -> Result<bool, StoreError> {
+        redis::cmd("SISMEMBER")
+            .arg(self.key("shares", rider))
+            .arg(guardian)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(map_err)
+    }
+}
+
+#[async_trait]
+impl NodeRegistry for RedisStore {
+    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
+        let json = serde_json::to_string(node).map_err(|e| corrupt("node info", e))?;
+        redis::cmd("SET")
+            .arg(self.key("node", &node.node_id))
+            .arg(json)
+            .arg("PX")
+            .arg(ttl_ms(ttl))
+            .exec_async(&mut self.conn())
+            .await
+            .map_err(map_err)
+    }
+
+    async fn leave(&self, node_id: &str) -> Result<(), StoreError> {
+        redis::cmd("DEL")
+            .arg(self.key("node", node_id))
+            .exec_async(&mut self.conn())
+            .await
+            .map_err(map_err)
+    }
+
+    async fn live(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let mut conn = self.conn();
+        let pattern = format!("{}:node:*", self.options.prefix);
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(200)
+                .query_async(&mut conn)
+                .await
+                .map_err(map_err)?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        keys.dedup();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Keys may expire between SCAN and MGET: those come back empty.
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        let mut nodes: Vec<NodeInfo> = values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str(&v).ok())
+            .collect();
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(nodes)
+    }
+}

@@ -1,0 +1,672 @@
+//! A cluster over a real Redis: three nodes in this process, each with its
+//! own Redis bus and Redis stores, against a `redis-server` the test starts
+//! on a free port (and kills, to test outages).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::{RedisServer, free_port, require_redis_server};
+use common::*;
+use navcast::config::{BusTopology, MultiDevice};
+use navcast::store::{
+    Account as StoredAccount, Consumed, NodeInfo, RefreshRecord, RouteRecord, StoredRoute, Stores,
+};
+use navcast::{Config, Parts};
+use serde_json::{Value, json};
+
+const TOPOLOGIES: [BusTopology; 2] = [BusTopology::Broadcast, BusTopology::Targeted];
+
+fn redis_config(redis_url: &str, node: &str, topology: BusTopology) -> Config {
+    let mut c = test_config();
+    c.node_id = node.to_string();
+    c.redis_url = Some(redis_url.to_string());
+    c.bus.topology = topology;
+    c.bus.heartbeat_interval = Duration::from_millis(200);
+    c
+}
+
+/// `n` nodes named node-a, node-b, … on one Redis, each ready.
+async fn redis_cluster(
+    redis_url: &str,
+    n: usize,
+    topology: BusTopology,
+    tweak: impl Fn(&mut Config),
+) -> Vec<TestNode> {
+    require_redis_server();
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let mut c = redis_config(
+            redis_url,
+            &format!("node-{}", (b'a' + i as u8) as char),
+            topology,
+        );
+        tweak(&mut c);
+        nodes.push(TestNode::start(c).await);
+    }
+    for node in &nodes {
+        wait_ready(node, true).await;
+    }
+    nodes
+}
+
+async fn ready_status(node: &TestNode) -> u16 {
+    reqwest::get(node.http("/ready"))
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Polls `/ready` until it is 200 (`true`) or 503 (`false`).
+async fn wait_ready(node: &TestNode, ready: bool) {
+    let want = if ready { 200 } else { 503 };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while ready_status(node).await != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never answered /ready {want}",
+            node.state.node_id
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn share_and_watch(
+    rider: &mut Client,
+    guardian: &mut Client,
+    rider_id: &str,
+    guardian_id: &str,
+) {
+    let r = rider
+        .request(json!({"type": "share_navigation", "guardian_id": guardian_id}))
+        .await;
+    assert_eq!(r["type"], "shared", "{r}");
+    let w = guardian
+        .request(json!({"type": "watch", "user_id": rider_id}))
+        .await;
+    assert_eq!(w["type"], "watching", "{w}");
+}
+
+const SEOUL_STATION: (f64, f64) = (37.5547, 126.9707);
+
+fn is_nav_event(kind: &Value) -> bool {
+    ["navigation_update", "route_deviation", "arrival"].contains(&kind.as_str().unwrap_or(""))
+}
+
+/// A rider on node A and a guardian on node B; node C has nobody. Returns
+/// what the guardian received, as (seq, event type), and each node's
+/// `/stats`.
+async fn guardian_across_nodes(topology: BusTopology) -> (Vec<(u64, String)>, Vec<Value>) {
+    let redis = RedisServer::start().await;
+    let nodes = redis_cluster(&redis.url(), 3, topology, |_| {}).await;
+    let rider = account(&nodes[0], None).await;
+    let guardian = account(&nodes[1], None).await;
+    let mut r = Client::connect(&nodes[0], &rider).await;
+    let mut g = Client::connect(&nodes[1], &guardian).await;
+    share_and_watch(&mut r, &mut g, &rider.user_id, &guardian.user_id).await;
+
+    let calc = r
+        .request(json!({"type": "start_navigation", "origin": "서울", "destination": "잠실"}))
+        .await;
+    assert_eq!(calc["type"], "route_calculated", "{calc}");
+    for _ in 0..20 {
+        let u = r
+            .request(json!({"type": "location_update", "latitude": SEOUL_STATION.0, "longitude": SEOUL_STATION.1}))
+            .await;
+        assert!(is_nav_event(&u["type"]), "{u}");
+    }
+    let end = r.request(json!({"type": "end_navigation"})).await;
+    assert_eq!(end["type"], "navigation_ended", "{end}");
+
+    let mut got = Vec::new();
+    for _ in 0..22 {
+        let ev = g.pushed_of("peer_event").await;
+        assert_eq!(ev["origin_node"], "node-a", "{ev}");
+        assert_eq!(ev["user_id"], rider.user_id.as_str());
+        assert!(ev["sent_at_us"].as_u64().unwrap() > 0);
+        got.push((
+            ev["seq"].as_u64().unwrap(),
+            ev["event"]["type"].as_str().unwrap().to_string(),
+        ));
+    }
+    // Exactly once: after a ping round trip nothing else is pending.
+    assert_eq!(g.request(json!({"type": "ping"})).await["type"], "pong");
+    assert!(
+        g.pushed.iter().all(|f| f["type"] != "peer_event"),
+        "duplicates: {:?}",
+        g.pushed
+    );
+    let mut stats = Vec::new();
+    for node in &nodes {
+        stats.push(node.stats().await);
+    }
+    (got, stats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_topologies_deliver_every_event_in_order_and_targeted_spares_idle_nodes() {
+    let (broadcast, b_stats) = guardian_across_nodes(BusTopology::Broadcast).await;
+    let (targeted, t_stats) = guardian_across_nodes(BusTopology::Targeted).await;
+
+    let seqs: Vec<u64> = broadcast.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..=22).collect::<Vec<_>>(), "in order, no gaps");
+    assert_eq!(broadcast[0].1, "route_calculated");
+    assert_eq!(broadcast[21].1, "navigation_ended");
+    assert_eq!(
+        broadcast, targeted,
+        "both topologies give the same deliveries"
+    );
+
+    for stats in b_stats.iter().chain(&t_stats) {
+        assert_eq!(stats["bus"]["gaps"], 0, "{stats}");
+        assert_eq!(stats["bus"]["publish_failures"], 0, "{stats}");
+        assert_eq!(stats["bus"]["connected"], true, "{stats}");
+    }
+    // Node B (the guardian's) receives the rider's 22 events either way.
+    assert_eq!(b_stats[1]["bus"]["received"], 22);
+    assert_eq!(t_stats[1]["bus"]["received"], 22);
+    // Node C has no interested session: broadcast still sends it
+    // everything, targeted sends it nothing.
+    assert_eq!(b_stats[2]["bus"]["received"], 22);
+    assert_eq!(t_stats[2]["bus"]["received"], 0, "{}", t_stats[2]);
+    assert_eq!(t_stats[2]["bus"]["kind"], "redis-targeted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_closes_the_older_session_on_another_node() {
+    for topology in TOPOLOGIES {
+        let redis = RedisServer::start().await;
+        let nodes = redis_cluster(&redis.url(), 2, topology, |c| {
+            c.ws.multi_device = MultiDevice::Replace
+        })
+        .await;
+        let rider = account(&nodes[0], None).await;
+        let mut old = Client::connect(&nodes[0], &rider).await;
+        let mut new = Client::connect(&nodes[1], &rider).await;
+        let notice = old.pushed_of("disconnected").await;
+        assert_eq!(notice["code"], "DUPLICATE_CONNECTION", "{topology:?}");
+        assert_eq!(old.close_code().await, Some(4002), "{topology:?}");
+        // The newer session is untouched.
+        assert_eq!(new.request(json!({"type": "ping"})).await["type"], "pong");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_gives_every_session_of_a_user_on_any_node_the_events() {
+    let redis = RedisServer::start().await;
+    let nodes = redis_cluster(&redis.url(), 3, BusTopology::Targeted, |_| {}).await;
+    let rider = account(&nodes[0], None).await;
+    let mut phone = Client::connect(&nodes[0], &rider).await;
+    let mut watch = Client::connect(&nodes[2], &rider).await;
+    let calc = phone
+        .request(json!({"type": "start_navigation", "origin": "강남", "destination": "홍대입구"}))
+        .await;
+    let ev = watch.pushed_of("peer_event").await;
+    assert_eq!(ev["event"]["route_id"], calc["route_id"]);
+    assert_eq!(ev["origin_node"], "node-a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_made_on_node_a_continues_on_node_c_after_reconnect() {
+    let redis = RedisServer::start().await;
+    let nodes = redis_cluster(&redis.url(), 3, BusTopology::Broadcast, |_| {}).await;
+    let rider = account(&nodes[0], None).await;
+    let mut on_a = Client::connect(&nodes[0], &rider).await;
+    let calc = on_a
+        .request(json!({"type": "start_navigation", "origin": "강남", "destination": "홍대입구"}))
+        .await;
+    assert_eq!(calc["type"], "route_calculated", "{calc}");
+    let route_id = calc["route_id"].clone();
+    drop(on_a);
+
+    // Log in again through node C too: accounts and refresh tokens are shared.
+    let login: Value = reqwest::Client::new()
+        .post(nodes[2].http("/api/v1/auth/refresh"))
+        .json(&json!({"refresh_token": rider.refresh}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = login["access_token"].as_str().expect("refresh on node C");
+    let mut on_c = Client::connect_url(&nodes[2].ws_url(&rider.user_id, access)).await;
+    assert_eq!(on_c.connected["node_id"], "node-c");
+    let upd = on_c
+        .request(json!({"type": "location_update", "latitude": YEOKSAM.0, "longitude": YEOKSAM.1, "route_id": route_id}))
+        .await;
+    assert!(is_nav_event(&upd["type"]), "{upd}");
+    assert_eq!(upd["route_id"], route_id);
+    let end = on_c.request(json!({"type": "end_navigation"})).await;
+    assert_eq!(end["type"], "navigation_ended");
+    assert_eq!(end["route_id"], route_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_show_every_live_node_of_the_cluster() {
+    let redis = RedisServer::start().await;
+    let mut nodes = redis_cluster(&redis.url(), 3, BusTopology::Broadcast, |_| {}).await;
+    let rider = account(&nodes[1], None).await;
+    let _s1 = Client::connect(&nodes[1], &rider).await;
+    let _s2 = Client::connect(&nodes[1], &rider).await;
+    // Heartbeats run every 200 ms; wait until node B's record shows both.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let cluster = loop {
+        let stats = nodes[0].stats().await;
+        let cluster = stats["cluster"].clone();
+        let b = cluster["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["node_id"] == "node-b").cloned());
+        if cluster["node_count"] == 3 && b.is_some_and(|b| b["sessions"] == 2) {
+            break cluster;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{cluster}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ids: Vec<&str> = cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["node-a", "node-b", "node-c"]);
+    assert_eq!(cluster["sessions"], 2);
+    // A node that stops leaves the registry at once.
+    let c = nodes.pop().unwrap();
+    c.stop().await.unwrap();
+    let stats = nodes[0].stats().await;
+    assert_eq!(stats["cluster"]["node_count"], 2, "{}", stats["cluster"]);
+}
+
+/// Sends `n` location updates, each answered with a navigation event.
+async fn location_updates(rider: &mut Client, n: usize) {
+    for _ in 0..n {
+        let u = rider
+            .request(json!({"type": "location_update", "latitude": SEOUL_STATION.0, "longitude": SEOUL_STATION.1}))
+            .await;
+        assert!(is_nav_event(&u["type"]), "{u}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_stream_delivery_resumes_and_gaps_show_the_loss() {
+    for topology in TOPOLOGIES {
+        require_redis_server();
+        let mut redis = RedisServer::start().await;
+        // The bus goes through Redis; state stays in this process's memory,
+        // so the rider's requests keep working during the outage and the
+        // events made meanwhile are the ones the bus loses.
+        let stores = Stores::memory();
+        let mut nodes = Vec::new();
+        for name in ["node-a", "node-b"] {
+            let c = redis_config(&redis.url(), name, topology);
+            let parts = Parts {
+                bus: None,
+                stores: Some(stores.clone()),
+            };
+            nodes.push(TestNode::start_with(c, parts).await);
+        }
+        for node in &nodes {
+            wait_ready(node, true).await;
+        }
+        let rider = account(&nodes[0], None).await;
+        let guardian = account(&nodes[1], None).await;
+        let mut r = Client::connect(&nodes[0], &rider).await;
+        let mut g = Client::connect(&nodes[1], &guardian).await;
+        share_and_watch(&mut r, &mut g, &rider.user_id, &guardian.user_id).await;
+        r.request(json!({"type": "start_navigation", "origin": "서울", "destination": "잠실"}))
+            .await;
+        location_updates(&mut r, 9).await;
+        for expected in 1..=10 {
+            assert_eq!(g.pushed_of("peer_event").await["seq"], expected);
+        }
+
+        redis.kill();
+        for node in &nodes {
+            wait_ready(node, false).await;
+        }
+        // Sessions keep working; these 10 events cannot cross the bus. Wait
+        // until the publisher has given up on them before Redis returns.
+        location_updates(&mut r, 10).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while nodes[0].stats().await["bus"]["publish_failures"].as_u64() < Some(10) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "publishes never failed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        redis.restart().await;
+        for node in &nodes {
+            wait_ready(node, true).await;
+        }
+        location_updates(&mut r, 10).await;
+
+        let mut seqs = Vec::new();
+        while seqs.last() != Some(&30) {
+            seqs.push(g.pushed_of("peer_event").await["seq"].as_u64().unwrap());
+        }
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+        let missing = 20 - seqs.len() as u64;
+        assert!(missing >= 10, "the outage's events were lost: {seqs:?}");
+        let a = nodes[0].stats().await;
+        let b = nodes[1].stats().await;
+        assert_eq!(b["bus"]["gaps"], missing, "{topology:?} {b}");
+        assert!(a["bus"]["publish_failures"].as_u64().unwrap() >= 10, "{a}");
+        for stats in [&a, &b] {
+            assert!(stats["bus"]["reconnects"].as_u64().unwrap() >= 1, "{stats}");
+            assert_eq!(stats["sessions"], 1, "no session closed: {stats}");
+        }
+        let metrics = reqwest::get(nodes[1].http("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains(&format!("navcast_bus_gaps_total {missing}")),
+            "{metrics}"
+        );
+        assert!(metrics.contains("navcast_bus_connected 1"));
+        // Both sessions are still the original ones.
+        assert_eq!(r.request(json!({"type": "ping"})).await["type"], "pong");
+        assert_eq!(g.request(json!({"type": "ping"})).await["type"], "pong");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_with_redis_state_fails_requests_cleanly_and_recovers() {
+    let mut redis = RedisServer::start().await;
+    let nodes = redis_cluster(&redis.url(), 2, BusTopology::Targeted, |_| {}).await;
+    let rider = account(&nodes[0], None).await;
+    let guardian = account(&nodes[1], None).await;
+    let mut r = Client::connect(&nodes[0], &rider).await;
+    let mut g = Client::connect(&nodes[1], &guardian).await;
+    share_and_watch(&mut r, &mut g, &rider.user_id, &guardian.user_id).await;
+    r.request(json!({"type": "start_navigation", "origin": "서울", "destination": "잠실"}))
+        .await;
+    assert_eq!(g.pushed_of("peer_event").await["seq"], 1);
+
+    redis.kill();
+    // State reads fail: the client gets INTERNAL_ERROR, and stays connected.
+    let u = r
+        .request(json!({"type": "location_update", "latitude": SEOUL_STATION.0, "longitude": SEOUL_STATION.1}))
+        .await;
+    assert_eq!(u["type"], "error", "{u}");
+    assert_eq!(u["code"], "INTERNAL_ERROR", "{u}");
+    assert!(!u["message"].as_str().unwrap().contains("redis"), "{u}");
+    assert_eq!(r.request(json!({"type": "ping"})).await["type"], "pong");
+    // The auth endpoints answer 503 rather than 500.
+    let login = reqwest::Client::new()
+        .post(nodes[0].http("/api/v1/auth/login"))
+        .json(&json!({"username": rider.email, "password": rider.password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 503);
+    wait_ready(&nodes[0], false).await;
+
+    // Redis comes back empty (no persistence in this test): the rider
+    // starts again and the guardian's watch still delivers.
+    redis.restart().await;
+    for node in &nodes {
+        wait_ready(node, true).await;
+    }
+    let calc = r
+        .request(json!({"type": "start_navigation", "origin": "서울", "destination": "잠실"}))
+        .await;
+    assert_eq!(calc["type"], "route_calculated", "{calc}");
+    let ev = g.pushed_of("peer_event").await;
+    assert_eq!(ev["seq"], 2, "{ev}");
+    assert_eq!(ev["event"]["route_id"], calc["route_id"]);
+    for node in &nodes {
+        let stats = node.stats().await;
+        assert_eq!(stats["sessions"], 1, "no session closed: {stats}");
+        assert_eq!(stats["bus"]["gaps"], 0, "{stats}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_without_redis_comes_up_unready_then_ready() {
+    require_redis_server();
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let node = TestNode::start(redis_config(&url, "node-a", BusTopology::Broadcast)).await;
+    let mut degraded_ok = redis_config(&url, "node-b", BusTopology::Broadcast);
+    degraded_ok.bus.ready_when_degraded = true;
+    let lenient = TestNode::start(degraded_ok).await;
+
+    let health = reqwest::get(node.http("/health")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = reqwest::get(node.http("/ready")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["bus"], "degraded", "{body}");
+    let lenient_ready = reqwest::get(lenient.http("/ready")).await.unwrap();
+    assert_eq!(lenient_ready.status(), 200, "ready_when_degraded");
+    let stats = node.stats().await;
+    assert_eq!(stats["bus"]["connected"], false);
+    assert!(
+        stats["cluster"]["error"].is_string(),
+        "{}",
+        stats["cluster"]
+    );
+
+    let _redis = RedisServer::start_on(port).await;
+    wait_ready(&node, true).await;
+    // Now it serves: register, log in, connect.
+    let rider = account(&node, None).await;
+    let mut c = Client::connect(&node, &rider).await;
+    assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
+    assert_eq!(node.stats().await["bus"]["connected"], true);
+}
+
+fn route_record(route_id: &str) -> RouteRecord {
+    RouteRecord {
+        route_id: route_id.into(),
+        origin_code: "0222".into(),
+        destination_code: "0239".into(),
+        disability_type: navcast::network::DisabilityType::Visual,
+        routes: Arc::new(vec![StoredRoute {
+            rank: 1,
+            codes: vec!["0222".into(), "0239".into()],
+        }]),
+        selected_rank: 1,
+        track: Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn redis_stores_keep_the_store_contracts() {
+    let redis = RedisServer::start().await;
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let stores = Stores::redis(client.clone(), Default::default()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+
+    // Accounts: email unique, fields round-trip.
+    let acct = StoredAccount {
+        user_id: "u-1".into(),
+        email: "a@example.com".into(),
+        username: Some("Ana".into()),
+        disability_type: Some(navcast::network::DisabilityType::Elderly),
+        password_hash: "$argon2id$stub".into(),
+    };
+    stores.accounts.create(acct.clone()).await.unwrap();
+    let dup = StoredAccount {
+        user_id: "u-2".into(),
+        ..acct.clone()
+    };
+    assert!(matches!(
+        stores.accounts.create(dup).await,
+        Err(navcast::store::StoreError::Conflict)
+    ));
+    let by_email = stores
+        .accounts
+        .by_email("a@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_email.user_id, "u-1");
+    assert_eq!(by_email.username.as_deref(), Some("Ana"));
+    assert_eq!(by_email.disability_type, acct.disability_type);
+    assert!(stores.accounts.by_id("u-2").await.unwrap().is_none());
+
+    // Refresh tokens: one spend wins under contention; the replay revokes
+    // the family, siblings included.
+    let far = chrono_like_now() + 3600;
+    let rec = |jti: &str| RefreshRecord {
+        jti: jti.into(),
+        user_id: "u-1".into(),
+        family: "fam-1".into(),
+        expires_at: far,
+    };
+    stores.tokens.issue(rec("t1")).await.unwrap();
+    stores.tokens.issue(rec("t2")).await.unwrap();
+    let mut spends = Vec::new();
+    for _ in 0..8 {
+        let tokens = stores.tokens.clone();
+        spends.push(tokio::spawn(
+            async move { tokens.consume("t1").await.unwrap() },
+        ));
+    }
+    let mut outcomes = Vec::new();
+    for s in spends {
+        outcomes.push(s.await.unwrap());
+    }
+    let fresh = outcomes
+        .iter()
+        .filter(|o| matches!(o, Consumed::Fresh(_)))
+        .count();
+    let reused = outcomes
+        .iter()
+        .filter(|o| matches!(o, Consumed::Reused(_)))
+        .count();
+    assert_eq!((fresh, reused), (1, 1), "{outcomes:?}");
+    assert_eq!(
+        stores.tokens.consume("t2").await.unwrap(),
+        Consumed::Unknown
+    );
+    assert_eq!(
+        stores.tokens.consume("nope").await.unwrap(),
+        Consumed::Unknown
+    );
+    let expired = RefreshRecord {
+        family: "fam-2".into(),
+        expires_at: chrono_like_now() - 10,
+        ..rec("t3")
+    };
+    stores.tokens.issue(expired).await.unwrap();
+    assert_eq!(
+        stores.tokens.consume("t3").await.unwrap(),
+        Consumed::Unknown
+    );
+    let pttl: i64 = ::redis::cmd("PTTL")
+        .arg("navcast:refresh:t2")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(
+        pttl > 3_500_000,
+        "refresh records expire with the token: {pttl}"
+    );
+
+    // Routes: progress only for the active route id; TTL set and renewed.
+    let ttl = Duration::from_secs(60);
+    stores
+        .routes
+        .put("u-1", route_record("r1"), ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        stores.routes.get("u-1").await.unwrap(),
+        Some(route_record("r1"))
+    );
+    let track = navcast::network::TrackState {
+        along_m: 1234.5,
+        arrived: false,
+        updates: 7,
+    };
+    assert!(
+        !stores
+            .routes
+            .save_progress("u-1", "other", 2, &track, ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        stores
+            .routes
+            .save_progress("u-1", "r1", 2, &track, ttl)
+            .await
+            .unwrap()
+    );
+    let saved = stores.routes.get("u-1").await.unwrap().unwrap();
+    assert_eq!((saved.selected_rank, saved.track), (2, track));
+    let pttl: i64 = ::redis::cmd("PTTL")
+        .arg("navcast:route:u-1")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(pttl > 50_000 && pttl <= 60_000, "{pttl}");
+    assert!(!stores.routes.remove("u-1", "other").await.unwrap());
+    assert!(stores.routes.remove("u-1", "r1").await.unwrap());
+    assert!(stores.routes.get("u-1").await.unwrap().is_none());
+    assert!(
+        !stores
+            .routes
+            .save_progress("u-1", "r1", 1, &track, ttl)
+            .await
+            .unwrap()
+    );
+
+    // Shares.
+    stores.shares.share("u-1", "g-1").await.unwrap();
+    assert!(stores.shares.is_shared("u-1", "g-1").await.unwrap());
+    assert!(!stores.shares.is_shared("g-1", "u-1").await.unwrap());
+    assert!(stores.shares.unshare("u-1", "g-1").await.unwrap());
+    assert!(!stores.shares.unshare("u-1", "g-1").await.unwrap());
+
+    // Node registry: records expire by themselves, leave removes at once.
+    let node = |id: &str, sessions| NodeInfo {
+        node_id: id.into(),
+        sessions,
+        started_at: 1,
+        heartbeat_at_ms: 2,
+        version: "t".into(),
+    };
+    stores.nodes.heartbeat(&node("n2", 5), ttl).await.unwrap();
+    stores.nodes.heartbeat(&node("n1", 3), ttl).await.unwrap();
+    let live = stores.nodes.live().await.unwrap();
+    assert_eq!(live, vec![node("n1", 3), node("n2", 5)]);
+    let pttl: i64 = ::redis::cmd("PTTL")
+        .arg("navcast:node:n1")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(pttl > 50_000, "{pttl}");
+    stores.nodes.leave("n2").await.unwrap();
+    assert_eq!(stores.nodes.live().await.unwrap(), vec![node("n1", 3)]);
+}
+
+fn chrono_like_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn redis_stores_report_unavailable_while_redis_is_down() {
+    require_redis_server();
+    let client = ::redis::Client::open(format!("redis://127.0.0.1:{}/", free_port())).unwrap();
+    let stores = Stores::redis(client, Default::default()).unwrap();
+    let started = std::time::Instant::now();
+    let err = stores.routes.get("u").await.unwrap_err();
+    assert!(
+        matches!(err, navcast::store::StoreError::Unavailable(_)),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "fails fast");
+}
