@@ -32,6 +32,7 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Riders by default; a multiple of 9 so every (rider node, guardian node)
 /// pair is equally common. `FANOUT_RIDERS` overrides it.
@@ -141,7 +142,13 @@ async fn connect(node: &Node, who: &Login) -> Ws {
         "ws://{}/api/v1/ws/{}?token={}",
         node.addr, who.user_id, who.access
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+    // A small read buffer: tungstenite zero-fills the whole buffer before
+    // each read, and at the default 128 KiB that memset would dominate the
+    // clients' CPU (the node uses 4 KiB for the same reason).
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
         .await
         .unwrap();
     let first = ws.next().await.unwrap().unwrap();
@@ -284,14 +291,22 @@ async fn run_topology(redis_url: &str, topology: BusTopology) -> Figures {
             let frame =
                 json!({"type": "location_update", "latitude": 37.5547, "longitude": 126.9707})
                     .to_string();
-            // Spread the riders' schedules over the first interval.
-            let mut next = tokio::time::Instant::now()
-                + Duration::from_micros(rand::random::<u64>() % 200_000);
+            let mut next = tokio::time::Instant::now();
+            let mut last_every = 0;
             while !done.load(Ordering::Relaxed) {
                 tokio::time::sleep_until(next).await;
                 let every = interval.load(Ordering::Relaxed);
                 if every == 0 {
                     next += Duration::from_millis(10);
+                    last_every = 0;
+                    continue;
+                }
+                if every != last_every {
+                    // A new rate: start at a random point of the interval,
+                    // so the riders together send evenly, not in waves.
+                    last_every = every;
+                    next = tokio::time::Instant::now()
+                        + Duration::from_micros(rand::random::<u64>() % every);
                     continue;
                 }
                 if sink.send(Message::text(frame.clone())).await.is_err() {
@@ -437,7 +452,12 @@ fn print(figures: &[Figures]) {
         );
         per_topology.push(total);
     }
-    if let [broadcast, targeted] = per_topology[..] {
+    if let ([broadcast, targeted], [first, ..]) = (&per_topology[..], figures) {
+        let (broadcast, targeted) = if first.topology == BusTopology::Broadcast {
+            (*broadcast, *targeted)
+        } else {
+            (*targeted, *broadcast)
+        };
         println!(
             "  targeted / broadcast = {:.3} (a third is {:.3})",
             targeted as f64 / broadcast.max(1) as f64,
@@ -465,7 +485,19 @@ fn main() {
     runtime.block_on(async {
         let redis = redis_server::RedisServer::start().await;
         let mut figures = Vec::new();
-        for topology in [BusTopology::Broadcast, BusTopology::Targeted] {
+        // `FANOUT_TOPOLOGIES=targeted,broadcast` changes the order or picks one.
+        let topologies: Vec<BusTopology> = match std::env::var("FANOUT_TOPOLOGIES") {
+            Ok(v) => v
+                .split(',')
+                .filter_map(|t| match t.trim() {
+                    "broadcast" => Some(BusTopology::Broadcast),
+                    "targeted" => Some(BusTopology::Targeted),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => vec![BusTopology::Broadcast, BusTopology::Targeted],
+        };
+        for topology in topologies {
             figures.push(run_topology(&redis.url(), topology).await);
         }
         print(&figures);
