@@ -32,14 +32,34 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-/// Riders; a multiple of 9 so every (rider node, guardian node) pair is
-/// equally common.
+/// Riders by default; a multiple of 9 so every (rider node, guardian node)
+/// pair is equally common. `FANOUT_RIDERS` overrides it.
 const RIDERS: usize = 180;
 const NODES: usize = 3;
-/// Measured phases: (events per second in total, seconds).
+/// Measured phases: (events per second in total, seconds). `FANOUT_RATES`
+/// (comma-separated events/s) overrides the rates.
 const PHASES: [(u64, u64); 2] = [(1_000, 5), (5_000, 5)];
 const WARMUP: (u64, u64) = (1_000, 1);
+
+fn riders() -> usize {
+    std::env::var("FANOUT_RIDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(RIDERS)
+}
+
+fn phases() -> Vec<(u64, u64)> {
+    match std::env::var("FANOUT_RATES") {
+        Ok(v) => v
+            .split(',')
+            .filter_map(|r| r.trim().parse().ok())
+            .map(|r| (r, 5))
+            .collect(),
+        Err(_) => PHASES.to_vec(),
+    }
+}
 
 struct Node {
     state: AppState,
@@ -122,7 +142,15 @@ async fn connect(node: &Node, who: &Login) -> Ws {
         "ws://{}/api/v1/ws/{}?token={}",
         node.addr, who.user_id, who.access
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    // A small read buffer: tungstenite zero-fills the whole buffer before
+    // each read, and at the default 128 KiB that memset would dominate the
+    // clients' CPU (the node uses 4 KiB for the same reason).
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        .await
+        .unwrap();
     let first = ws.next().await.unwrap().unwrap();
     assert!(first.to_text().unwrap().contains("\"connected\""));
     ws
@@ -203,7 +231,9 @@ async fn run_topology(redis_url: &str, topology: BusTopology) -> Figures {
         nodes.push(start_node(node_config(redis_url, &name, topology)).await);
     }
     let http = reqwest::Client::new();
-    let all_phases = 1 + PHASES.len();
+    let riders = riders();
+    let measured = phases();
+    let all_phases = 1 + measured.len();
     let rec = Arc::new(Recorders::new(all_phases));
     // Interval between one rider's updates, in µs; 0 = paused.
     let interval_us = Arc::new(AtomicU64::new(0));
@@ -211,7 +241,7 @@ async fn run_topology(redis_url: &str, topology: BusTopology) -> Figures {
     let done = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
 
-    for i in 0..RIDERS {
+    for i in 0..riders {
         let rider_node = i % NODES;
         let guardian_node = (i / NODES) % NODES;
         let rider = login(&http, &nodes[rider_node], i).await;
@@ -261,14 +291,22 @@ async fn run_topology(redis_url: &str, topology: BusTopology) -> Figures {
             let frame =
                 json!({"type": "location_update", "latitude": 37.5547, "longitude": 126.9707})
                     .to_string();
-            // Spread the riders' schedules over the first interval.
-            let mut next = tokio::time::Instant::now()
-                + Duration::from_micros(rand::random::<u64>() % 200_000);
+            let mut next = tokio::time::Instant::now();
+            let mut last_every = 0;
             while !done.load(Ordering::Relaxed) {
                 tokio::time::sleep_until(next).await;
                 let every = interval.load(Ordering::Relaxed);
                 if every == 0 {
                     next += Duration::from_millis(10);
+                    last_every = 0;
+                    continue;
+                }
+                if every != last_every {
+                    // A new rate: start at a random point of the interval,
+                    // so the riders together send evenly, not in waves.
+                    last_every = every;
+                    next = tokio::time::Instant::now()
+                        + Duration::from_micros(rand::random::<u64>() % every);
                     continue;
                 }
                 if sink.send(Message::text(frame.clone())).await.is_err() {
@@ -289,7 +327,7 @@ async fn run_topology(redis_url: &str, topology: BusTopology) -> Figures {
         topology,
         phases: Vec::new(),
     };
-    let phases: Vec<(u64, u64)> = std::iter::once(WARMUP).chain(PHASES).collect();
+    let phases: Vec<(u64, u64)> = std::iter::once(WARMUP).chain(measured).collect();
     for (p, (rate, secs)) in phases.into_iter().enumerate() {
         let before: Vec<(u64, u64, u64)> = nodes
             .iter()
@@ -303,7 +341,7 @@ async fn run_topology(redis_url: &str, topology: BusTopology) -> Figures {
             })
             .collect();
         rec.phase.store(p, Ordering::Relaxed);
-        interval_us.store(1_000_000 * RIDERS as u64 / rate, Ordering::Relaxed);
+        interval_us.store(1_000_000 * riders as u64 / rate, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(secs)).await;
         // Let the last events of the phase land in it.
         interval_us.store(0, Ordering::Relaxed);
@@ -361,11 +399,12 @@ fn ms(us: u64) -> f64 {
 fn print(figures: &[Figures]) {
     println!();
     println!(
-        "fan-out over Redis: {NODES} nodes in one process, {RIDERS} riders + {RIDERS} guardians, rider i on node i%3, guardian on node (i/3)%3"
+        "fan-out over Redis: {NODES} nodes in one process, {riders} riders + {riders} guardians, rider i on node i%3, guardian on node (i/3)%3",
+        riders = riders()
     );
     println!();
     println!(
-        "{:<10} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}",
+        "{:<10} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8} {:>6}",
         "topology",
         "rate/s",
         "sent",
@@ -376,13 +415,14 @@ fn print(figures: &[Figures]) {
         "max ms",
         "local p50",
         "local p99",
-        "failures"
+        "pub fail",
+        "gaps"
     );
     for f in figures {
         for p in &f.phases {
             let [remote, local] = &p.hist;
             println!(
-                "{:<10} {:>7} {:>8} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.2}   {:>8.2} {:>9.2} {:>8}",
+                "{:<10} {:>7} {:>8} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.2}   {:>8.2} {:>9.2} {:>8} {:>6}",
                 format!("{:?}", f.topology).to_lowercase(),
                 p.rate,
                 p.sent,
@@ -393,7 +433,8 @@ fn print(figures: &[Figures]) {
                 ms(remote.max()),
                 ms(local.value_at_quantile(0.5)),
                 ms(local.value_at_quantile(0.99)),
-                p.publish_failures + p.gaps,
+                p.publish_failures,
+                p.gaps,
             );
         }
     }
@@ -407,11 +448,16 @@ fn print(figures: &[Figures]) {
             "  {:<10} {:?} total {total} ({:.0}/s per node)",
             format!("{:?}", f.topology).to_lowercase(),
             p.bus_received,
-            total as f64 / NODES as f64 / PHASES.last().unwrap().1 as f64
+            total as f64 / NODES as f64 / phases().last().unwrap().1 as f64
         );
         per_topology.push(total);
     }
-    if let [broadcast, targeted] = per_topology[..] {
+    if let ([broadcast, targeted], [first, ..]) = (&per_topology[..], figures) {
+        let (broadcast, targeted) = if first.topology == BusTopology::Broadcast {
+            (*broadcast, *targeted)
+        } else {
+            (*targeted, *broadcast)
+        };
         println!(
             "  targeted / broadcast = {:.3} (a third is {:.3})",
             targeted as f64 / broadcast.max(1) as f64,
@@ -439,7 +485,19 @@ fn main() {
     runtime.block_on(async {
         let redis = redis_server::RedisServer::start().await;
         let mut figures = Vec::new();
-        for topology in [BusTopology::Broadcast, BusTopology::Targeted] {
+        // `FANOUT_TOPOLOGIES=targeted,broadcast` changes the order or picks one.
+        let topologies: Vec<BusTopology> = match std::env::var("FANOUT_TOPOLOGIES") {
+            Ok(v) => v
+                .split(',')
+                .filter_map(|t| match t.trim() {
+                    "broadcast" => Some(BusTopology::Broadcast),
+                    "targeted" => Some(BusTopology::Targeted),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => vec![BusTopology::Broadcast, BusTopology::Targeted],
+        };
+        for topology in topologies {
             figures.push(run_topology(&redis.url(), topology).await);
         }
         print(&figures);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::ws::Utf8Bytes;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use dashmap::DashMap;
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
@@ -70,6 +71,9 @@ pub struct Inner {
     connections: AtomicUsize,
     /// Sequence of envelopes this node published.
     node_seq: AtomicU64,
+    /// Held while an envelope is numbered and handed to the bus (both
+    /// non-blocking), so envelopes leave in `node_seq`/`seq` order.
+    publish_order: parking_lot::Mutex<()>,
     /// Last `node_seq` seen per origin node, for gap counting (topology
     /// `broadcast`, where every node sees every envelope).
     last_seen: DashMap<String, u64>,
@@ -215,6 +219,7 @@ impl AppState {
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             node_seq: AtomicU64::new(0),
+            publish_order: parking_lot::Mutex::new(()),
             last_seen: DashMap::new(),
             last_user_seq: DashMap::new(),
             started: Instant::now(),
@@ -266,11 +271,27 @@ impl AppState {
     /// Fans a navigation event of `user` out: to the user's other local
     /// sessions and local watchers now, and to every other node via the bus.
     pub fn publish_event(&self, user: &str, origin_key: u64, event_json: &str) {
-        let seq = self.sessions.next_seq(user);
-        let sent_at_us = now_us();
         let Ok(raw) = RawValue::from_string(event_json.to_string()) else {
             return;
         };
+        // Numbering and queueing happen under one lock, so the bus carries
+        // envelopes in sequence order even when sessions publish at once;
+        // otherwise receivers would count a reordering as a gap.
+        let (seq, sent_at_us) = {
+            let _order = self.publish_order.lock();
+            let seq = self.sessions.next_seq(user);
+            let sent_at_us = now_us();
+            self.bus.publish(Envelope {
+                origin_node: self.node_id.to_string(),
+                node_seq: self.next_node_seq(),
+                seq,
+                sent_at_us,
+                user_id: user.to_string(),
+                payload: Payload::Event { event: raw.clone() },
+            });
+            (seq, sent_at_us)
+        };
+        self.metrics.bus_published.inc();
         let mut targets = self.sessions.of_user(user, Some(origin_key));
         targets.extend(self.sessions.watchers_of(user));
         if !targets.is_empty() {
@@ -286,15 +307,6 @@ impl AppState {
                 self.deliver_frame(&targets, text.into());
             }
         }
-        self.metrics.bus_published.inc();
-        self.bus.publish(Envelope {
-            origin_node: self.node_id.to_string(),
-            node_seq: self.next_node_seq(),
-            seq,
-            sent_at_us,
-            user_id: user.to_string(),
-            payload: Payload::Event { event: raw },
-        });
     }
 
     fn deliver_frame(&self, targets: &[SessionHandle], text: Utf8Bytes) {
@@ -441,6 +453,7 @@ impl AppState {
         for old in self.sessions.of_user(&new.user_id, Some(new.key)) {
             self.kick_replaced(&old);
         }
+        let _order = self.publish_order.lock();
         self.bus.publish(Envelope {
             origin_node: self.node_id.to_string(),
             node_seq: self.next_node_seq(),
@@ -545,6 +558,14 @@ pub async fn serve(
     );
     let drain_state = state.clone();
     let app = state.router();
+    // Frames are small and latency matters more than packet count: without
+    // TCP_NODELAY a frame written while the previous one is unacknowledged
+    // waits for the peer's delayed ACK (up to 40 ms on Linux).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(event = "tcp_nodelay_failed", cause = %e, "TCP_NODELAY not set");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         drain_state.begin_drain();

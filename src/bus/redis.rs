@@ -239,9 +239,13 @@ impl Bus for RedisBus {
                 tracing::error!(event = "bus_publisher_failed", cause = %e, "bus publisher not started");
             }
         }
+        let client = match crate::store::redis::tuned(self.client.clone()) {
+            Ok(client) => client,
+            Err(_) => self.client.clone(),
+        };
         tokio::spawn(subscriber(
             self.shared.clone(),
-            self.client.clone(),
+            client,
             node_id.to_string(),
             commands_rx,
             deliver,

@@ -134,9 +134,26 @@ impl Connection {
             .redis_settings()
             .clone()
             .set_protocol(redis::ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let client = tuned(redis::Client::open(info.set_redis_settings(settings))?)?;
         ConnectionManager::new_lazy_with_config(client, manager_config()).map(Connection)
     }
+}
+
+/// `client` with the socket options navcast wants on every Redis link:
+/// `TCP_NODELAY` (small commands and messages must not wait for Nagle's
+/// algorithm and a delayed ACK, which costs up to 40 ms on Linux) and
+/// keepalive probes, so a Redis that vanished without a FIN (a dead host,
+/// a dropped route) is noticed within about a minute even on an idle link.
+pub fn tuned(client: redis::Client) -> redis::RedisResult<redis::Client> {
+    use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10));
+    let tcp = TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive);
+    let info = client.get_connection_info().clone().set_tcp_settings(tcp);
+    redis::Client::open(info)
 }
 
 impl ConnectionLike for Connection {
