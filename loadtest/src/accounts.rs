@@ -63,7 +63,10 @@ impl AccountsFile {
 #[derive(Debug, Clone)]
 pub enum Accounts {
     /// Derived from a prefix and the index.
-    Generated { prefix: String, password: String },
+    Generated {
+        prefix: String,
+        password: String,
+    },
     File(Arc<AccountsFile>),
 }
 
@@ -86,17 +89,7 @@ impl Accounts {
                 password: password.clone(),
                 user_id: None,
             }),
-            Accounts::File(f) => f
-                .accounts
-                .get(k as usize)
-                .and_then(|a| a.guardian.clone()),
-        }
-    }
-
-    pub fn len(&self) -> Option<u64> {
-        match self {
-            Accounts::Generated { .. } => None,
-            Accounts::File(f) => Some(f.accounts.len() as u64),
+            Accounts::File(f) => f.accounts.get(k as usize).and_then(|a| a.guardian.clone()),
         }
     }
 }

@@ -84,7 +84,12 @@ fn connect_verdict(cell: &Cell, min: f64) -> Verdict {
     if cell.count == 0 {
         return Verdict {
             note: "no connection was attempted".into(),
-            ..verdict("connect success", format!(">= {}", pct(min)), "–".into(), false)
+            ..verdict(
+                "connect success",
+                format!(">= {}", pct(min)),
+                "–".into(),
+                false,
+            )
         };
     }
     let ok = cell.count - cell.failures.min(cell.count);
@@ -135,7 +140,10 @@ pub fn evaluate(s: &Summary) -> Evaluation {
     let cells: Vec<(Metric, Cell)> = Metric::ALL.iter().map(|m| (*m, s.cell(*m))).collect();
     let cell = |m: Metric| cells[m.index()].1.clone();
 
-    out.push(connect_verdict(&cell(Metric::WsConnect), t.connect_success_min));
+    out.push(connect_verdict(
+        &cell(Metric::WsConnect),
+        t.connect_success_min,
+    ));
     if let Some(l) = t.connect_p95_ms {
         out.push(p95_verdict("connect p95", &cell(Metric::WsConnect), l));
     }
@@ -255,7 +263,7 @@ fn drift_verdict(s: &Summary, max: f64) -> Verdict {
             .iter()
             .filter_map(|st| st.cells.get(m.name()).and_then(|c| c.hist.quantile(0.95)));
         let first = stages.next()?;
-        let last = stages.last()?;
+        let last = stages.next_back()?;
         Some((first, last))
     };
     let mut parts = Vec::new();
@@ -315,7 +323,11 @@ fn stress_break(s: &Summary) -> Option<Break> {
         if !broken.is_empty() {
             return Some(Break {
                 stage: st.name.clone(),
-                users: if st.peak_users > 0 { st.peak_users } else { st.users },
+                users: if st.peak_users > 0 {
+                    st.peak_users
+                } else {
+                    st.users
+                },
                 criteria: broken,
             });
         }

@@ -142,7 +142,9 @@ fn stat_row(kind: &str, name: &str, c: &Cell, secs: f64) -> String {
         esc(name),
         c.count,
         c.failures,
-        c.mean_us().map(|v| format!("{:.2}", v / 1000.0)).unwrap_or_else(|| "–".into()),
+        c.mean_us()
+            .map(|v| format!("{:.2}", v / 1000.0))
+            .unwrap_or_else(|| "–".into()),
         q(0.5),
         q(0.95),
         q(0.99),
@@ -249,7 +251,10 @@ th{{background:#f6f6f6}}td:first-child,th:first-child,td.l{{text-align:left}}
             &[
                 (
                     "requests/s".into(),
-                    series.points[agg_i].iter().map(|p| Some(p.count as f64)).collect(),
+                    series.points[agg_i]
+                        .iter()
+                        .map(|p| Some(p.count as f64))
+                        .collect(),
                 ),
                 (
                     "failures/s".into(),
@@ -287,7 +292,12 @@ th{{background:#f6f6f6}}td:first-child,th:first-child,td.l{{text-align:left}}
         .map(|m| (format!("{} p95", m.name()), pct(m.index(), 5)))
         .collect();
         if !lines.is_empty() {
-            o.push_str(&chart("p95 per request type (last 10 s)", "ms", &xs, &lines));
+            o.push_str(&chart(
+                "p95 per request type (last 10 s)",
+                "ms",
+                &xs,
+                &lines,
+            ));
         }
         if !s.server.is_empty() {
             let mut hosts: Vec<String> = s.server.iter().map(|x| x.node_id.clone()).collect();
@@ -367,7 +377,9 @@ th{{background:#f6f6f6}}td:first-child,th:first-child,td.l{{text-align:left}}
     }
     o.push_str("</table>");
 
-    o.push_str("<h2>Close codes</h2><table><tr><th>code</th><th>meaning</th><th>connections</th></tr>");
+    o.push_str(
+        "<h2>Close codes</h2><table><tr><th>code</th><th>meaning</th><th>connections</th></tr>",
+    );
     for (k, v) in &s.close_codes {
         let meaning = match k.as_str() {
             "1000" => "normal (includes the client's own closes at stop)",
@@ -382,7 +394,10 @@ th{{background:#f6f6f6}}td:first-child,th:first-child,td.l{{text-align:left}}
             "4008" => "too slow (outbound queue full)",
             _ => "",
         };
-        let _ = write!(o, "<tr><td>{k}</td><td class=\"l\">{meaning}</td><td>{v}</td></tr>");
+        let _ = write!(
+            o,
+            "<tr><td>{k}</td><td class=\"l\">{meaning}</td><td>{v}</td></tr>"
+        );
     }
     o.push_str("</table>");
 

@@ -101,7 +101,8 @@ async fn provision(args: &cli::ProvisionArgs) -> anyhow::Result<()> {
         ca_file: args.tls.ca_file.clone(),
         insecure: args.tls.insecure,
     };
-    let transport = Arc::new(net::Transport::new(&args.host, args.source_ips.as_deref(), &tls).await?);
+    let transport =
+        Arc::new(net::Transport::new(&args.host, args.source_ips.as_deref(), &tls).await?);
     let gen_ = accounts::Accounts::Generated {
         prefix: args.account.prefix.clone(),
         password: args.account.password.clone(),
@@ -127,7 +128,9 @@ async fn provision(args: &cli::ProvisionArgs) -> anyhow::Result<()> {
     let mut entries = Vec::new();
     for k in 0..users {
         let rider = it.next().expect("one per rider");
-        let guardian = guardians.contains(&k).then(|| it.next().expect("one per guardian"));
+        let guardian = guardians
+            .contains(&k)
+            .then(|| it.next().expect("one per guardian"));
         entries.push(accounts::AccountEntry {
             index: k,
             rider,

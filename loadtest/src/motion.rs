@@ -137,7 +137,11 @@ impl Trace {
                 .filter_map(|t| after.find(t))
                 .min()
                 .unwrap_or(after.len());
-            let body = if tag.ends_with('/') { "" } else { &after[..close] };
+            let body = if tag.ends_with('/') {
+                ""
+            } else {
+                &after[..close]
+            };
             let t = match (body.find("<time>"), body.find("</time>")) {
                 (Some(a), Some(b)) if b > a => iso_seconds(&body[a + 6..b]),
                 _ => None,
@@ -188,7 +192,11 @@ impl Trace {
             return (l.1, l.2);
         }
         let (a, b) = (self.fixes[i - 1], self.fixes[i]);
-        let f = if b.0 > a.0 { (t - a.0) / (b.0 - a.0) } else { 0.0 };
+        let f = if b.0 > a.0 {
+            (t - a.0) / (b.0 - a.0)
+        } else {
+            0.0
+        };
         (a.1 + (b.1 - a.1) * f, a.2 + (b.2 - a.2) * f)
     }
 
@@ -245,7 +253,11 @@ mod tests {
     #[test]
     fn walk_interpolates_and_clamps() {
         let w = Walk::new(vec![(37.50, 127.00), (37.51, 127.00), (37.51, 127.01)]);
-        assert!((w.length_m() - (1112.0 + 883.0)).abs() < 20.0, "{}", w.length_m());
+        assert!(
+            (w.length_m() - (1112.0 + 883.0)).abs() < 20.0,
+            "{}",
+            w.length_m()
+        );
         let mid = w.at(556.0);
         assert!((mid.0 - 37.505).abs() < 1e-4);
         assert_eq!(w.at(-5.0), (37.50, 127.00));

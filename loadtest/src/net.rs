@@ -61,7 +61,11 @@ impl Host {
             .with_context(|| format!("resolving {lookup}"))?
             .next()
             .with_context(|| format!("{lookup} has no address"))?;
-        let (ws, http) = if tls { ("wss", "https") } else { ("ws", "http") };
+        let (ws, http) = if tls {
+            ("wss", "https")
+        } else {
+            ("ws", "http")
+        };
         Ok(Host {
             ws_base: format!("{ws}://{authority}{path}"),
             http_base: format!("{http}://{authority}{path}"),
@@ -157,9 +161,7 @@ impl ServerCertVerifier for AcceptAny {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -44,8 +44,9 @@ pub async fn run_processes(args: &RunArgs) -> anyhow::Result<Outcome> {
                 ca_file: args.tls.ca_file.clone(),
                 insecure: args.tls.insecure,
             };
-            let transport =
-                Arc::new(crate::net::Transport::new(&args.host, args.source_ips.as_deref(), &tls).await?);
+            let transport = Arc::new(
+                crate::net::Transport::new(&args.host, args.source_ips.as_deref(), &tls).await?,
+            );
             let gen_ = Accounts::Generated {
                 prefix: args.account.prefix.clone(),
                 password: args.account.password.clone(),
@@ -106,7 +107,10 @@ pub async fn run_processes(args: &RunArgs) -> anyhow::Result<Outcome> {
     for (i, st) in statuses.iter().enumerate() {
         // 0 = passed, 1 = a criterion failed; anything else is an error.
         if !matches!(st.code(), Some(0 | 1)) {
-            bail!("segment {}/{n} failed ({st}); see its messages above", i + 1);
+            bail!(
+                "segment {}/{n} failed ({st}); see its messages above",
+                i + 1
+            );
         }
     }
     let mut merged: Option<Summary> = None;

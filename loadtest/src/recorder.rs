@@ -230,7 +230,10 @@ impl Recorder {
     }
 
     pub fn close_codes(&self) -> BTreeMap<u16, u64> {
-        self.closes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.closes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Failures so far, all metrics (for the progress line).

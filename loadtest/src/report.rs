@@ -62,7 +62,13 @@ fn num(x: f64) -> String {
 fn percentile_fields(h: &Hist, n: u64) -> String {
     PERCENTILES
         .iter()
-        .map(|(q, _)| if n == 0 { "N/A".into() } else { ms_int(h.quantile(*q)) })
+        .map(|(q, _)| {
+            if n == 0 {
+                "N/A".into()
+            } else {
+                ms_int(h.quantile(*q))
+            }
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -90,11 +96,25 @@ fn stats_line(kind: &str, name: &str, c: &Cell, secs: f64) -> String {
         field(name),
         c.count,
         c.failures,
-        if c.hist.is_empty() { "0".into() } else { ms_int(c.hist.quantile(0.5)) },
+        if c.hist.is_empty() {
+            "0".into()
+        } else {
+            ms_int(c.hist.quantile(0.5))
+        },
         c.mean_us().map(ms_f).unwrap_or_else(|| "0".into()),
-        c.hist.min().map(|v| ms_f(v as f64)).unwrap_or_else(|| "0".into()),
-        c.hist.max().map(|v| ms_f(v as f64)).unwrap_or_else(|| "0".into()),
-        if c.count == 0 { "0".into() } else { num(c.bytes as f64 / c.count as f64) },
+        c.hist
+            .min()
+            .map(|v| ms_f(v as f64))
+            .unwrap_or_else(|| "0".into()),
+        c.hist
+            .max()
+            .map(|v| ms_f(v as f64))
+            .unwrap_or_else(|| "0".into()),
+        if c.count == 0 {
+            "0".into()
+        } else {
+            num(c.bytes as f64 / c.count as f64)
+        },
         num(c.count as f64 / secs),
         num(c.failures as f64 / secs),
         percentile_fields(&c.hist, c.hist.len()),
@@ -236,7 +256,10 @@ pub fn history_csv(series: &Series) -> String {
                 .collect::<Vec<_>>()
                 .join(",");
             let or0 = |v: Option<u64>| v.map(|v| ms_f(v as f64)).unwrap_or_else(|| "0".into());
-            let median = p.total_median.map(|v| ms_int(Some(v))).unwrap_or_else(|| "0".into());
+            let median = p
+                .total_median
+                .map(|v| ms_int(Some(v)))
+                .unwrap_or_else(|| "0".into());
             let avg = if p.total_samples == 0 {
                 "0".into()
             } else {
@@ -319,7 +342,10 @@ pub fn write_outputs(s: &Summary, eval: &Evaluation, out: &OutputArgs) -> anyhow
             Path::new(&format!("{prefix}_stats_history.csv")),
             &history_csv(series),
         )?;
-        write(Path::new(&format!("{prefix}_failures.csv")), &failures_csv(s))?;
+        write(
+            Path::new(&format!("{prefix}_failures.csv")),
+            &failures_csv(s),
+        )?;
         write(
             Path::new(&format!("{prefix}_exceptions.csv")),
             &exceptions_csv(s),

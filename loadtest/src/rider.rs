@@ -184,8 +184,7 @@ async fn login_until(
     let timeout = Duration::from_secs_f64(ctx.spec.login_timeout_s);
     let mut host = host;
     loop {
-        if Instant::now() >= stop || ctx.abort.is_cancelled() || done.is_some_and(|d| *d.borrow())
-        {
+        if Instant::now() >= stop || ctx.abort.is_cancelled() || done.is_some_and(|d| *d.borrow()) {
             return None;
         }
         let t0 = Instant::now();
@@ -441,7 +440,13 @@ impl<'a> Rider<'a> {
         }
     }
 
-    async fn send(&mut self, ws: &mut Ws, msg: &ClientMessage, kind: Kind, scheduled: Instant) -> Result<(), End> {
+    async fn send(
+        &mut self,
+        ws: &mut Ws,
+        msg: &ClientMessage,
+        kind: Kind,
+        scheduled: Instant,
+    ) -> Result<(), End> {
         self.next_id += 1;
         let id = self.next_id;
         let timeout = match kind {
@@ -608,10 +613,7 @@ impl<'a> Rider<'a> {
 
     async fn send_start(&mut self, ws: &mut Ws, scheduled: Instant) -> Result<(), End> {
         let n = self.ctx.stations.len();
-        let origin = self
-            .next_origin
-            .take()
-            .unwrap_or_else(|| self.rng.below(n));
+        let origin = self.next_origin.take().unwrap_or_else(|| self.rng.below(n));
         let mut dest = self.rng.below(n - 1);
         if dest >= origin {
             dest += 1;
@@ -639,8 +641,8 @@ impl<'a> Rider<'a> {
 
     /// Where the rider is at `at` (before GPS drift).
     fn position(&mut self, at: Instant) -> (f64, f64) {
-        let elapsed = at.saturating_duration_since(self.nav_started).as_secs_f64()
-            / self.ctx.time_scale;
+        let elapsed =
+            at.saturating_duration_since(self.nav_started).as_secs_f64() / self.ctx.time_scale;
         if let Some(trace) = &self.ctx.trace {
             return trace.at(elapsed + self.trace_offset_s);
         }
@@ -861,7 +863,8 @@ async fn guardian(ctx: Arc<RunCtx>, plan: RiderPlan, pair: Arc<Pair>, host: usiz
         pair.guardian_id.send_replace(Some(None));
         return;
     };
-    pair.guardian_id.send_replace(Some(Some(session.user_id.clone())));
+    pair.guardian_id
+        .send_replace(Some(Some(session.user_id.clone())));
     let mut shared_rx = pair.shared.subscribe();
     let rider_id = tokio::select! {
         r = shared_rx.wait_for(|s| s.is_some()) => r.ok().and_then(|s| s.clone()),
@@ -893,16 +896,18 @@ async fn guardian(ctx: Arc<RunCtx>, plan: RiderPlan, pair: Arc<Pair>, host: usiz
         let watch_sent = Instant::now();
         let mut watch_pending = true;
         let watch_deadline = watch_sent + Duration::from_secs_f64(ctx.spec.start_timeout_s);
-        if ws.send(Message::text(encode(&msg, watch_id))).await.is_err() {
+        if ws
+            .send(Message::text(encode(&msg, watch_id)))
+            .await
+            .is_err()
+        {
             ctx.rec.failure(Metric::WsWatch, None, "connection lost");
             watch_pending = false;
         }
         let mut drain_until: Option<Instant> = None;
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let end = loop {
-            if drain_until.is_some()
-                && check.received >= pair.expected.load(Ordering::Relaxed)
-            {
+            if drain_until.is_some() && check.received >= pair.expected.load(Ordering::Relaxed) {
                 close_normal(&mut ws).await;
                 break End::Stopped;
             }
@@ -963,8 +968,11 @@ async fn guardian(ctx: Arc<RunCtx>, plan: RiderPlan, pair: Arc<Pair>, host: usiz
             End::Lost(code) => {
                 ctx.rec.closed(code);
                 if watch_pending {
-                    ctx.rec
-                        .failure(Metric::WsWatch, None, &format!("connection closed ({code})"));
+                    ctx.rec.failure(
+                        Metric::WsWatch,
+                        None,
+                        &format!("connection closed ({code})"),
+                    );
                 }
                 host += 1;
                 tokio::select! {

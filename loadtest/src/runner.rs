@@ -280,13 +280,15 @@ async fn sample_servers(
             if let Ok(r) = r
                 && let Ok(v) = r.json::<serde_json::Value>().await
             {
-                out.lock().unwrap_or_else(|e| e.into_inner()).push(ServerSample {
-                    t: unix_s(),
-                    host: h.http_base.clone(),
-                    node_id: v["node_id"].as_str().unwrap_or("").to_string(),
-                    sessions: v["sessions"].as_u64().unwrap_or(0),
-                    rss_bytes: v["memory"]["rss_bytes"].as_u64().unwrap_or(0),
-                });
+                out.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(ServerSample {
+                        t: unix_s(),
+                        host: h.http_base.clone(),
+                        node_id: v["node_id"].as_str().unwrap_or("").to_string(),
+                        sessions: v["sessions"].as_u64().unwrap_or(0),
+                        rss_bytes: v["memory"]["rss_bytes"].as_u64().unwrap_or(0),
+                    });
             }
         }
         tokio::select! {
@@ -315,7 +317,10 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     let mut types = Vec::new();
     let mut type_weights = Vec::new();
     for (k, w) in &profile.rider.disability_weights {
-        types.push(k.parse::<DisabilityType>().map_err(|e| anyhow::anyhow!("{e}"))?);
+        types.push(
+            k.parse::<DisabilityType>()
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
         type_weights.push(*w);
     }
     let trace = profile.trace_path().map(|p| Trace::load(&p)).transpose()?;

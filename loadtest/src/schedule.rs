@@ -119,11 +119,7 @@ pub fn plan(stages: &[Stage]) -> Vec<Incarnation> {
         inc.stop_s = end;
         done.push(inc);
     }
-    done.sort_by(|a, b| {
-        a.start_s
-            .total_cmp(&b.start_s)
-            .then(a.user.cmp(&b.user))
-    });
+    done.sort_by(|a, b| a.start_s.total_cmp(&b.start_s).then(a.user.cmp(&b.user)));
     done
 }
 

@@ -270,8 +270,10 @@ impl Summary {
                 a.cells.entry(k.clone()).or_default().add(c);
             }
         }
-        let mut rows: BTreeMap<u64, HistoryRow> =
-            std::mem::take(&mut self.history).into_iter().map(|r| (r.t, r)).collect();
+        let mut rows: BTreeMap<u64, HistoryRow> = std::mem::take(&mut self.history)
+            .into_iter()
+            .map(|r| (r.t, r))
+            .collect();
         for r in &o.history {
             let row = rows.entry(r.t).or_insert_with(|| HistoryRow {
                 t: r.t,
@@ -343,7 +345,11 @@ impl Summary {
         let s: Summary = serde_json::from_slice(&text)
             .with_context(|| format!("{} is not a navcast-load JSON summary", path.display()))?;
         if s.format != FORMAT {
-            anyhow::bail!("{}: summary format {} (expected {FORMAT})", path.display(), s.format);
+            anyhow::bail!(
+                "{}: summary format {} (expected {FORMAT})",
+                path.display(),
+                s.format
+            );
         }
         Ok(s)
     }
