@@ -109,7 +109,22 @@ fn http_cause(e: &reqwest::Error) -> Cause {
     if e.is_timeout() {
         "timeout".into()
     } else if e.is_connect() {
-        "connection refused".into()
+        // Tell a refused connection from a failed TLS handshake (the TLS
+        // error arrives boxed, so it is recognised by its text).
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::ConnectionRefused
+            {
+                return "connection refused".into();
+            }
+            let text = s.to_string();
+            if text.contains("certificate") || text.contains("TLS") || text.contains("tls") {
+                return format!("TLS: {text}").chars().take(100).collect();
+            }
+            source = s.source();
+        }
+        "connect error".into()
     } else if let Some(s) = e.status() {
         format!("HTTP {}", s.as_u16())
     } else {

@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// Scale the profile so its peak is N riders.
     #[arg(long)]
     pub users: Option<u64>,
+    /// Override a threshold of the profile, e.g. `connect_p95_ms=200`
+    /// (`none` disables an optional one); repeatable.
+    #[arg(long = "threshold", value_name = "KEY=VALUE")]
+    pub thresholds: Vec<String>,
     #[command(flatten)]
     pub out: OutputArgs,
     /// Accounts file from `provision`; without it the run registers the
@@ -180,6 +184,9 @@ impl RunArgs {
         }
         if let Some(u) = self.users {
             push("--users", u.to_string().into());
+        }
+        for t in &self.thresholds {
+            push("--threshold", t.into());
         }
         push("--json", json.into());
         push("--accounts", accounts.into());

@@ -209,7 +209,7 @@ pub fn evaluate(s: &Summary) -> Evaluation {
 
     Evaluation {
         verdicts: out,
-        stress_break: stress_break(s),
+        stress_break: if s.stress { stress_break(s) } else { None },
     }
 }
 

@@ -285,6 +285,42 @@ impl Profile {
         })
     }
 
+    /// Applies `KEY=VALUE` overrides to the thresholds (`none` unsets an
+    /// optional one).
+    pub fn with_thresholds(mut self, overrides: &[String]) -> anyhow::Result<Profile> {
+        for o in overrides {
+            let Some((k, v)) = o.split_once('=') else {
+                bail!("--threshold {o:?}: expected KEY=VALUE");
+            };
+            let (k, v) = (k.trim(), v.trim());
+            let opt = if v.eq_ignore_ascii_case("none") {
+                None
+            } else {
+                Some(
+                    v.parse::<f64>()
+                        .map_err(|_| anyhow::anyhow!("--threshold {o:?}: not a number"))?,
+                )
+            };
+            let need = || opt.ok_or_else(|| anyhow::anyhow!("--threshold {k} cannot be none"));
+            let t = &mut self.thresholds;
+            match k {
+                "connect_success_min" => t.connect_success_min = need()?,
+                "connect_p95_ms" => t.connect_p95_ms = opt,
+                "start_navigation_p95_ms" => t.start_navigation_p95_ms = opt,
+                "location_update_p95_ms" => t.location_update_p95_ms = opt,
+                "login_p95_ms" => t.login_p95_ms = opt,
+                "fanout_p95_ms" => t.fanout_p95_ms = opt,
+                "error_rate_max" => t.error_rate_max = need()?,
+                "lost_peer_events_max" => t.lost_peer_events_max = need()? as u64,
+                "spread_tolerance" => t.spread_tolerance = opt,
+                "spread_min_share" => t.spread_min_share = need()?,
+                "latency_drift_max" => t.latency_drift_max = opt,
+                _ => bail!("--threshold: unknown threshold {k:?}"),
+            }
+        }
+        Ok(self)
+    }
+
     /// The most users any stage asks for.
     pub fn peak_users(&self) -> u64 {
         self.stages.iter().map(|s| s.users).max().unwrap_or(0)
@@ -401,6 +437,15 @@ users = 300
         assert_eq!(p.stages[1].spawn_rate, Some(20.0));
         let p = p.with_users(30).unwrap();
         assert_eq!(p.stages[0].users, 10);
+        let p = p
+            .with_thresholds(&[
+                "connect_p95_ms=200".into(),
+                "location_update_p95_ms=none".into(),
+            ])
+            .unwrap();
+        assert_eq!(p.thresholds.connect_p95_ms, Some(200.0));
+        assert_eq!(p.thresholds.location_update_p95_ms, None);
+        assert!(p.clone().with_thresholds(&["bogus=1".into()]).is_err());
         assert_eq!(p.stages[2].users, 30);
         assert!((p.stages[1].spawn_rate.unwrap() - 2.0).abs() < 1e-9);
         assert_eq!(p.stage_at(0.0), 0);

@@ -47,7 +47,7 @@ pub fn load_profile(args: &RunArgs) -> anyhow::Result<Profile> {
     if let Some(s) = args.time_scale {
         p = p.with_time_scale(s)?;
     }
-    Ok(p)
+    p.with_thresholds(&args.thresholds)
 }
 
 /// Coordinates of the profile's stations, from the embedded network.
@@ -202,6 +202,7 @@ impl Reporter {
         };
         let probe = Summary {
             thresholds: self.summary.thresholds.clone(),
+            stress: true,
             stages: vec![st.clone()],
             ..Default::default()
         };
@@ -357,6 +358,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         segments: vec![args.segment.to_string()],
         started_unix_ms: start_ms,
         thresholds: profile.thresholds.clone(),
+        stress: profile.stress.is_some(),
         stages: profile
             .stages
             .iter()

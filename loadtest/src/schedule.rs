@@ -175,7 +175,7 @@ mod tests {
             stage("base", 0.0, 10.0, 2, None),
             stage("spike", 10.0, 20.0, 6, Some(4.0)),
             stage("drop", 20.0, 30.0, 2, Some(4.0)),
-            stage("again", 30.0, 40.0, 4, None),
+            stage("again", 30.0, 40.0, 6, None),
         ];
         let p = plan(&stages);
         let user5: Vec<&Incarnation> = p.iter().filter(|i| i.user == 5).collect();

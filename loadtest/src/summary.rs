@@ -208,6 +208,9 @@ pub struct Summary {
     pub started_unix_ms: u64,
     pub ended_unix_ms: u64,
     pub thresholds: Thresholds,
+    /// A stress profile: the report names the step that broke.
+    #[serde(default)]
+    pub stress: bool,
     pub metrics: BTreeMap<String, Cell>,
     pub stages: Vec<StageSummary>,
     pub history: Vec<HistoryRow>,
