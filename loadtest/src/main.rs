@@ -1,10 +1,29 @@
-//! `navcast-load`: the companion load client (issue 5). The crate already
-//! holds `navcast-bench`, the node's micro-benchmarks; the step-load client
-//! itself is not built yet.
+//! `navcast-load`: parse the command line, run, map the outcome to an
+//! exit code (0 every criterion passed, 1 a criterion failed, 2 an error).
 
-fn main() {
-    eprintln!(
-        "navcast-load: the step-load client is not built yet; see navcast-bench for the node benchmarks"
-    );
-    std::process::exit(2);
+use std::process::ExitCode;
+
+use clap::Parser;
+use navcast_load::Cli;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("navcast-load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(navcast_load::run(cli)) {
+        Ok(Some(outcome)) => outcome.exit_code(),
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("navcast-load: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }

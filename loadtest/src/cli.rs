@@ -1,0 +1,218 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::schedule::Segment;
+
+/// navcast-load: the companion WebSocket load client of navcast.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "navcast-load", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run a load profile against one or more nodes.
+    Run(RunArgs),
+    /// Create (register-or-login) accounts for riders and guardians and
+    /// write an accounts file for `run --accounts`.
+    Provision(ProvisionArgs),
+    /// Merge JSON summaries (segments of one test) into one report.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct OutputArgs {
+    /// Write PREFIX_stats.csv, PREFIX_stats_history.csv,
+    /// PREFIX_failures.csv and PREFIX_exceptions.csv (Locust's format).
+    #[arg(long, value_name = "PREFIX")]
+    pub csv: Option<String>,
+    /// Write a self-contained HTML report.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Write the JSON summary (with HDR histograms; input of `merge`).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// Extra PEM CA certificate(s) to trust for wss:// and https://.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any server certificate (testing only).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AccountArgs {
+    /// Account names are PREFIX-r{k}@navcast-load.test (riders) and
+    /// PREFIX-g{k}@… (guardians).
+    #[arg(long = "account-prefix", default_value = "navcast-load")]
+    pub prefix: String,
+    /// Password of the generated accounts.
+    #[arg(long = "account-password", default_value = "navcast-load-password")]
+    pub password: String,
+    /// Concurrent registrations/logins while provisioning (argon2 is
+    /// expensive on the server).
+    #[arg(long, default_value_t = 4)]
+    pub provision_concurrency: usize,
+    /// Assume the generated accounts exist (skip registration).
+    #[arg(long)]
+    pub no_provision: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Target base URL(s), ws://host:port or wss://host; repeat or comma
+    /// separate to spread riders over several nodes round-robin.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub host: Vec<String>,
+    /// Profile file (TOML), e.g. config/loadtest/step-1000.toml.
+    #[arg(long)]
+    pub profile: PathBuf,
+    /// Multiply every duration by this (0.1 runs step-1000 in 150 s);
+    /// spawn rates and travel speed scale inversely.
+    #[arg(long)]
+    pub time_scale: Option<f64>,
+    /// Scale the profile so its peak is N riders.
+    #[arg(long)]
+    pub users: Option<u64>,
+    /// Override a threshold of the profile, e.g. `connect_p95_ms=200`
+    /// (`none` disables an optional one); repeatable.
+    #[arg(long = "threshold", value_name = "KEY=VALUE")]
+    pub thresholds: Vec<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    /// Accounts file from `provision`; without it the run registers the
+    /// accounts it needs itself.
+    #[arg(long)]
+    pub accounts: Option<PathBuf>,
+    #[command(flatten)]
+    pub account: AccountArgs,
+    /// Run segment i of n (1-based): users k with k % n == i-1.
+    #[arg(long, default_value = "1/1")]
+    pub segment: Segment,
+    /// Run as N local processes (segments 1/N … N/N) and merge them.
+    #[arg(long, default_value_t = 1)]
+    pub processes: u32,
+    /// Bind client sockets to these local addresses, round-robin
+    /// (e.g. 127.0.0.2-127.0.0.50).
+    #[arg(long)]
+    pub source_ips: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Seed of every random choice (same seed = same riders, stations,
+    /// intervals and drift, whatever the segmentation).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Start the test at this Unix time in ms (segments started apart).
+    #[arg(long)]
+    pub start_at: Option<u64>,
+    /// No progress lines; the closing report only on failure.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Poll each host's /stats this often (s), for node memory and
+    /// sessions in the report; 0 disables.
+    #[arg(long, default_value_t = 10.0)]
+    pub server_stats_every: f64,
+    /// The executable `--processes` starts (default: this one).
+    #[arg(long, hide = true)]
+    pub self_exe: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProvisionArgs {
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub host: Vec<String>,
+    /// Riders to provision (default: the profile's peak).
+    #[arg(long)]
+    pub users: Option<u64>,
+    /// Take the guardian share (and the user count) from this profile.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// Share of riders that get a guardian account (default 0.1).
+    #[arg(long)]
+    pub guardian_share: Option<f64>,
+    /// Where to write the accounts file.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub account: AccountArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[arg(long)]
+    pub source_ips: Option<String>,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MergeArgs {
+    /// JSON summaries written by `run --json`.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    /// The arguments of one child of `--processes`.
+    pub fn child_args(
+        &self,
+        segment: Segment,
+        json: &std::path::Path,
+        accounts: &std::path::Path,
+        start_at: u64,
+    ) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = vec!["run".into()];
+        let mut push = |k: &str, v: std::ffi::OsString| {
+            a.push(k.into());
+            a.push(v);
+        };
+        push("--host", self.host.join(",").into());
+        push("--profile", self.profile.clone().into());
+        if let Some(t) = self.time_scale {
+            push("--time-scale", t.to_string().into());
+        }
+        if let Some(u) = self.users {
+            push("--users", u.to_string().into());
+        }
+        for t in &self.thresholds {
+            push("--threshold", t.into());
+        }
+        push("--json", json.into());
+        push("--accounts", accounts.into());
+        push("--segment", segment.to_string().into());
+        if let Some(s) = &self.source_ips {
+            push("--source-ips", s.into());
+        }
+        if let Some(c) = &self.tls.ca_file {
+            push("--ca-file", c.into());
+        }
+        push("--seed", self.seed.to_string().into());
+        push("--start-at", start_at.to_string().into());
+        push(
+            "--server-stats-every",
+            if segment.index == 0 {
+                self.server_stats_every.to_string().into()
+            } else {
+                "0".into()
+            },
+        );
+        if self.tls.insecure {
+            a.push("--insecure".into());
+        }
+        if self.quiet {
+            a.push("--quiet".into());
+        }
+        a
+    }
+}

@@ -1,0 +1,352 @@
+//! Connections: HTTP for logins, WebSockets for sessions, TLS for `wss://`
+//! and `https://`, and the source addresses sockets are bound to.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, bail};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// One target given with `--host`.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// `ws://h:p[/prefix]` without a trailing slash.
+    pub ws_base: String,
+    /// The same with `http`/`https`.
+    pub http_base: String,
+    pub tls: bool,
+    /// Resolved once at start.
+    pub addr: SocketAddr,
+}
+
+impl Host {
+    pub async fn parse(text: &str) -> anyhow::Result<Host> {
+        let text = text.trim().trim_end_matches('/');
+        let (scheme, rest) = text
+            .split_once("://")
+            .with_context(|| format!("--host {text:?}: expected ws://host:port or wss://host"))?;
+        let tls = match scheme {
+            "ws" | "http" => false,
+            "wss" | "https" => true,
+            _ => bail!("--host {text:?}: scheme must be ws, wss, http or https"),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            bail!("--host {text:?}: no host name");
+        }
+        let has_port = match authority.rfind(':') {
+            Some(i) => !authority[i..].contains(']'),
+            None => false,
+        };
+        let lookup = if has_port {
+            authority.to_string()
+        } else {
+            format!("{authority}:{}", if tls { 443 } else { 80 })
+        };
+        let addr = tokio::net::lookup_host(&lookup)
+            .await
+            .with_context(|| format!("resolving {lookup}"))?
+            .next()
+            .with_context(|| format!("{lookup} has no address"))?;
+        let (ws, http) = if tls {
+            ("wss", "https")
+        } else {
+            ("ws", "http")
+        };
+        Ok(Host {
+            ws_base: format!("{ws}://{authority}{path}"),
+            http_base: format!("{http}://{authority}{path}"),
+            tls,
+            addr,
+        })
+    }
+}
+
+/// Parses `--source-ips`: ranges `a.b.c.d-a.b.c.e` and single addresses,
+/// comma separated.
+pub fn parse_source_ips(text: &str) -> anyhow::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let a: Ipv4Addr = a.trim().parse().context("--source-ips range start")?;
+                let b: Ipv4Addr = b.trim().parse().context("--source-ips range end")?;
+                let (a, b) = (u32::from(a), u32::from(b));
+                if b < a || b - a > 1 << 20 {
+                    bail!("--source-ips: bad range {part}");
+                }
+                out.extend((a..=b).map(|x| IpAddr::V4(Ipv4Addr::from(x))));
+            }
+            None => out.push(part.parse().context("--source-ips address")?),
+        }
+    }
+    if out.is_empty() {
+        bail!("--source-ips: no address");
+    }
+    Ok(out)
+}
+
+/// Why a WebSocket connect failed, as a short cause for the failure table.
+pub fn cause_of(e: &tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::Error as E;
+    match e {
+        E::Http(resp) => format!("HTTP {}", resp.status().as_u16()),
+        E::Io(io) => io_cause(io),
+        E::Tls(t) => format!("TLS: {t}"),
+        E::ConnectionClosed | E::AlreadyClosed => "connection closed".into(),
+        E::Protocol(p) => format!("protocol: {p}"),
+        other => other.to_string().chars().take(80).collect(),
+    }
+}
+
+pub fn io_cause(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => "connection refused".into(),
+        K::ConnectionReset => "connection reset".into(),
+        K::ConnectionAborted => "connection aborted".into(),
+        K::AddrNotAvailable => "address not available (ports exhausted?)".into(),
+        K::AddrInUse => "address in use".into(),
+        K::TimedOut => "timeout".into(),
+        K::InvalidData => format!("invalid data: {e}").chars().take(80).collect(),
+        k => format!("io: {k}"),
+    }
+}
+
+/// Accepts any server certificate (`--insecure`).
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// TLS settings from `--ca-file` / `--insecure`.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub insecure: bool,
+}
+
+fn rustls_config(opts: &TlsOptions) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let config = if opts.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = &opts.ca_file {
+            for cert in read_pem_certs(path)? {
+                roots
+                    .add(cert)
+                    .with_context(|| format!("adding a certificate of {}", path.display()))?;
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Ok(Arc::new(config))
+}
+
+fn read_pem_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing {}", path.display()))?;
+    if certs.is_empty() {
+        bail!("{} holds no PEM certificate", path.display());
+    }
+    Ok(certs)
+}
+
+/// Everything needed to reach the targets.
+pub struct Transport {
+    pub hosts: Vec<Host>,
+    source_ips: Vec<IpAddr>,
+    next_ip: AtomicUsize,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    ws_config: WebSocketConfig,
+    /// One HTTP client per source address (or one without).
+    http: Vec<reqwest::Client>,
+}
+
+impl Transport {
+    pub async fn new(
+        hosts: &[String],
+        source_ips: Option<&str>,
+        tls: &TlsOptions,
+    ) -> anyhow::Result<Transport> {
+        if hosts.is_empty() {
+            bail!("--host is required");
+        }
+        let mut parsed = Vec::new();
+        for h in hosts {
+            parsed.push(Host::parse(h).await?);
+        }
+        let source_ips = match source_ips {
+            Some(s) => parse_source_ips(s)?,
+            None => Vec::new(),
+        };
+        let any_tls = parsed.iter().any(|h| h.tls);
+        let tls_config = if any_tls || tls.insecure || tls.ca_file.is_some() {
+            Some(rustls_config(tls)?)
+        } else {
+            None
+        };
+        let http_client = |local: Option<IpAddr>| -> anyhow::Result<reqwest::Client> {
+            let mut b = reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .tcp_nodelay(true)
+                .local_address(local);
+            if tls.insecure {
+                b = b.danger_accept_invalid_certs(true);
+            }
+            if let Some(ca) = &tls.ca_file {
+                let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+                for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+                    b = b.add_root_certificate(cert);
+                }
+            }
+            Ok(b.build()?)
+        };
+        let http = if source_ips.is_empty() {
+            vec![http_client(None)?]
+        } else {
+            source_ips
+                .iter()
+                .take(64)
+                .map(|ip| http_client(Some(*ip)))
+                .collect::<anyhow::Result<_>>()?
+        };
+        // 4 KiB read buffers: tungstenite zero-fills its whole read buffer
+        // before each read, so the 128 KiB default costs memory and CPU per
+        // connection (shared/BASELINES.md). Frames are written at once.
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        Ok(Transport {
+            hosts: parsed,
+            source_ips,
+            next_ip: AtomicUsize::new(0),
+            tls: tls_config,
+            ws_config,
+            http,
+        })
+    }
+
+    /// The HTTP client to use for the `n`th request.
+    pub fn http(&self, n: usize) -> &reqwest::Client {
+        &self.http[n % self.http.len()]
+    }
+
+    pub fn host(&self, i: usize) -> &Host {
+        &self.hosts[i % self.hosts.len()]
+    }
+
+    /// Opens a WebSocket to `host`'s `path` (e.g. `/api/v1/ws/u?token=…`),
+    /// from the next source address when `--source-ips` is set.
+    pub async fn connect(
+        &self,
+        host: usize,
+        path: &str,
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let h = self.host(host);
+        let socket = if h.addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if !self.source_ips.is_empty() {
+            let i = self.next_ip.fetch_add(1, Ordering::Relaxed) % self.source_ips.len();
+            socket.bind(SocketAddr::new(self.source_ips[i], 0))?;
+        }
+        let stream = socket.connect(h.addr).await?;
+        stream.set_nodelay(true)?;
+        let url = format!("{}{}", h.ws_base, path);
+        let connector = match &self.tls {
+            Some(c) if h.tls => Some(Connector::Rustls(c.clone())),
+            _ => Some(Connector::Plain),
+        };
+        let (ws, _) = tokio_tungstenite::client_async_tls_with_config(
+            url,
+            stream,
+            Some(self.ws_config),
+            connector,
+        )
+        .await?;
+        Ok(ws)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ip_ranges() {
+        let ips = parse_source_ips("127.0.0.2-127.0.0.4, 127.0.0.9").unwrap();
+        assert_eq!(ips.len(), 4);
+        assert_eq!(ips[3].to_string(), "127.0.0.9");
+        assert!(parse_source_ips("127.0.0.5-127.0.0.1").is_err());
+    }
+
+    #[tokio::test]
+    async fn hosts_map_to_http() {
+        let h = Host::parse("ws://127.0.0.1:8080/").await.unwrap();
+        assert_eq!(h.http_base, "http://127.0.0.1:8080");
+        assert_eq!(h.ws_base, "ws://127.0.0.1:8080");
+        let h = Host::parse("wss://127.0.0.1/nav").await.unwrap();
+        assert_eq!(h.http_base, "https://127.0.0.1/nav");
+        assert_eq!(h.addr.port(), 443);
+        assert!(Host::parse("ftp://x").await.is_err());
+    }
+}

@@ -1,0 +1,516 @@
+//! `navcast-load run`: plans the test, provisions accounts, spawns riders
+//! on schedule, drains the recorder once a second into the summary, and
+//! writes the reports.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use navcast::protocol::DisabilityType;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::accounts::{self, Accounts, AccountsFile};
+use crate::cli::RunArgs;
+use crate::criteria;
+use crate::hist::{Hist, PackedHist};
+use crate::motion::Trace;
+use crate::net::Transport;
+use crate::profile::Profile;
+use crate::recorder::{Recorder, unix_s};
+use crate::rider::{RiderPlan, RunCtx, StationPoint, rider};
+use crate::schedule::{self, in_share};
+use crate::summary::{
+    Cell, FORMAT, FanoutCounts, HistoryRow, Metric, RowCell, ServerSample, StageSummary, Summary,
+};
+use crate::{Outcome, report};
+
+/// Phase of the deviating share relative to the guardian share, so the
+/// two do not pick the same riders.
+const DEVIATING_PHASE: u64 = 37;
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The profile with the command line's overrides applied.
+pub fn load_profile(args: &RunArgs) -> anyhow::Result<Profile> {
+    let mut p = Profile::load(&args.profile)?;
+    if let Some(u) = args.users {
+        p = p.with_users(u)?;
+    }
+    if let Some(s) = args.time_scale {
+        p = p.with_time_scale(s)?;
+    }
+    p.with_thresholds(&args.thresholds)
+}
+
+/// Coordinates of the profile's stations, from the embedded network.
+pub fn resolve_stations(names: &[String]) -> anyhow::Result<Vec<StationPoint>> {
+    let network = navcast::network::Network::embedded();
+    names
+        .iter()
+        .map(|name| {
+            let ids = network
+                .resolve(name)
+                .map_err(|e| anyhow::anyhow!("station {name:?}: {e}"))?;
+            let s = network.station(*ids.first().context("no station")?);
+            Ok(StationPoint {
+                name: name.clone(),
+                lat: s.lat,
+                lon: s.lon,
+            })
+        })
+        .collect()
+}
+
+/// Accounts a run (or segment) needs, created when missing.
+async fn ensure_accounts(
+    args: &RunArgs,
+    profile: &Profile,
+    transport: &Arc<Transport>,
+    users: u64,
+) -> anyhow::Result<Accounts> {
+    if let Some(path) = &args.accounts {
+        let file = AccountsFile::read(path)?;
+        if (file.accounts.len() as u64) < users {
+            bail!(
+                "{} holds {} accounts; this test needs {users}",
+                path.display(),
+                file.accounts.len()
+            );
+        }
+        return Ok(Accounts::File(Arc::new(file)));
+    }
+    let accounts = Accounts::Generated {
+        prefix: args.account.prefix.clone(),
+        password: args.account.password.clone(),
+    };
+    if !args.account.no_provision {
+        let mut list = Vec::new();
+        for k in (0..users).filter(|k| args.segment.owns(*k)) {
+            list.extend(accounts.rider(k));
+            if in_share(k, profile.rider.guardian_share, 0) {
+                list.extend(accounts.guardian(k));
+            }
+        }
+        accounts::provision(
+            transport.clone(),
+            list,
+            args.account.provision_concurrency,
+            false,
+            args.quiet,
+        )
+        .await?;
+    }
+    Ok(accounts)
+}
+
+/// Drains the recorder once a second into the summary, prints progress,
+/// and judges each finished stress step.
+struct Reporter {
+    summary: Summary,
+    profile: Profile,
+    started: Instant,
+    start_unix: u64,
+    tick: u64,
+    /// The last 10 one-second histograms per metric (Locust's window).
+    window: Vec<VecDeque<Hist>>,
+    window_sum: Vec<Hist>,
+    best_open: u64,
+    last_stage: usize,
+    quiet: bool,
+    label: String,
+}
+
+impl Reporter {
+    fn step(&mut self, rec: &Recorder, abort: &CancellationToken) {
+        self.tick += 1;
+        let mut interval = vec![Cell::default(); Metric::COUNT];
+        rec.drain(&mut interval);
+        let elapsed = self.tick as f64 - 0.5;
+        let stage = self.profile.stage_at(elapsed);
+        let users = rec.users.load(std::sync::atomic::Ordering::Relaxed);
+        let mut row = HistoryRow {
+            t: self.start_unix + self.tick,
+            users,
+            stage,
+            ..Default::default()
+        };
+        for m in Metric::ALL {
+            let c = &interval[m.index()];
+            let w = &mut self.window[m.index()];
+            if w.len() == 10
+                && let Some(old) = w.pop_front()
+            {
+                self.window_sum[m.index()].subtract(&old);
+            }
+            self.window_sum[m.index()].add(&c.hist);
+            w.push_back(c.hist.clone());
+            if c.count == 0 && c.hist.is_empty() {
+                continue;
+            }
+            row.cells.insert(
+                m.name().to_string(),
+                RowCell {
+                    count: c.count,
+                    failures: c.failures,
+                    bytes: c.bytes,
+                    sum_us: c.sum_us,
+                    hist: PackedHist(c.hist.to_bytes()),
+                },
+            );
+            self.summary
+                .metrics
+                .entry(m.name().to_string())
+                .or_default()
+                .add(c);
+            if let Some(st) = self.summary.stages.get_mut(stage) {
+                st.cells.entry(m.name().to_string()).or_default().add(c);
+            }
+        }
+        if let Some(st) = self.summary.stages.get_mut(stage) {
+            st.peak_users = st.peak_users.max(users);
+        }
+        self.summary.history.push(row);
+        let nodes = rec.nodes();
+        let open: u64 = nodes.values().map(|n| n.peak_open).sum();
+        if open >= self.best_open {
+            self.best_open = open;
+            self.summary.nodes = nodes;
+        }
+        if !self.quiet {
+            self.progress(&interval, users, stage, rec);
+        }
+        if stage != self.last_stage {
+            self.judge_stage(self.last_stage, abort);
+            self.last_stage = stage;
+        }
+    }
+
+    fn judge_stage(&mut self, stage: usize, abort: &CancellationToken) {
+        let Some(stress) = &self.profile.stress else {
+            return;
+        };
+        let Some(st) = self.summary.stages.get(stage) else {
+            return;
+        };
+        let probe = Summary {
+            thresholds: self.summary.thresholds.clone(),
+            stress: true,
+            stages: vec![st.clone()],
+            ..Default::default()
+        };
+        if let Some(b) = criteria::evaluate(&probe).stress_break
+            && stress.stop_on_break
+            && !abort.is_cancelled()
+        {
+            let msg = format!(
+                "stress: {} broke at {} users ({}); stopping",
+                b.stage,
+                b.users,
+                b.criteria.join(", ")
+            );
+            eprintln!("navcast-load{}: {msg}", self.label);
+            self.summary.stopped_early.push(msg);
+            abort.cancel();
+        }
+    }
+
+    fn progress(&self, interval: &[Cell], users: u64, stage: usize, rec: &Recorder) {
+        let fmt = |m: Metric| -> String {
+            let h = &self.window_sum[m.index()];
+            match (h.quantile(0.5), h.quantile(0.95), h.quantile(0.99)) {
+                (Some(a), Some(b), Some(c)) => format!(
+                    "{:.1}/{:.1}/{:.1} ms",
+                    a as f64 / 1e3,
+                    b as f64 / 1e3,
+                    c as f64 / 1e3
+                ),
+                _ => "-".into(),
+            }
+        };
+        let reqs: u64 = interval
+            .iter()
+            .zip(Metric::ALL)
+            .filter(|(_, m)| m.is_request())
+            .map(|(c, _)| c.count)
+            .sum();
+        let stage_name = self
+            .profile
+            .stages
+            .get(stage)
+            .map(|s| s.name.as_str())
+            .unwrap_or("-");
+        eprintln!(
+            "navcast-load{} [{:>5}s] {stage_name} ({}/{}) | users {users} | conn/s {} | req/s {reqs} | location_update p50/95/99 {} | start_navigation {} | fanout/s {} | failures {}",
+            self.label,
+            self.tick,
+            stage + 1,
+            self.profile.stages.len(),
+            interval[Metric::WsConnect.index()].count,
+            fmt(Metric::WsLocationUpdate),
+            fmt(Metric::WsStartNavigation),
+            interval[Metric::FanoutDelivery.index()].count,
+            rec.failure_total(),
+        );
+    }
+}
+
+/// Polls each host's `/stats` (sessions and memory, for soak reports).
+async fn sample_servers(
+    transport: Arc<Transport>,
+    every: Duration,
+    out: Arc<Mutex<Vec<ServerSample>>>,
+    stop: CancellationToken,
+) {
+    let client = reqwest::Client::new();
+    loop {
+        for h in &transport.hosts {
+            let url = format!("{}/stats", h.http_base);
+            let r = client
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if let Ok(r) = r
+                && let Ok(v) = r.json::<serde_json::Value>().await
+            {
+                out.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(ServerSample {
+                        t: unix_s(),
+                        host: h.http_base.clone(),
+                        node_id: v["node_id"].as_str().unwrap_or("").to_string(),
+                        sessions: v["sessions"].as_u64().unwrap_or(0),
+                        rss_bytes: v["memory"]["rss_bytes"].as_u64().unwrap_or(0),
+                    });
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
+    if args.processes > 1 {
+        return crate::procs::run_processes(args).await;
+    }
+    let profile = load_profile(args)?;
+    let label = if args.segment.count > 1 {
+        format!(" {}", args.segment)
+    } else {
+        String::new()
+    };
+    let tls = crate::net::TlsOptions {
+        ca_file: args.tls.ca_file.clone(),
+        insecure: args.tls.insecure,
+    };
+    let transport = Arc::new(Transport::new(&args.host, args.source_ips.as_deref(), &tls).await?);
+    let stations = resolve_stations(&profile.rider.stations)?;
+    let mut types = Vec::new();
+    let mut type_weights = Vec::new();
+    for (k, w) in &profile.rider.disability_weights {
+        types.push(
+            k.parse::<DisabilityType>()
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        type_weights.push(*w);
+    }
+    let trace = profile.trace_path().map(|p| Trace::load(&p)).transpose()?;
+    let plan = schedule::plan(&profile.stages);
+    let users = schedule::user_count(&plan);
+    let accounts = ensure_accounts(args, &profile, &transport, users).await?;
+
+    let now_ms = unix_ms();
+    let start_ms = args.start_at.unwrap_or(now_ms).max(now_ms);
+    let start = Instant::now() + Duration::from_millis(start_ms - now_ms);
+    let abort = CancellationToken::new();
+    let ctx = Arc::new(RunCtx {
+        transport: transport.clone(),
+        rec: Recorder::new(),
+        spec: profile.rider.clone(),
+        time_scale: profile.time_scale,
+        stations,
+        types,
+        type_weights,
+        trace,
+        accounts,
+        seed: args.seed,
+        abort: abort.clone(),
+    });
+
+    let summary = Summary {
+        format: FORMAT,
+        tool: format!("navcast-load {}", env!("CARGO_PKG_VERSION")),
+        profile: profile.name.clone(),
+        description: profile.description.clone(),
+        hosts: args.host.clone(),
+        seed: args.seed,
+        time_scale: profile.time_scale,
+        segments: vec![args.segment.to_string()],
+        started_unix_ms: start_ms,
+        thresholds: profile.thresholds.clone(),
+        stress: profile.stress.is_some(),
+        stages: profile
+            .stages
+            .iter()
+            .map(|s| StageSummary {
+                name: s.name.clone(),
+                start_s: s.start_s,
+                end_s: s.end_s,
+                users: s.users,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let reporter = Arc::new(Mutex::new(Reporter {
+        summary,
+        profile: profile.clone(),
+        started: start,
+        start_unix: start_ms / 1000,
+        tick: 0,
+        window: vec![VecDeque::new(); Metric::COUNT],
+        window_sum: vec![Hist::default(); Metric::COUNT],
+        best_open: 0,
+        last_stage: 0,
+        quiet: args.quiet,
+        label: label.clone(),
+    }));
+    let reporter_stop = CancellationToken::new();
+    let reporter_task = {
+        let (reporter, ctx, stop) = (reporter.clone(), ctx.clone(), reporter_stop.clone());
+        tokio::spawn(async move {
+            let mut k = 1u64;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(start + Duration::from_secs(k)) => {}
+                    _ = stop.cancelled() => return,
+                }
+                reporter
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .step(&ctx.rec, &ctx.abort);
+                k += 1;
+            }
+        })
+    };
+    let server_samples = Arc::new(Mutex::new(Vec::new()));
+    let sampler = (args.server_stats_every > 0.0).then(|| {
+        tokio::spawn(sample_servers(
+            transport.clone(),
+            Duration::from_secs_f64(args.server_stats_every),
+            server_samples.clone(),
+            reporter_stop.clone(),
+        ))
+    });
+    let interrupt = {
+        let abort = abort.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("navcast-load: interrupted; stopping riders");
+                abort.cancel();
+            }
+        })
+    };
+
+    let tracker = TaskTracker::new();
+    let share = profile.rider.guardian_share;
+    let deviating = profile.rider.deviating_share;
+    for inc in plan.iter().filter(|i| args.segment.owns(i.user)) {
+        let at = start + Duration::from_secs_f64(inc.start_s);
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => {}
+            _ = abort.cancelled() => break,
+        }
+        let p = RiderPlan {
+            user: inc.user,
+            incarnation: inc.incarnation,
+            start: at,
+            stop: start + Duration::from_secs_f64(inc.stop_s),
+            guardian: in_share(inc.user, share, 0),
+            deviating: in_share(inc.user, deviating, DEVIATING_PHASE),
+        };
+        tracker.spawn(rider(ctx.clone(), p));
+    }
+    tracker.close();
+    // Riders stop by themselves; allow for the last timeouts and drains.
+    let spec = &profile.rider;
+    let slack = spec.start_timeout_s.max(spec.connect_timeout_s) + spec.fanout_grace_s + 10.0;
+    let end = start + Duration::from_secs_f64(profile.duration_s() + slack);
+    tokio::select! {
+        _ = tracker.wait() => {}
+        _ = tokio::time::sleep_until(end) => {
+            eprintln!("navcast-load{label}: riders still running after the end; aborting them");
+            abort.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        }
+    }
+    interrupt.abort();
+    reporter_stop.cancel();
+    let _ = reporter_task.await;
+    if let Some(s) = sampler {
+        let _ = s.await;
+    }
+
+    let mut rep = Arc::try_unwrap(reporter)
+        .ok()
+        .context("reporter still shared")?
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    // The samples of the last (partial) second.
+    rep.quiet = true;
+    rep.step(&ctx.rec, &ctx.abort);
+    let _ = rep.started;
+    let mut summary = rep.summary;
+    let rec = &ctx.rec;
+    summary.ended_unix_ms = unix_ms();
+    summary.failures = rec.failures();
+    let node_label = if args.segment.count > 1 {
+        format!("segment {}", args.segment)
+    } else {
+        "local".to_string()
+    };
+    summary.exceptions = rec
+        .exceptions()
+        .into_iter()
+        .map(|(message, count)| crate::summary::ExceptionRow {
+            count,
+            message,
+            traceback: String::new(),
+            nodes: node_label.clone(),
+        })
+        .collect();
+    summary.close_codes = rec
+        .close_codes()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let final_nodes = rec.nodes();
+    for (k, v) in final_nodes {
+        summary.nodes.entry(k).or_default().connects = v.connects;
+    }
+    let f = &rec.fanout;
+    let ld = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    summary.fanout = FanoutCounts {
+        expected: ld(&f.expected),
+        received: ld(&f.received),
+        duplicates: ld(&f.duplicates),
+        reorders: ld(&f.reorders),
+        gaps: ld(&f.gaps),
+        lost: ld(&f.lost),
+    };
+    summary.server = std::mem::take(&mut *server_samples.lock().unwrap_or_else(|e| e.into_inner()));
+    if abort.is_cancelled() && summary.stopped_early.is_empty() {
+        summary.stopped_early.push("interrupted".into());
+    }
+    report::finish(summary, &args.out, args.quiet)
+}

@@ -1,0 +1,365 @@
+//! The run's results as one value: what the JSON summary holds, what the
+//! CSV and HTML reports are written from, and what `merge` adds up.
+//!
+//! Everything here is additive (counters, histograms, per-second rows keyed
+//! by Unix second), so the summaries of the segments of one test merge into
+//! the summary of the whole test exactly.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hist::{Hist, PackedHist};
+use crate::profile::Thresholds;
+
+/// Version of the JSON layout.
+pub const FORMAT: u32 = 1;
+
+/// What is measured. Names and request types are those of LOADTEST.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Metric {
+    Login,
+    Refresh,
+    WsConnect,
+    WsStartNavigation,
+    WsLocationUpdate,
+    WsShareNavigation,
+    WsWatch,
+    FanoutDelivery,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 8] = [
+        Metric::Login,
+        Metric::Refresh,
+        Metric::WsConnect,
+        Metric::WsStartNavigation,
+        Metric::WsLocationUpdate,
+        Metric::WsShareNavigation,
+        Metric::WsWatch,
+        Metric::FanoutDelivery,
+    ];
+    pub const COUNT: usize = Metric::ALL.len();
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Login => "login",
+            Metric::Refresh => "refresh",
+            Metric::WsConnect => "ws_connect",
+            Metric::WsStartNavigation => "ws_start_navigation",
+            Metric::WsLocationUpdate => "ws_location_update",
+            Metric::WsShareNavigation => "ws_share_navigation",
+            Metric::WsWatch => "ws_watch",
+            Metric::FanoutDelivery => "fanout_delivery",
+        }
+    }
+
+    /// Locust's request type column.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Metric::Login | Metric::Refresh => "HTTP",
+            _ => "WebSocket",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn from_name(name: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// Requests the client made (fan-out deliveries are received, not
+    /// requested, and have their own criterion).
+    pub fn is_request(self) -> bool {
+        self != Metric::FanoutDelivery
+    }
+}
+
+/// Counters and a latency histogram of one metric over some span.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Cell {
+    pub count: u64,
+    pub failures: u64,
+    /// Sum of reply sizes, bytes (Locust's content size).
+    pub bytes: u64,
+    /// Sum of the latencies recorded in `hist`, µs (an exact mean).
+    pub sum_us: u64,
+    pub hist: Hist,
+}
+
+impl Cell {
+    pub fn add(&mut self, o: &Cell) {
+        self.count += o.count;
+        self.failures += o.failures;
+        self.bytes += o.bytes;
+        self.sum_us += o.sum_us;
+        self.hist.add(&o.hist);
+    }
+
+    pub fn mean_us(&self) -> Option<f64> {
+        let n = self.hist.len();
+        (n > 0).then(|| self.sum_us as f64 / n as f64)
+    }
+}
+
+/// One metric in one second, with its histogram kept encoded.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RowCell {
+    pub count: u64,
+    pub failures: u64,
+    pub bytes: u64,
+    pub sum_us: u64,
+    pub hist: PackedHist,
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HistoryRow {
+    /// Unix seconds.
+    pub t: u64,
+    /// Riders running.
+    pub users: u64,
+    /// Index of the stage at that second.
+    pub stage: usize,
+    pub cells: BTreeMap<String, RowCell>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StageSummary {
+    pub name: String,
+    /// Seconds from the test start (after time scaling).
+    pub start_s: f64,
+    pub end_s: f64,
+    /// The profile's target.
+    pub users: u64,
+    /// Most riders seen running in the stage.
+    pub peak_users: u64,
+    pub cells: BTreeMap<String, Cell>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FailureRow {
+    pub method: String,
+    pub name: String,
+    pub error: String,
+    pub occurrences: u64,
+    /// Unix seconds.
+    pub first_seen: u64,
+    pub last_seen: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExceptionRow {
+    pub count: u64,
+    pub message: String,
+    pub traceback: String,
+    pub nodes: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeCounts {
+    /// Successful WebSocket connects that landed on this node.
+    pub connects: u64,
+    /// Sessions open on this node when the client had the most open.
+    pub peak_open: u64,
+}
+
+/// Peer events seen by guardians.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct FanoutCounts {
+    /// Navigation events riders got while a guardian watched them.
+    pub expected: u64,
+    /// Distinct peer events guardians received.
+    pub received: u64,
+    pub duplicates: u64,
+    /// A `seq` lower than one already seen (not a restart at 1).
+    pub reorders: u64,
+    /// Sequence numbers skipped.
+    pub gaps: u64,
+    /// Per rider/guardian pair, the larger of the gaps and the shortfall
+    /// of received against expected, summed.
+    pub lost: u64,
+}
+
+/// A sample of a node's `/stats`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServerSample {
+    pub t: u64,
+    pub host: String,
+    pub node_id: String,
+    pub sessions: u64,
+    pub rss_bytes: u64,
+}
+
+/// The summary of a run (or of merged runs).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub format: u32,
+    pub tool: String,
+    pub profile: String,
+    pub description: String,
+    pub hosts: Vec<String>,
+    pub seed: u64,
+    pub time_scale: f64,
+    /// The segments this summary covers (`1/1` for a whole run).
+    pub segments: Vec<String>,
+    pub started_unix_ms: u64,
+    pub ended_unix_ms: u64,
+    pub thresholds: Thresholds,
+    /// A stress profile: the report names the step that broke.
+    #[serde(default)]
+    pub stress: bool,
+    pub metrics: BTreeMap<String, Cell>,
+    pub stages: Vec<StageSummary>,
+    pub history: Vec<HistoryRow>,
+    pub failures: Vec<FailureRow>,
+    pub exceptions: Vec<ExceptionRow>,
+    /// Connection ends by close code (`1000` includes the client's own
+    /// closes at stop; `1006` = closed without a close frame).
+    pub close_codes: BTreeMap<String, u64>,
+    pub nodes: BTreeMap<String, NodeCounts>,
+    pub fanout: FanoutCounts,
+    pub server: Vec<ServerSample>,
+    /// Why the run ended early, if it did.
+    pub stopped_early: Vec<String>,
+}
+
+impl Summary {
+    pub fn cell(&self, m: Metric) -> Cell {
+        self.metrics.get(m.name()).cloned().unwrap_or_default()
+    }
+
+    pub fn duration_s(&self) -> f64 {
+        (self.ended_unix_ms.saturating_sub(self.started_unix_ms)) as f64 / 1000.0
+    }
+
+    /// Adds another summary of the same test (another segment).
+    pub fn merge(&mut self, o: &Summary) -> anyhow::Result<()> {
+        if self.stages.len() != o.stages.len()
+            || self
+                .stages
+                .iter()
+                .zip(&o.stages)
+                .any(|(a, b)| a.name != b.name)
+        {
+            anyhow::bail!(
+                "summaries of different tests: profile {:?} vs {:?} (stages differ)",
+                self.profile,
+                o.profile
+            );
+        }
+        if self.seed != o.seed {
+            eprintln!(
+                "navcast-load merge: warning: seeds differ ({} vs {}); totals still add up",
+                self.seed, o.seed
+            );
+        }
+        for h in &o.hosts {
+            if !self.hosts.contains(h) {
+                self.hosts.push(h.clone());
+            }
+        }
+        self.segments.extend(o.segments.iter().cloned());
+        self.started_unix_ms = self.started_unix_ms.min(o.started_unix_ms);
+        self.ended_unix_ms = self.ended_unix_ms.max(o.ended_unix_ms);
+        for (k, c) in &o.metrics {
+            self.metrics.entry(k.clone()).or_default().add(c);
+        }
+        for (a, b) in self.stages.iter_mut().zip(&o.stages) {
+            a.peak_users += b.peak_users;
+            for (k, c) in &b.cells {
+                a.cells.entry(k.clone()).or_default().add(c);
+            }
+        }
+        let mut rows: BTreeMap<u64, HistoryRow> = std::mem::take(&mut self.history)
+            .into_iter()
+            .map(|r| (r.t, r))
+            .collect();
+        for r in &o.history {
+            let row = rows.entry(r.t).or_insert_with(|| HistoryRow {
+                t: r.t,
+                stage: r.stage,
+                ..Default::default()
+            });
+            row.users += r.users;
+            row.stage = row.stage.max(r.stage);
+            for (k, c) in &r.cells {
+                let cell = row.cells.entry(k.clone()).or_default();
+                cell.count += c.count;
+                cell.failures += c.failures;
+                cell.bytes += c.bytes;
+                cell.sum_us += c.sum_us;
+                let mut h = cell.hist.unpack();
+                h.add(&c.hist.unpack());
+                cell.hist = PackedHist(h.to_bytes());
+            }
+        }
+        self.history = rows.into_values().collect();
+        for f in &o.failures {
+            match self
+                .failures
+                .iter_mut()
+                .find(|x| x.method == f.method && x.name == f.name && x.error == f.error)
+            {
+                Some(x) => {
+                    x.occurrences += f.occurrences;
+                    x.first_seen = x.first_seen.min(f.first_seen);
+                    x.last_seen = x.last_seen.max(f.last_seen);
+                }
+                None => self.failures.push(f.clone()),
+            }
+        }
+        for e in &o.exceptions {
+            match self.exceptions.iter_mut().find(|x| x.message == e.message) {
+                Some(x) => {
+                    x.count += e.count;
+                    if !x.nodes.split(' ').any(|n| n == e.nodes) {
+                        x.nodes = format!("{} {}", x.nodes, e.nodes);
+                    }
+                }
+                None => self.exceptions.push(e.clone()),
+            }
+        }
+        for (k, v) in &o.close_codes {
+            *self.close_codes.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.nodes {
+            let n = self.nodes.entry(k.clone()).or_default();
+            n.connects += v.connects;
+            n.peak_open += v.peak_open;
+        }
+        let (a, b) = (&mut self.fanout, &o.fanout);
+        a.expected += b.expected;
+        a.received += b.received;
+        a.duplicates += b.duplicates;
+        a.reorders += b.reorders;
+        a.gaps += b.gaps;
+        a.lost += b.lost;
+        self.server.extend(o.server.iter().cloned());
+        self.stopped_early.extend(o.stopped_early.iter().cloned());
+        Ok(())
+    }
+
+    pub fn read(path: &std::path::Path) -> anyhow::Result<Summary> {
+        use anyhow::Context;
+        let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let s: Summary = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a navcast-load JSON summary", path.display()))?;
+        if s.format != FORMAT {
+            anyhow::bail!(
+                "{}: summary format {} (expected {FORMAT})",
+                path.display(),
+                s.format
+            );
+        }
+        Ok(s)
+    }
+
+    pub fn write(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let text = serde_json::to_vec(self)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+}

@@ -1,0 +1,51 @@
+//! A node that goes away mid-run: its sessions end with 1001, the client
+//! counts that close code, and the riders carry on on the other node.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use navcast_load::summary::Metric;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_node_counts_1001_and_riders_move_to_the_other_node() {
+    let mut nodes = Node::cluster(
+        2,
+        |c| {
+            c.shutdown.drain_timeout = Duration::from_secs(2);
+        },
+        |b| b,
+    )
+    .await;
+    let hosts = format!("{},{}", nodes[0].ws(), nodes[1].ws());
+    let smoke = profile("smoke.toml");
+    let run = tokio::spawn(async move {
+        cli(&[
+            "run",
+            "--host",
+            &hosts,
+            "--profile",
+            &smoke,
+            "--time-scale",
+            "0.5",
+            "--quiet",
+            "--server-stats-every",
+            "0",
+        ])
+        .await
+    });
+    // All ten riders are up after 5 s at this scale.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let b = nodes.pop().unwrap();
+    b.stop().await;
+    let out = run.await.unwrap().unwrap().unwrap();
+    let s = &out.summary;
+    let drained = s.close_codes.get("1001").copied().unwrap_or(0);
+    assert!(drained >= 5, "close codes: {:?}", s.close_codes);
+    // Every rider that node-b served reconnected to node-a.
+    assert!(s.nodes["node-a"].connects >= 5 + drained, "{:?}", s.nodes);
+    assert!(s.cell(Metric::WsConnect).count > 11);
+    let text = navcast_load::report::text_report(s, &out.evaluation);
+    assert!(text.contains("1001: "), "{text}");
+}

@@ -1,0 +1,137 @@
+//! Dropped bus messages show up as lost peer events: gaps in `seq` and
+//! fewer events received than the riders saw, and the run fails the
+//! "0 lost peer_events" criterion.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use common::*;
+use navcast::bus::{Bus, Deliver, Envelope};
+
+/// A bus that loses every `nth` envelope it is asked to publish.
+struct Lossy {
+    inner: Arc<dyn Bus>,
+    nth: u64,
+    seen: AtomicU64,
+}
+
+impl Bus for Lossy {
+    fn start(&self, node_id: &str, deliver: Deliver) {
+        self.inner.start(node_id, deliver)
+    }
+    fn publish(&self, envelope: Envelope) {
+        if self.seen.fetch_add(1, Ordering::Relaxed) % self.nth == self.nth - 1 {
+            return;
+        }
+        self.inner.publish(envelope)
+    }
+    fn interest(&self, user: &str) {
+        self.inner.interest(user)
+    }
+    fn disinterest(&self, user: &str) {
+        self.inner.disinterest(user)
+    }
+    fn is_connected(&self) -> bool {
+        true
+    }
+    fn kind(&self) -> &'static str {
+        "lossy"
+    }
+}
+
+const PROFILE: &str = r#"
+name = "fanout"
+description = "20 riders, half of them watched by a guardian on the other node"
+[[stage]]
+name = "ramp"
+end_s = 4
+users = 20
+spawn_rate = 10
+[[stage]]
+name = "hold"
+end_s = 20
+users = 20
+[rider]
+guardian_share = 0.5
+update_interval_s = [1.0, 1.5]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_bus_messages_fail_the_lost_peer_events_criterion() {
+    let nodes = Node::cluster(
+        2,
+        |_| {},
+        |inner| {
+            Arc::new(Lossy {
+                inner,
+                nth: 3,
+                seen: AtomicU64::new(0),
+            }) as Arc<dyn Bus>
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fanout.toml");
+    std::fs::write(&file, PROFILE).unwrap();
+    let hosts = format!("{},{}", nodes[0].ws(), nodes[1].ws());
+    let out = cli(&[
+        "run",
+        "--host",
+        &hosts,
+        "--profile",
+        file.to_str().unwrap(),
+        "--quiet",
+        "--server-stats-every",
+        "0",
+    ])
+    .await
+    .unwrap()
+    .unwrap();
+    let f = out.summary.fanout;
+    assert!(f.gaps > 0, "{f:?}");
+    assert!(f.lost > 0 && f.received < f.expected, "{f:?}");
+    assert!(
+        out.failed.contains(&"lost peer_events".to_string()),
+        "{:?}",
+        out.failed
+    );
+    assert!(
+        out.summary
+            .failures
+            .iter()
+            .any(|x| x.name == "fanout_delivery" && x.error == "peer_event lost")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_bus_delivers_every_peer_event() {
+    let nodes = Node::cluster(2, |_| {}, |b| b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fanout.toml");
+    std::fs::write(&file, PROFILE).unwrap();
+    let hosts = format!("{},{}", nodes[0].ws(), nodes[1].ws());
+    let out = cli(&[
+        "run",
+        "--host",
+        &hosts,
+        "--profile",
+        file.to_str().unwrap(),
+        "--quiet",
+        "--server-stats-every",
+        "0",
+    ])
+    .await
+    .unwrap()
+    .unwrap();
+    let f = out.summary.fanout;
+    assert!(f.expected > 20, "{f:?}");
+    assert_eq!((f.lost, f.gaps, f.duplicates), (0, 0, 0), "{f:?}");
+    assert_eq!(f.received, f.expected);
+    assert!(
+        !out.failed.contains(&"lost peer_events".to_string()),
+        "{:?}",
+        out.failed
+    );
+}

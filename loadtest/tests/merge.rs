@@ -1,0 +1,132 @@
+//! Two segments of a test, merged, add up to one run of the whole test:
+//! same seed, same riders, same requests.
+
+mod common;
+
+use common::*;
+use navcast_load::summary::Metric;
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_segments_equal_the_whole_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let smoke = profile("smoke.toml");
+    let common_args = [
+        "--profile",
+        smoke.as_str(),
+        "--time-scale",
+        "0.25",
+        "--seed",
+        "42",
+        "--quiet",
+    ];
+
+    // The whole test on a fresh two-node cluster.
+    let whole = {
+        let nodes = Node::cluster(2, |_| {}, |b| b).await;
+        let hosts = format!("{},{}", nodes[0].ws(), nodes[1].ws());
+        let json = path("whole.json");
+        let mut args = vec!["run", "--host", &hosts, "--json", &json];
+        args.extend(common_args);
+        let out = cli(&args).await.unwrap().unwrap();
+        assert!(out.passed, "{:?}", out.failed);
+        out.summary
+    };
+
+    // The same test as two segments on another fresh cluster, started
+    // together, then merged.
+    let nodes = Node::cluster(2, |_| {}, |b| b).await;
+    let hosts = format!("{},{}", nodes[0].ws(), nodes[1].ws());
+    let (j1, j2) = (path("seg1.json"), path("seg2.json"));
+    let start_at = (unix_ms() + 1500).to_string();
+    let seg = |segment: &'static str, json: String| {
+        let hosts = hosts.clone();
+        let start_at = start_at.clone();
+        let smoke = smoke.clone();
+        async move {
+            let args = [
+                "run",
+                "--host",
+                &hosts,
+                "--segment",
+                segment,
+                "--json",
+                &json,
+                "--start-at",
+                &start_at,
+                "--profile",
+                &smoke,
+                "--time-scale",
+                "0.25",
+                "--seed",
+                "42",
+                "--quiet",
+            ];
+            cli(&args).await.unwrap().unwrap()
+        }
+    };
+    let (a, b) = tokio::join!(seg("1/2", j1.clone()), seg("2/2", j2.clone()));
+    assert!(a.summary.cell(Metric::WsConnect).count > 0);
+    assert!(b.summary.cell(Metric::WsConnect).count > 0);
+    let merged_json = path("merged.json");
+    let prefix = path("merged");
+    let merged = cli(&[
+        "merge",
+        &j1,
+        &j2,
+        "--json",
+        &merged_json,
+        "--csv",
+        &prefix,
+        "--quiet",
+    ])
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(merged.passed, "{:?}", merged.failed);
+    let m = &merged.summary;
+    assert_eq!(m.segments, vec!["1/2", "2/2"]);
+
+    for metric in Metric::ALL {
+        let (w, g) = (whole.cell(metric), m.cell(metric));
+        assert_eq!(w.count, g.count, "{}: whole vs merged", metric.name());
+        assert_eq!(w.failures, g.failures, "{}", metric.name());
+        assert_eq!(
+            g.hist.len(),
+            a.summary.cell(metric).hist.len() + b.summary.cell(metric).hist.len(),
+            "{}: histograms add up exactly",
+            metric.name()
+        );
+    }
+    assert_eq!(whole.fanout.expected, m.fanout.expected);
+    assert_eq!(whole.fanout.received, m.fanout.received);
+    assert_eq!(whole.close_codes, m.close_codes);
+    let connects = |s: &navcast_load::Summary| -> Vec<(String, u64)> {
+        s.nodes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.connects))
+            .collect()
+    };
+    assert_eq!(connects(&whole), connects(m));
+    let peak: u64 = m.nodes.values().map(|n| n.peak_open).sum();
+    assert_eq!(peak, 11, "10 riders and a guardian open at the peak");
+
+    // The merged CSV's location_update row counts what the nodes counted.
+    let stats = std::fs::read_to_string(format!("{prefix}_stats.csv")).unwrap();
+    let row = stats
+        .lines()
+        .find(|l| l.starts_with("WebSocket,ws_location_update,"))
+        .unwrap();
+    let count: u64 = row.split(',').nth(2).unwrap().parse().unwrap();
+    assert_eq!(
+        count,
+        messages_in(&[&nodes[0], &nodes[1]], "location_update").await
+    );
+}
