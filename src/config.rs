@@ -111,6 +111,14 @@ pub struct AuthConfig {
     pub argon2_memory_kib: u32,
     /// Argon2id iterations. Default 2.
     pub argon2_iterations: u32,
+    /// Threads that hash passwords. Default 1: a login storm then costs at
+    /// most one core, whatever its size.
+    pub hash_threads: usize,
+    /// Scheduling niceness of those threads (0–19). Default 10, so live
+    /// WebSocket traffic wins the CPU over logins.
+    pub hash_nice: i32,
+    /// Hashes waiting for a thread before login answers 503. Default 512.
+    pub hash_queue: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,6 +256,9 @@ impl Default for AuthConfig {
             seed_file: None,
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
+            hash_threads: 1,
+            hash_nice: 10,
+            hash_queue: 512,
         }
     }
 }

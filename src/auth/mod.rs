@@ -1,9 +1,11 @@
 //! Accounts, passwords and tokens: everything behind `/api/v1/auth/*` and
 //! the token check before a WebSocket upgrade.
 //!
-//! Password hashing (argon2id) is deliberately slow, so it runs on the
-//! blocking pool and never stalls the reactor that serves WebSockets.
+//! Password hashing (argon2id) is deliberately slow, so it runs on its own
+//! bounded, low-priority thread pool ([`hasher`]) and never competes on
+//! equal terms with the threads that serve WebSockets.
 
+mod hasher;
 pub mod http;
 pub mod jwt;
 
@@ -35,6 +37,17 @@ pub enum AuthError {
     Store(#[from] StoreError),
     #[error("password hashing failed")]
     Hashing,
+    #[error("too many logins at once")]
+    Busy,
+}
+
+impl From<hasher::HasherError> for AuthError {
+    fn from(e: hasher::HasherError) -> Self {
+        match e {
+            hasher::HasherError::Busy => AuthError::Busy,
+            hasher::HasherError::Stopped => AuthError::Hashing,
+        }
+    }
 }
 
 /// Tokens handed out by login and refresh.
@@ -52,6 +65,7 @@ pub struct AuthService {
     accounts: Arc<dyn AccountStore>,
     tokens: Arc<dyn TokenStore>,
     argon2: Argon2<'static>,
+    hasher: hasher::Hasher,
     /// A real hash of a random password: unknown emails are verified against
     /// it so a login takes as long whether or not the account exists.
     dummy_hash: String,
@@ -83,26 +97,28 @@ impl AuthService {
             accounts,
             tokens,
             argon2,
+            hasher: hasher::Hasher::new(cfg.hash_threads, cfg.hash_nice, cfg.hash_queue),
             dummy_hash,
         })
     }
 
     async fn hash(&self, password: String) -> Result<String, AuthError> {
         let argon2 = self.argon2.clone();
-        tokio::task::spawn_blocking(move || hash_with(&argon2, &password))
-            .await
-            .map_err(|_| AuthError::Hashing)?
+        self.hasher
+            .run(move || hash_with(&argon2, &password))
+            .await?
     }
 
-    async fn verify_password(&self, password: String, hash: String) -> bool {
+    async fn verify_password(&self, password: String, hash: String) -> Result<bool, AuthError> {
         let argon2 = self.argon2.clone();
-        tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .map(|h| argon2.verify_password(password.as_bytes(), &h).is_ok())
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false)
+        Ok(self
+            .hasher
+            .run(move || {
+                PasswordHash::new(&hash)
+                    .map(|h| argon2.verify_password(password.as_bytes(), &h).is_ok())
+                    .unwrap_or(false)
+            })
+            .await?)
     }
 
     /// Validates and creates an account; returns its new user id.
@@ -151,7 +167,7 @@ impl AuthService {
             .as_ref()
             .map(|a| a.password_hash.clone())
             .unwrap_or_else(|| self.dummy_hash.clone());
-        let ok = self.verify_password(password, hash).await;
+        let ok = self.verify_password(password, hash).await?;
         match account {
             Some(a) if ok => self.issue_pair(&a.user_id, None).await,
             _ => Err(AuthError::BadCredentials),

@@ -70,6 +70,16 @@ impl From<AuthError> for ApiError {
                 detail: "this node verifies tokens but does not issue them",
                 retry_after_s: 3600,
             },
+            AuthError::Busy => {
+                tracing::warn!(
+                    event = "login_queue_full",
+                    "password hashing queue full; answering 503"
+                );
+                ApiError::Unavailable {
+                    detail: "too many logins at once; retry shortly",
+                    retry_after_s: 1,
+                }
+            }
             AuthError::Store(crate::store::StoreError::Unavailable(cause)) => {
                 tracing::warn!(event = "store_unavailable", cause = %cause, "auth request failed");
                 ApiError::Unavailable {
