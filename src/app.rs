@@ -595,3 +595,71 @@ pub async fn serve(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(origin: &str, node_seq: u64, user: &str, seq: u64) -> Envelope {
+        Envelope {
+            origin_node: origin.into(),
+            node_seq,
+            seq,
+            sent_at_us: now_us(),
+            user_id: user.into(),
+            payload: Payload::Event {
+                event: RawValue::from_string(r#"{"type":"arrival"}"#.into()).unwrap(),
+            },
+        }
+    }
+
+    async fn node(topology: BusTopology) -> AppState {
+        let mut config = Config::default();
+        config.jwt.secret = Some("unit-test-secret-0123456789abcdef".into());
+        config.bus.topology = topology;
+        AppState::build(config, Parts::default()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn broadcast_counts_gaps_per_origin_by_node_seq() {
+        let state = node(BusTopology::Broadcast).await;
+        for n in [1, 2, 5, 6] {
+            state.deliver_remote(&envelope("x", n, "u", 0));
+        }
+        state.deliver_remote(&envelope("y", 10, "u", 0));
+        state.deliver_remote(&envelope("y", 12, "v", 0));
+        assert_eq!(state.metrics.bus_gaps.get(), 3);
+        assert_eq!(state.metrics.bus_received.get(), 6);
+        // Our own envelopes are neither delivered nor counted.
+        let own = state.node_id.to_string();
+        state.deliver_remote(&envelope(&own, 99, "u", 0));
+        assert_eq!(state.metrics.bus_received.get(), 6);
+    }
+
+    #[tokio::test]
+    async fn targeted_counts_gaps_per_origin_and_user_by_seq() {
+        let state = node(BusTopology::Targeted).await;
+        // node_seq jumps are expected in targeted (other users' envelopes
+        // go elsewhere) and are not gaps.
+        state.deliver_remote(&envelope("x", 1, "u", 1));
+        state.deliver_remote(&envelope("x", 7, "u", 2));
+        state.deliver_remote(&envelope("x", 9, "u", 5));
+        assert_eq!(state.metrics.bus_gaps.get(), 2);
+        // Another user of the same origin is another stream.
+        state.deliver_remote(&envelope("x", 10, "v", 3));
+        state.deliver_remote(&envelope("x", 11, "v", 4));
+        assert_eq!(state.metrics.bus_gaps.get(), 2);
+        // seq 0 (replace notices) is not counted; a restart at 1 is no gap.
+        state.deliver_remote(&envelope("x", 12, "u", 0));
+        state.deliver_remote(&envelope("x", 13, "u", 1));
+        state.deliver_remote(&envelope("x", 14, "u", 2));
+        assert_eq!(state.metrics.bus_gaps.get(), 2);
+        // After the node loses interest in a user, a later subscription
+        // starts a new baseline instead of counting what it never heard.
+        state.release_interest("u");
+        state.deliver_remote(&envelope("x", 40, "u", 30));
+        assert_eq!(state.metrics.bus_gaps.get(), 2);
+        state.deliver_remote(&envelope("x", 41, "u", 32));
+        assert_eq!(state.metrics.bus_gaps.get(), 3);
+    }
+}

@@ -142,13 +142,15 @@ impl Connection {
 /// `client` with the socket options navcast wants on every Redis link:
 /// `TCP_NODELAY` (small commands and messages must not wait for Nagle's
 /// algorithm and a delayed ACK, which costs up to 40 ms on Linux) and
-/// keepalive probes, so a Redis that vanished without a FIN (a dead host,
-/// a dropped route) is noticed within about a minute even on an idle link.
+/// keepalive probes (after 30 s idle, every 10 s, 3 of them), so a Redis
+/// that vanished without a FIN (a dead host, a dropped route) is noticed
+/// within about a minute even on an idle link, such as the subscriber's.
 pub fn tuned(client: redis::Client) -> redis::RedisResult<redis::Client> {
     use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
     let keepalive = TcpKeepalive::new()
         .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10));
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
     let tcp = TcpSettings::default()
         .set_nodelay(true)
         .set_keepalive(keepalive);
