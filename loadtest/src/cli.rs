@@ -10,6 +10,11 @@ use crate::schedule::Segment;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "navcast-load", version, about, long_about = None)]
 pub struct Cli {
+    /// Runtime worker threads. 1 (default) runs every rider on one thread:
+    /// no cross-thread wake-ups, the cheapest per request; use more threads
+    /// (or --processes) when one core is not enough.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub threads: usize,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -121,6 +126,11 @@ pub struct RunArgs {
     /// sessions in the report; 0 disables.
     #[arg(long, default_value_t = 10.0)]
     pub server_stats_every: f64,
+    /// Timer-driven requests are due on a grid of this many ms, so riders
+    /// share timer wake-ups (a 3–5 s interval keeps its distribution to
+    /// within the grid); 0 schedules each exactly.
+    #[arg(long, default_value_t = 20.0)]
+    pub tick_grid_ms: f64,
     /// The executable `--processes` starts (default: this one).
     #[arg(long, hide = true)]
     pub self_exe: Option<PathBuf>,
@@ -198,6 +208,7 @@ impl RunArgs {
             push("--ca-file", c.into());
         }
         push("--seed", self.seed.to_string().into());
+        push("--tick-grid-ms", self.tick_grid_ms.to_string().into());
         push("--start-at", start_at.to_string().into());
         push(
             "--server-stats-every",

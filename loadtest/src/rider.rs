@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::f64::consts::TAU;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -55,6 +56,25 @@ pub struct RunCtx {
     pub seed: u64,
     /// Stops every rider now (ctrl-c, a stress run that broke).
     pub abort: CancellationToken,
+    /// Timer-driven requests are due on a grid of this step from `epoch`,
+    /// so riders whose ticks fall close together share one timer wake-up
+    /// (at a few hundred requests per second, wake-ups cost more than the
+    /// requests). Zero disables it.
+    pub tick_grid: Duration,
+    pub epoch: Instant,
+}
+
+impl RunCtx {
+    /// `t` rounded up to the tick grid.
+    pub fn on_grid(&self, t: Instant) -> Instant {
+        let step = self.tick_grid.as_nanos();
+        if step == 0 || t <= self.epoch {
+            return t;
+        }
+        let since = t.duration_since(self.epoch).as_nanos();
+        let k = since.div_ceil(step);
+        self.epoch + Duration::from_nanos((k * step) as u64)
+    }
 }
 
 /// One incarnation of one user, with absolute times.
@@ -324,7 +344,11 @@ struct Rider<'a> {
     session: Option<Session>,
     next_id: u64,
     pending: Vec<Pending>,
+    /// When the next timer-driven request is due (on the tick grid).
     next_tick: Instant,
+    /// The same before rounding up to the grid; intervals add up here so
+    /// the grid does not bias them.
+    tick_base: Instant,
     started_once: bool,
     shared: bool,
     stopping: bool,
@@ -363,7 +387,8 @@ impl<'a> Rider<'a> {
             session: None,
             next_id: 0,
             pending: Vec::new(),
-            next_tick: plan.start + first,
+            next_tick: ctx.on_grid(plan.start + first),
+            tick_base: plan.start + first,
             started_once: false,
             shared: false,
             stopping: false,
@@ -534,34 +559,53 @@ impl<'a> Rider<'a> {
                 return end;
             }
         }
+        // The timers live across iterations and are reset only when their
+        // deadline changes: creating and dropping three timer entries and a
+        // cancellation waiter per received frame costs more than the frame.
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let abort = &self.ctx.abort;
+        let mut aborted = pin!(abort.cancelled());
+        let mut tick_sleep = pin!(sleep_until(self.next_tick));
+        let mut stop_sleep = pin!(sleep_until(self.plan.stop));
+        let mut deadline_sleep = pin!(sleep_until(far));
+        let mut deadline_at = far;
         loop {
             if self.stopping && self.pending.is_empty() {
                 close_normal(ws).await;
                 return End::Stopped;
             }
-            let tick_ready = !self.stopping && self.next_tick < self.plan.stop;
-            let next_tick = self.next_tick;
-            let stop = self.plan.stop;
+            // Every tick scheduled before the stop time is sent, unless the
+            // rider is so far behind (an overloaded client) that the stop
+            // time itself is long past.
+            let tick_ready = !self.stopping
+                && self.next_tick < self.plan.stop
+                && Instant::now() < self.plan.stop + Duration::from_secs(1);
+            if tick_ready && tick_sleep.deadline() != self.next_tick {
+                tick_sleep.as_mut().reset(self.next_tick);
+            }
             let deadline = self.pending.iter().map(|p| p.deadline).min();
+            let want = deadline.unwrap_or(far);
+            if want != deadline_at {
+                deadline_sleep.as_mut().reset(want);
+                deadline_at = want;
+            }
             let refreshing = self.refresh.is_some();
             let stopping = self.stopping;
-            let abort = &self.ctx.abort;
             let refresh = &mut self.refresh;
             tokio::select! {
                 biased;
-                _ = abort.cancelled(), if !stopping => {
+                _ = &mut aborted, if !stopping => {
                     self.stopping = true;
                 }
-                _ = sleep_until(next_tick), if tick_ready => {
+                _ = &mut tick_sleep, if tick_ready => {
                     if let Err(end) = self.tick(ws).await {
                         return end;
                     }
                 }
-                _ = sleep_until(stop), if !stopping => {
+                _ = &mut stop_sleep, if !stopping => {
                     self.stopping = true;
                 }
-                _ = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                _ = &mut deadline_sleep, if deadline.is_some() => {
                     self.expire();
                 }
                 r = async { refresh.as_mut().expect("refreshing").await }, if refreshing => {
@@ -587,7 +631,8 @@ impl<'a> Rider<'a> {
     async fn tick(&mut self, ws: &mut Ws) -> Result<(), End> {
         let scheduled = self.next_tick;
         let [lo, hi] = self.ctx.spec.update_interval_s;
-        self.next_tick += Duration::from_secs_f64(self.rng.range(lo, hi));
+        self.tick_base += Duration::from_secs_f64(self.rng.range(lo, hi));
+        self.next_tick = self.ctx.on_grid(self.tick_base);
         let mix = &self.ctx.spec.mix;
         let p_start = mix.start_navigation / (mix.start_navigation + mix.location_update).max(1e-9);
         let roll = self.rng.unit();

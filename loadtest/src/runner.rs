@@ -345,6 +345,8 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         accounts,
         seed: args.seed,
         abort: abort.clone(),
+        tick_grid: Duration::from_micros((args.tick_grid_ms * 1000.0) as u64),
+        epoch: start,
     });
 
     let summary = Summary {
@@ -386,22 +388,35 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         label: label.clone(),
     }));
     let reporter_stop = CancellationToken::new();
-    let reporter_task = {
-        let (reporter, ctx, stop) = (reporter.clone(), ctx.clone(), reporter_stop.clone());
-        tokio::spawn(async move {
-            let mut k = 1u64;
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(start + Duration::from_secs(k)) => {}
-                    _ = stop.cancelled() => return,
+    // A thread of its own: a saturated runtime must not delay the
+    // once-a-second drain (the rows would bunch up).
+    let reporter_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reporter_thread = {
+        let (reporter, ctx, done) = (reporter.clone(), ctx.clone(), reporter_done.clone());
+        let start = start.into_std();
+        std::thread::Builder::new()
+            .name("navcast-load-reporter".into())
+            .spawn(move || {
+                let mut k = 1u64;
+                loop {
+                    let at = start + Duration::from_secs(k);
+                    loop {
+                        if done.load(std::sync::atomic::Ordering::Acquire) {
+                            return;
+                        }
+                        let now = std::time::Instant::now();
+                        if now >= at {
+                            break;
+                        }
+                        std::thread::sleep((at - now).min(Duration::from_millis(50)));
+                    }
+                    reporter
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .step(&ctx.rec, &ctx.abort);
+                    k += 1;
                 }
-                reporter
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .step(&ctx.rec, &ctx.abort);
-                k += 1;
-            }
-        })
+            })?
     };
     let server_samples = Arc::new(Mutex::new(Vec::new()));
     let sampler = (args.server_stats_every > 0.0).then(|| {
@@ -456,7 +471,8 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     }
     interrupt.abort();
     reporter_stop.cancel();
-    let _ = reporter_task.await;
+    reporter_done.store(true, std::sync::atomic::Ordering::Release);
+    let _ = reporter_thread.join();
     if let Some(s) = sampler {
         let _ = s.await;
     }
