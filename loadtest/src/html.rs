@@ -75,6 +75,7 @@ fn chart(title: &str, unit: &str, xs: &[f64], lines: &[(String, Vec<Option<f64>>
         mt + ph / 2.0,
         esc(unit)
     );
+    let mut lx = ml + 10.0;
     for (i, (label, values)) in lines.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let mut segment = String::new();
@@ -96,7 +97,6 @@ fn chart(title: &str, unit: &str, xs: &[f64], lines: &[(String, Vec<Option<f64>>
             }
         }
         flush(&mut segment, &mut out);
-        let lx = ml + 10.0 + 150.0 * i as f64;
         let _ = write!(
             out,
             r#"<rect x="{lx}" y="{}" width="12" height="3" fill="{color}"/><text x="{}" y="{}" class="ax">{}</text>"#,
@@ -105,6 +105,7 @@ fn chart(title: &str, unit: &str, xs: &[f64], lines: &[(String, Vec<Option<f64>>
             h - 4.0,
             esc(label)
         );
+        lx += 40.0 + 6.5 * label.chars().count() as f64;
     }
     out.push_str("</svg></figure>");
     out
@@ -306,14 +307,21 @@ th{{background:#f6f6f6}}td:first-child,th:first-child,td.l{{text-align:left}}
             let lines: Vec<(String, Vec<Option<f64>>)> = hosts
                 .iter()
                 .map(|h| {
-                    let v = xs
+                    // The last sample at or before each second (samples
+                    // are taken every few seconds).
+                    let mut samples: Vec<(u64, f64)> = s
+                        .server
                         .iter()
-                        .zip(&series.t)
-                        .map(|(_, t)| {
-                            s.server
-                                .iter()
-                                .find(|x| &x.node_id == h && x.t == *t)
-                                .map(|x| x.rss_bytes as f64 / 1048576.0)
+                        .filter(|x| &x.node_id == h)
+                        .map(|x| (x.t, x.rss_bytes as f64 / 1048576.0))
+                        .collect();
+                    samples.sort_by_key(|x| x.0);
+                    let v = series
+                        .t
+                        .iter()
+                        .map(|t| {
+                            let i = samples.partition_point(|x| x.0 <= *t);
+                            (i > 0).then(|| samples[i - 1].1)
                         })
                         .collect();
                     (format!("{h} RSS"), v)

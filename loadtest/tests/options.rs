@@ -1,0 +1,99 @@
+//! Options beyond the default run: source addresses, GPS trace replay,
+//! and a stress staircase that stops where a threshold breaks.
+
+mod common;
+
+use common::*;
+use navcast_load::summary::Metric;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_ips_and_a_gps_trace() {
+    let node = Node::single(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let trace = profile("traces/line2-gangnam-hongdae.csv");
+    let file = dir.path().join("trace.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"trace\"\n[[stage]]\nname = \"hold\"\nend_s = 8\nusers = 4\n[rider]\nupdate_interval_s = [1.0, 1.5]\nguardian_share = 0.0\ntrace = {trace:?}\n"
+        ),
+    )
+    .unwrap();
+    let host = node.ws();
+    let out = cli(&[
+        "run",
+        "--host",
+        &host,
+        "--profile",
+        file.to_str().unwrap(),
+        "--source-ips",
+        "127.0.0.2-127.0.0.4",
+        "--quiet",
+        "--server-stats-every",
+        "0",
+    ])
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.passed, "{:?} {:?}", out.failed, out.summary.failures);
+    assert!(out.summary.cell(Metric::WsLocationUpdate).count >= 16);
+    assert_eq!(out.summary.cell(Metric::WsConnect).count, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_stops_at_the_step_that_breaks() {
+    // Riders send every 1.2 s; the node allows a burst of 3, then one
+    // request every 2 s per session: within a few seconds every session
+    // gets RATE_LIMITED errors, and the step running then breaks.
+    let node = Node::single(|c| {
+        c.ws.rate_per_s = 0.5;
+        c.ws.rate_burst = 3.0;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stress.toml");
+    std::fs::write(
+        &file,
+        r#"
+name = "stress-test"
+[stress]
+start_users = 4
+step_users = 4
+step_interval_s = 4
+max_users = 40
+spawn_rate = 20
+[rider]
+update_interval_s = [1.2, 1.2]
+guardian_share = 0.0
+[thresholds]
+connect_p95_ms = 1000
+start_navigation_p95_ms = 1000
+location_update_p95_ms = 1000
+"#,
+    )
+    .unwrap();
+    let host = node.ws();
+    let out = cli(&[
+        "run",
+        "--host",
+        &host,
+        "--profile",
+        file.to_str().unwrap(),
+        "--quiet",
+        "--server-stats-every",
+        "0",
+    ])
+    .await
+    .unwrap()
+    .unwrap();
+    let b = out.evaluation.stress_break.clone().expect("a step broke");
+    assert!(b.criteria.contains(&"error rate".to_string()), "{b:?}");
+    assert!(
+        !out.summary.stopped_early.is_empty(),
+        "the run stopped at the break"
+    );
+    assert!(b.users < 40, "{b:?}");
+    assert!(!out.passed);
+    let text = navcast_load::report::text_report(&out.summary, &out.evaluation);
+    assert!(text.contains("stress: broke at"), "{text}");
+}
