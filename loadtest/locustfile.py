@@ -248,6 +248,11 @@ class NavRider(User):
 
     def on_stop(self):
         if getattr(self, "rider", None) is not None:
+            # Let the replies in flight arrive (up to 3 s), then close with 1000.
+            deadline = time.time() + 3
+            while self.rider.pending and not self.rider.closed and time.time() < deadline:
+                gevent.sleep(0.05)
+            self.rider.sweep()
             self.rider.close()
         if self.guardian is not None:
             deadline = time.time() + 2

@@ -171,6 +171,9 @@ function session(url, onConnected, onReply, onPushed, onClose) {
     // Timeouts are swept on every tick rather than timed one by one: fewer
     // timers, and clearTimeout from a socket callback proved unreliable in
     // k6 1.1 (it cancelled a different timer).
+    pendingCount() {
+      return pending.size;
+    },
     sweep(now) {
       for (const [id, p] of pending) {
         if (now > p.deadline) {
@@ -291,8 +294,16 @@ export default function () {
   function schedule(api) {
     // A rider that fell behind its schedule stops at the end all the same.
     if (nextTick >= endAt || Date.now() >= endAt) {
-      tickTimer = setTimeout(() => { stopping = true; riderDone = true; api.ws.close(); finishGuardian(); },
-        Math.max(0, endAt - Date.now()));
+      // Stop: let the replies in flight arrive (up to 3 s), then close.
+      const finish = () => {
+        api.sweep(Date.now());
+        if (api.pendingCount() === 0 || Date.now() > endAt + 3000) {
+          stopping = true; riderDone = true; api.ws.close(); finishGuardian();
+        } else {
+          tickTimer = setTimeout(finish, 50);
+        }
+      };
+      tickTimer = setTimeout(finish, Math.max(0, endAt - Date.now()));
       return;
     }
     tickTimer = setTimeout(() => tick(api), Math.max(0, nextTick - Date.now()));

@@ -126,9 +126,9 @@ pub struct RunArgs {
     /// sessions in the report; 0 disables.
     #[arg(long, default_value_t = 10.0)]
     pub server_stats_every: f64,
-    /// Timer-driven requests are due on a grid of this many ms, so riders
-    /// share timer wake-ups (a 3–5 s interval keeps its distribution to
-    /// within the grid); 0 schedules each exactly.
+    /// Largest grid (ms) timer-driven requests are aligned to, so riders
+    /// share timer wake-ups; the grid adapts to hold about 4 requests per
+    /// point and vanishes at high rates. 0 schedules each tick exactly.
     #[arg(long, default_value_t = 20.0)]
     pub tick_grid_ms: f64,
     /// The executable `--processes` starts (default: this one).

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::f64::consts::TAU;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -56,24 +56,47 @@ pub struct RunCtx {
     pub seed: u64,
     /// Stops every rider now (ctrl-c, a stress run that broke).
     pub abort: CancellationToken,
-    /// Timer-driven requests are due on a grid of this step from `epoch`,
-    /// so riders whose ticks fall close together share one timer wake-up
-    /// (at a few hundred requests per second, wake-ups cost more than the
-    /// requests). Zero disables it.
-    pub tick_grid: Duration,
+    /// Timer-driven requests are due on a grid from `epoch`, so riders
+    /// whose ticks fall close together share one timer wake-up (at a few
+    /// hundred requests per second wake-ups cost more than the requests).
+    /// The step (ns) is set each second so that a grid point holds about
+    /// [`GRID_BURST`] requests: at high rates it shrinks to nothing, so the
+    /// client never bunches requests enough to change what it measures.
+    pub tick_grid_ns: AtomicU64,
+    /// The largest step (`--tick-grid-ms`); zero disables the grid.
+    pub max_tick_grid: Duration,
     pub epoch: Instant,
 }
+
+/// Timer-driven requests per grid point the grid aims at.
+pub const GRID_BURST: f64 = 4.0;
 
 impl RunCtx {
     /// `t` rounded up to the tick grid.
     pub fn on_grid(&self, t: Instant) -> Instant {
-        let step = self.tick_grid.as_nanos();
+        let step = u128::from(self.tick_grid_ns.load(Ordering::Relaxed));
         if step == 0 || t <= self.epoch {
             return t;
         }
         let since = t.duration_since(self.epoch).as_nanos();
         let k = since.div_ceil(step);
         self.epoch + Duration::from_nanos((k * step) as u64)
+    }
+
+    /// Sets the grid for `riders` running riders.
+    pub fn set_grid(&self, riders: u64) {
+        let [lo, hi] = self.spec.update_interval_s;
+        let rate = riders as f64 * 2.0 / (lo + hi).max(1e-9);
+        let max = self.max_tick_grid.as_secs_f64();
+        let step = if rate > 0.0 {
+            max.min(GRID_BURST / rate)
+        } else {
+            max
+        };
+        // Below a millisecond the timer wheel groups ticks by itself.
+        let step = if step < 0.001 { 0.0 } else { step };
+        self.tick_grid_ns
+            .store((step * 1e9) as u64, Ordering::Relaxed);
     }
 }
 
@@ -574,11 +597,12 @@ impl<'a> Rider<'a> {
                 close_normal(ws).await;
                 return End::Stopped;
             }
-            // Every tick scheduled before the stop time is sent, unless the
-            // rider is so far behind (an overloaded client) that the stop
-            // time itself is long past.
+            // Every tick scheduled before the stop time is sent (judged by
+            // its time before rounding to the grid), unless the rider is so
+            // far behind (an overloaded client) that the stop time itself
+            // is long past.
             let tick_ready = !self.stopping
-                && self.next_tick < self.plan.stop
+                && self.tick_base < self.plan.stop
                 && Instant::now() < self.plan.stop + Duration::from_secs(1);
             if tick_ready && tick_sleep.deadline() != self.next_tick {
                 tick_sleep.as_mut().reset(self.next_tick);
@@ -602,7 +626,7 @@ impl<'a> Rider<'a> {
                         return end;
                     }
                 }
-                _ = &mut stop_sleep, if !stopping => {
+                _ = &mut stop_sleep, if !stopping && !tick_ready => {
                     self.stopping = true;
                 }
                 _ = &mut deadline_sleep, if deadline.is_some() => {

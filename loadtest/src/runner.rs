@@ -345,9 +345,11 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         accounts,
         seed: args.seed,
         abort: abort.clone(),
-        tick_grid: Duration::from_micros((args.tick_grid_ms * 1000.0) as u64),
+        tick_grid_ns: Default::default(),
+        max_tick_grid: Duration::from_micros((args.tick_grid_ms.max(0.0) * 1000.0) as u64),
         epoch: start,
     });
+    ctx.set_grid(0);
 
     let summary = Summary {
         format: FORMAT,
@@ -414,6 +416,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .step(&ctx.rec, &ctx.abort);
+                    ctx.set_grid(ctx.rec.users.load(std::sync::atomic::Ordering::Relaxed));
                     k += 1;
                 }
             })?

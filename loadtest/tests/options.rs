@@ -97,3 +97,42 @@ location_update_p95_ms = 1000
     let text = navcast_load::report::text_report(&out.summary, &out.evaluation);
     assert!(text.contains("stress: broke at"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_outlive_their_tokens_by_refreshing_in_band() {
+    // Tokens live 6 s and the node warns 4 s before: a 12 s run only
+    // keeps its sessions by refreshing (HTTP refresh, then refresh_token).
+    let node = Node::single(|c| {
+        c.jwt.access_ttl = std::time::Duration::from_secs(6);
+        c.ws.token_expiry_warning = std::time::Duration::from_secs(4);
+    })
+    .await;
+    let host = node.ws();
+    let out = cli(&[
+        "run",
+        "--host",
+        &host,
+        "--profile",
+        &profile("smoke.toml"),
+        "--time-scale",
+        "0.2",
+        "--users",
+        "4",
+        "--quiet",
+        "--server-stats-every",
+        "0",
+    ])
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.passed, "{:?} {:?}", out.failed, out.summary.failures);
+    assert!(
+        out.summary.cell(Metric::Refresh).count >= 4,
+        "{:?}",
+        out.summary.metrics.keys()
+    );
+    assert_eq!(
+        out.summary.close_codes.keys().collect::<Vec<_>>(),
+        vec!["1000"]
+    );
+}
