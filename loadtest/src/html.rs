@@ -329,6 +329,20 @@ th{{background:#f6f6f6}}td:first-child,th:first-child,td.l{{text-align:left}}
                 .collect();
             o.push_str(&chart("Node memory (RSS from /stats)", "MiB", &xs, &lines));
         }
+        if s.client.processes > 0 {
+            o.push_str(&chart(
+                "Load client CPU (all its processes; 100 % = one core)",
+                "%",
+                &xs,
+                &[(
+                    "client CPU".into(),
+                    s.history
+                        .iter()
+                        .map(|r| Some(r.client_cpu_ms as f64 / 10.0))
+                        .collect(),
+                )],
+            ));
+        }
     }
 
     o.push_str("<h2>Stages</h2><table><tr><th>stage</th><th>time s</th><th>users target / peak</th><th>requests</th><th>failures</th><th>connect p95</th><th>start_navigation p50 / p95 / p99</th><th>location_update p50 / p95 / p99</th><th>fan-out p95</th></tr>");
@@ -421,6 +435,29 @@ th{{background:#f6f6f6}}td:first-child,th:first-child,td.l{{text-align:left}}
         f.duplicates,
         f.reorders
     );
+
+    let c = &s.client;
+    if c.processes > 0 {
+        let secs = s.duration_s().max(1e-9);
+        let _ = write!(
+            o,
+            "<h2>Load client</h2><table><tr><th>processes</th><th>threads</th><th>CPU s</th><th>of one core</th><th>peak RSS MiB</th><th>round trips</th><th>CPU s per 1000</th><th>saturated s</th></tr><tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.0} %</td><td>{:.0}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr></table>",
+            c.processes,
+            c.threads,
+            c.cpu_s,
+            c.cpu_s / secs * 100.0,
+            c.peak_rss_bytes as f64 / 1048576.0,
+            s.round_trips(),
+            s.client_cpu_per_1000()
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or_else(|| "-".into()),
+            if c.saturated_s == 0 { "pass" } else { "fail" },
+            c.saturated_s,
+        );
+        if c.saturated_s > 0 {
+            o.push_str("<p class=\"fail\">The client used ≥ 90 % of its threads in some seconds: figures of those seconds may measure the client, not the server. Give it more threads (--threads) or processes (--processes).</p>");
+        }
+    }
 
     if !s.failures.is_empty() {
         o.push_str("<h2>Failures</h2><table><tr><th>method</th><th>name</th><th>error</th><th>occurrences</th></tr>");

@@ -15,7 +15,8 @@
 //! (HTTP/WebSocket/TLS, source addresses), [`accounts`] and [`motion`];
 //! [`recorder`] (live samples) → [`summary`] (the additive result) →
 //! [`criteria`] (pass/fail) → [`report`] (CSV, text) and [`html`].
-//! [`profile`] and [`schedule`] turn a profile file into start/stop times.
+//! [`profile`] and [`schedule`] turn a profile file into start/stop times;
+//! [`usage`] measures what the client itself costs.
 
 pub mod accounts;
 pub mod cli;
@@ -33,6 +34,7 @@ pub mod rng;
 pub mod runner;
 pub mod schedule;
 pub mod summary;
+pub mod usage;
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -431,6 +431,9 @@ pub fn text_report(s: &Summary, eval: &Evaluation) -> String {
         "fan-out: expected {} received {} lost {} gaps {} duplicates {} reorders {}",
         f.expected, f.received, f.lost, f.gaps, f.duplicates, f.reorders
     );
+    if let Some(line) = client_line(s) {
+        let _ = writeln!(out, "{line}");
+    }
     for why in &s.stopped_early {
         let _ = writeln!(out, "stopped early: {why}");
     }
@@ -470,6 +473,35 @@ pub fn text_report(s: &Summary, eval: &Evaluation) -> String {
         let _ = writeln!(out, "result: FAIL ({})", failed.join(", "));
     }
     out
+}
+
+/// What the client cost, in one line (none for summaries without it).
+pub fn client_line(s: &Summary) -> Option<String> {
+    let c = &s.client;
+    if c.processes == 0 {
+        return None;
+    }
+    let secs = s.duration_s().max(1e-9);
+    let mut line = format!(
+        "client: {} process(es), {} thread(s), {:.1} CPU s ({:.0} % of one core), peak RSS {:.0} MiB, {} round trips",
+        c.processes,
+        c.threads,
+        c.cpu_s,
+        c.cpu_s / secs * 100.0,
+        c.peak_rss_bytes as f64 / 1048576.0,
+        s.round_trips(),
+    );
+    if let Some(per) = s.client_cpu_per_1000() {
+        let _ = write!(line, " → {per:.4} CPU s per 1000");
+    }
+    if c.saturated_s > 0 {
+        let _ = write!(
+            line,
+            "\nwarning: the client used ≥ 90 % of its threads for {} s; those seconds may measure the client, not the server (add --threads or --processes)",
+            c.saturated_s
+        );
+    }
+    Some(line)
 }
 
 /// Judges, writes and prints a finished summary.

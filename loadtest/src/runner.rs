@@ -23,8 +23,10 @@ use crate::recorder::{Recorder, unix_s};
 use crate::rider::{RiderPlan, RunCtx, StationPoint, rider};
 use crate::schedule::{self, in_share};
 use crate::summary::{
-    Cell, FORMAT, FanoutCounts, HistoryRow, Metric, RowCell, ServerSample, StageSummary, Summary,
+    Cell, ClientUsage, FORMAT, FanoutCounts, HistoryRow, Metric, RowCell, ServerSample,
+    StageSummary, Summary,
 };
+use crate::usage::{ProcessUsage, SATURATED_SHARE, runtime_threads};
 use crate::{Outcome, report};
 
 /// Phase of the deviating share relative to the guardian share, so the
@@ -126,6 +128,13 @@ struct Reporter {
     last_stage: usize,
     quiet: bool,
     label: String,
+    /// Runtime worker threads (the CPU the client gave itself).
+    threads: usize,
+    /// The process's usage at the start of the test and at the last step.
+    usage_start: ProcessUsage,
+    usage_last: ProcessUsage,
+    /// CPU share of the threads used in the last second.
+    cpu_share: f64,
 }
 
 impl Reporter {
@@ -136,10 +145,18 @@ impl Reporter {
         let elapsed = self.tick as f64 - 0.5;
         let stage = self.profile.stage_at(elapsed);
         let users = rec.users.load(std::sync::atomic::Ordering::Relaxed);
+        let usage = ProcessUsage::now();
+        let cpu = usage.cpu.saturating_sub(self.usage_last.cpu);
+        self.usage_last = usage;
+        self.cpu_share = cpu.as_secs_f64() / self.threads as f64;
+        if self.cpu_share >= SATURATED_SHARE {
+            self.summary.client.saturated_s += 1;
+        }
         let mut row = HistoryRow {
             t: self.start_unix + self.tick,
             users,
             stage,
+            client_cpu_ms: cpu.as_millis() as u64,
             ..Default::default()
         };
         for m in Metric::ALL {
@@ -248,7 +265,7 @@ impl Reporter {
             .map(|s| s.name.as_str())
             .unwrap_or("-");
         eprintln!(
-            "navcast-load{} [{:>5}s] {stage_name} ({}/{}) | users {users} | conn/s {} | req/s {reqs} | location_update p50/95/99 {} | start_navigation {} | fanout/s {} | failures {}",
+            "navcast-load{} [{:>5}s] {stage_name} ({}/{}) | users {users} | conn/s {} | req/s {reqs} | location_update p50/95/99 {} | start_navigation {} | fanout/s {} | failures {} | client cpu {:.0}%{}",
             self.label,
             self.tick,
             stage + 1,
@@ -258,6 +275,12 @@ impl Reporter {
             fmt(Metric::WsStartNavigation),
             interval[Metric::FanoutDelivery.index()].count,
             rec.failure_total(),
+            self.cpu_share * 100.0,
+            if self.cpu_share >= SATURATED_SHARE {
+                " (saturated: figures may measure the client)"
+            } else {
+                ""
+            },
         );
     }
 }
@@ -388,6 +411,10 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         last_stage: 0,
         quiet: args.quiet,
         label: label.clone(),
+        threads: runtime_threads(),
+        usage_start: ProcessUsage::now(),
+        usage_last: ProcessUsage::now(),
+        cpu_share: 0.0,
     }));
     let reporter_stop = CancellationToken::new();
     // A thread of its own: a saturated runtime must not delay the
@@ -489,6 +516,14 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     rep.quiet = true;
     rep.step(&ctx.rec, &ctx.abort);
     let _ = rep.started;
+    let usage = ProcessUsage::now();
+    rep.summary.client = ClientUsage {
+        processes: 1,
+        threads: rep.threads as u64,
+        cpu_s: usage.cpu.saturating_sub(rep.usage_start.cpu).as_secs_f64(),
+        peak_rss_bytes: usage.peak_rss_bytes,
+        saturated_s: rep.summary.client.saturated_s,
+    };
     let mut summary = rep.summary;
     let rec = &ctx.rec;
     summary.ended_unix_ms = unix_ms();

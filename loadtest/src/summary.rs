@@ -124,6 +124,9 @@ pub struct HistoryRow {
     /// Index of the stage at that second.
     pub stage: usize,
     pub cells: BTreeMap<String, RowCell>,
+    /// CPU time the client's process(es) used in this second, ms.
+    #[serde(default)]
+    pub client_cpu_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -193,6 +196,23 @@ pub struct ServerSample {
     pub rss_bytes: u64,
 }
 
+/// What the load client itself used (summed over processes).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClientUsage {
+    /// Processes this summary covers.
+    pub processes: u32,
+    /// Runtime worker threads, summed over processes (the CPU capacity the
+    /// client gave itself).
+    pub threads: u64,
+    /// User + system CPU seconds from the first rider to the last report.
+    pub cpu_s: f64,
+    /// Peak resident memory, summed over processes.
+    pub peak_rss_bytes: u64,
+    /// Seconds in which a process used ≥ 90 % of its threads: the client,
+    /// not the server, may have limited the figures of those seconds.
+    pub saturated_s: u64,
+}
+
 /// The summary of a run (or of merged runs).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {
@@ -224,11 +244,33 @@ pub struct Summary {
     pub server: Vec<ServerSample>,
     /// Why the run ended early, if it did.
     pub stopped_early: Vec<String>,
+    #[serde(default)]
+    pub client: ClientUsage,
 }
 
 impl Summary {
     pub fn cell(&self, m: Metric) -> Cell {
         self.metrics.get(m.name()).cloned().unwrap_or_default()
+    }
+
+    /// WebSocket request/reply pairs (every request metric but HTTP and
+    /// the connect), the unit of the client's CPU cost.
+    pub fn round_trips(&self) -> u64 {
+        [
+            Metric::WsStartNavigation,
+            Metric::WsLocationUpdate,
+            Metric::WsShareNavigation,
+            Metric::WsWatch,
+        ]
+        .into_iter()
+        .map(|m| self.cell(m).count)
+        .sum()
+    }
+
+    /// The client's CPU seconds per 1000 round trips.
+    pub fn client_cpu_per_1000(&self) -> Option<f64> {
+        let n = self.round_trips();
+        (n > 0 && self.client.processes > 0).then(|| self.client.cpu_s * 1000.0 / n as f64)
     }
 
     pub fn duration_s(&self) -> f64 {
@@ -284,6 +326,7 @@ impl Summary {
                 ..Default::default()
             });
             row.users += r.users;
+            row.client_cpu_ms += r.client_cpu_ms;
             row.stage = row.stage.max(r.stage);
             for (k, c) in &r.cells {
                 let cell = row.cells.entry(k.clone()).or_default();
@@ -337,6 +380,12 @@ impl Summary {
         a.reorders += b.reorders;
         a.gaps += b.gaps;
         a.lost += b.lost;
+        let (a, b) = (&mut self.client, &o.client);
+        a.processes += b.processes;
+        a.threads += b.threads;
+        a.cpu_s += b.cpu_s;
+        a.peak_rss_bytes += b.peak_rss_bytes;
+        a.saturated_s += b.saturated_s;
         self.server.extend(o.server.iter().cloned());
         self.stopped_early.extend(o.stopped_early.iter().cloned());
         Ok(())

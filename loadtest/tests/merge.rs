@@ -108,6 +108,11 @@ async fn merged_segments_equal_the_whole_run() {
     assert_eq!(whole.fanout.expected, m.fanout.expected);
     assert_eq!(whole.fanout.received, m.fanout.received);
     assert_eq!(whole.close_codes, m.close_codes);
+    assert_eq!(m.client.processes, 2);
+    assert!(
+        (m.client.cpu_s - (a.summary.client.cpu_s + b.summary.client.cpu_s)).abs() < 1e-9,
+        "merged client CPU is the sum of the segments'"
+    );
     let connects = |s: &navcast_load::Summary| -> Vec<(String, u64)> {
         s.nodes
             .iter()

@@ -40,4 +40,8 @@ async fn two_processes_merge_into_one_report() {
         messages_in(&[&node], "location_update").await
     );
     assert!(std::path::Path::new(&json).exists());
+    // Both processes' own costs are in the merged summary.
+    assert_eq!(s.client.processes, 2);
+    assert_eq!(s.client.threads, 2);
+    assert!(s.client.cpu_s > 0.0);
 }

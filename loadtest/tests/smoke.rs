@@ -100,7 +100,31 @@ async fn smoke_run_passes_with_locust_csvs_and_counts_matching_the_node() {
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("<svg") && page.contains("PASS"));
     assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("<script"));
+    assert!(page.contains("<h2>Load client</h2>"));
+
+    // The client reports what it cost itself.
+    assert_eq!(s.client.processes, 1);
+    assert!(
+        s.client.cpu_s > 0.0 && s.client.peak_rss_bytes > 0,
+        "{:?}",
+        s.client
+    );
+    assert_eq!(
+        s.round_trips(),
+        s.cell(Metric::WsStartNavigation).count
+            + s.cell(Metric::WsLocationUpdate).count
+            + s.cell(Metric::WsShareNavigation).count
+            + s.cell(Metric::WsWatch).count
+    );
+    assert!(s.client_cpu_per_1000().is_some_and(|v| v > 0.0));
+    let row_cpu_ms: u64 = s.history.iter().map(|r| r.client_cpu_ms).sum();
+    assert!(
+        row_cpu_ms as f64 <= s.client.cpu_s * 1000.0 + 1.0,
+        "per-second CPU {row_cpu_ms} ms exceeds the total {} s",
+        s.client.cpu_s
+    );
     let back = navcast_load::Summary::read(std::path::Path::new(&json)).unwrap();
+    assert_eq!(back.client.processes, 1);
     assert_eq!(
         back.cell(Metric::WsLocationUpdate).hist.len(),
         s.cell(Metric::WsLocationUpdate).hist.len()

@@ -1,0 +1,69 @@
+//! What the load client itself costs: CPU time and memory of this process.
+//!
+//! A load test whose client is saturated measures the client, not the
+//! server. Locust warns when its CPU passes 90 %; we do the same per second
+//! and also report the client's CPU seconds per 1000 round trips, the
+//! figure that compares load tools (README, "Performance").
+
+use std::time::Duration;
+
+use nix::sys::resource::{UsageWho, getrusage};
+
+/// A second in which the client used this share of its worker threads'
+/// capacity is counted as saturated.
+pub const SATURATED_SHARE: f64 = 0.9;
+
+/// CPU time (user + system) and peak resident memory of this process.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessUsage {
+    pub cpu: Duration,
+    pub peak_rss_bytes: u64,
+}
+
+impl ProcessUsage {
+    /// Reads the process's counters; zero when the kernel refuses (it
+    /// does not for `RUSAGE_SELF`, but a report must not fail over it).
+    pub fn now() -> ProcessUsage {
+        let Ok(u) = getrusage(UsageWho::RUSAGE_SELF) else {
+            return ProcessUsage::default();
+        };
+        let tv = |t: nix::sys::time::TimeVal| {
+            Duration::from_secs(t.tv_sec().max(0) as u64)
+                + Duration::from_micros(t.tv_usec().max(0) as u64)
+        };
+        ProcessUsage {
+            cpu: tv(u.user_time()) + tv(u.system_time()),
+            // Linux reports ru_maxrss in KiB.
+            peak_rss_bytes: u.max_rss().max(0) as u64 * 1024,
+        }
+    }
+}
+
+/// Worker threads of the current Tokio runtime (1 for a current-thread one).
+pub fn runtime_threads() -> usize {
+    tokio::runtime::Handle::try_current()
+        .map(|h| h.metrics().num_workers())
+        .unwrap_or(1)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_grows_with_work() {
+        let before = ProcessUsage::now();
+        // Burn about 50 ms of CPU.
+        let until = std::time::Instant::now() + Duration::from_millis(50);
+        let mut x = 0u64;
+        while std::time::Instant::now() < until {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let after = ProcessUsage::now();
+        assert!(after.cpu > before.cpu, "{before:?} → {after:?}");
+        assert!(after.cpu - before.cpu >= Duration::from_millis(20));
+        assert!(after.peak_rss_bytes > 1024 * 1024, "{after:?}");
+    }
+}
