@@ -7,21 +7,25 @@
 #               ONE navcast-load process; its CPU share over the hold.
 #   2. saturation — config/loadtest/saturation.toml: round trips completed
 #               per CPU second of the client.
-#   3. k6     — the same rider behaviour (hold-1000 shape: 1000 riders, 30 s
-#               ramp, 60 s hold) with navcast-load and with k6
-#               (loadtest/k6/navigation.js); CPU seconds of each tool's
-#               process tree (/usr/bin/time) per 1000 round trips counted
-#               by the node (messages_in of start_navigation,
-#               location_update, share_navigation, watch).
+#   3. k6     — the same rider behaviour with navcast-load and with k6
+#               (loadtest/k6/navigation.js), twice: the hold-1000 shape
+#               (1000 riders of the reference mix, 30 s ramp, 60 s hold)
+#               and the saturation shape (1500 riders, an update every
+#               25 ms each). CPU seconds of each tool's process tree
+#               (/usr/bin/time) per 1000 round trips counted by the node
+#               (messages_in of start_navigation, location_update,
+#               share_navigation, watch).
 #
 # Accounts are provisioned before each timed run (argon2 is the server's
 # cost, not the client's), with cheap argon2 parameters on this node only.
 # Everything stays on loopback and ends by itself (about 10 minutes).
-#   RIDERS=15000 SKIP_K6=0 scripts/bench-load.sh
+#   RIDERS=15000 SKIP_K6=0 PARTS="hold saturation k6" scripts/bench-load.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RIDERS=${RIDERS:-15000}
 SKIP_K6=${SKIP_K6:-0}
+PARTS=${PARTS:-hold saturation k6}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 ADDR=127.0.0.1:8091
 OUT=${OUT:-target/bench-load}
 export NAVCAST_JWT_SECRET=${NAVCAST_JWT_SECRET:-bench-secret-$(date +%s)-0123456789}
@@ -84,33 +88,39 @@ print(f"  whole run: {c['cpu_s']:.1f} CPU s, peak RSS {c['peak_rss_bytes'] / 104
 EOF
 }
 
+if part hold; then
 start_node
 echo "== 1. $RIDERS riders of the reference mix in one process (hold-1000 shape scaled) =="
 $LOAD provision --host "ws://$ADDR" --profile config/loadtest/hold-1000.toml --users "$RIDERS" \
   --account-prefix hold --provision-concurrency 32 --out "$OUT/hold-accounts.json" --quiet
 $LOAD run --host "ws://$ADDR" --profile config/loadtest/hold-1000.toml --users "$RIDERS" \
   --accounts "$OUT/hold-accounts.json" --json "$OUT/hold.json" --html "$OUT/hold.html" \
+  --source-ips 127.0.0.2-127.0.0.9 \
   --server-stats-every 5 --quiet || echo "(criteria failed; see $OUT/hold.html)"
+$LOAD merge "$OUT/hold.json" | sed -n "/^type/,$p"
 stage_cpu "$OUT/hold.json"
 echo "node CPU time and RSS (KiB):"; ps -o time=,rss= -p "$node_pid"
 stop_node
+fi
 
+if part saturation; then
 start_node
 echo "== 2. saturation (config/loadtest/saturation.toml, one thread) =="
 $LOAD run --host "ws://$ADDR" --profile config/loadtest/saturation.toml \
   --account-prefix sat --provision-concurrency 32 --json "$OUT/saturation.json" \
   --html "$OUT/saturation.html" --quiet || echo "(criteria failed; see $OUT/saturation.html)"
+$LOAD merge "$OUT/saturation.json" | sed -n "/^type/,$p"
 stage_cpu "$OUT/saturation.json"
 stop_node
+fi
 
-echo "== 3. navcast-load vs k6, hold-1000 (1000 riders, 30 s ramp, 60 s hold) =="
 measure() { # name, command...
   local name=$1; shift
   local before after
   before=$(round_trips)
   /usr/bin/time -f "%U %S %e %M" -o "$OUT/$name.time" "$@" >"$OUT/$name.out" 2>&1 || true
   after=$(round_trips)
-  read -r user sys wall maxrss <"$OUT/$name.time"
+  read -r user sys wall maxrss < <(tail -n 1 "$OUT/$name.time")
   python3 - "$name" "$user" "$sys" "$wall" "$maxrss" "$((after - before))" <<'EOF'
 import sys
 name, user, sys_, wall, maxrss, rt = sys.argv[1], *map(float, sys.argv[2:])
@@ -119,16 +129,30 @@ print(f"  {name:<12} CPU {cpu:6.1f} s (user {user:.1f} + sys {sys_:.1f}) over {w
       f"max RSS {maxrss / 1024:.0f} MiB, round trips {rt:.0f} → {cpu * 1000 / rt:.4f} CPU s per 1000")
 EOF
 }
+if part k6; then
+echo "== 3. navcast-load vs k6: the same riders, CPU per 1000 round trips =="
 start_node
-$LOAD provision --host "ws://$ADDR" --users 1001 --guardian-share 0.1 --account-prefix k6 \
+$LOAD provision --host "ws://$ADDR" --users 1501 --guardian-share 0.1 --account-prefix k6 \
   --provision-concurrency 32 --out "$OUT/k6-accounts.json" --quiet
 $LOAD provision --host "ws://$ADDR" --profile config/loadtest/hold-1000.toml --account-prefix cmp \
   --provision-concurrency 32 --out "$OUT/cmp-accounts.json" --quiet
-measure navcast-load $LOAD run --host "ws://$ADDR" --profile config/loadtest/hold-1000.toml \
+$LOAD provision --host "ws://$ADDR" --profile config/loadtest/saturation.toml --account-prefix sat \
+  --provision-concurrency 32 --out "$OUT/sat-accounts.json" --quiet
+echo "hold-1000 (1000 riders of the reference mix, 30 s ramp, 60 s hold):"
+measure load-hold $LOAD run --host "ws://$ADDR" --profile config/loadtest/hold-1000.toml \
   --accounts "$OUT/cmp-accounts.json" --json "$OUT/cmp.json" --server-stats-every 0 --quiet
 if [ "$SKIP_K6" != 1 ]; then
-  measure k6 k6 run --quiet --no-usage-report -e HOST="ws://$ADDR" -e SHAPE=hold -e USERS=1000 \
+  measure k6-hold k6 run --quiet --no-usage-report -e HOST="ws://$ADDR" -e SHAPE=hold -e USERS=1000 \
     -e RAMP_S=30 -e HOLD_S=60 -e PREFIX=k6 loadtest/k6/navigation.js
 fi
+echo "saturation (1500 riders, a location_update every 25 ms each, 10 s ramp, 50 s hold):"
+measure load-sat $LOAD run --host "ws://$ADDR" --profile config/loadtest/saturation.toml \
+  --accounts "$OUT/sat-accounts.json" --json "$OUT/sat-cmp.json" --server-stats-every 0 --quiet
+if [ "$SKIP_K6" != 1 ]; then
+  measure k6-sat k6 run --quiet --no-usage-report -e HOST="ws://$ADDR" -e SHAPE=hold -e USERS=1500 \
+    -e RAMP_S=10 -e HOLD_S=50 -e INTERVAL_MS=25,25 -e START_WEIGHT=0 -e GUARDIAN_SHARE=0 \
+    -e DEVIATING_SHARE=0 -e PREFIX=k6 loadtest/k6/navigation.js
+fi
 stop_node
+fi
 echo "reports and raw outputs in $OUT/"

@@ -187,6 +187,27 @@ fn itoa(n: u64) -> String {
     n.to_string()
 }
 
+/// The two fields every frame is dispatched on. Most replies are
+/// `navigation_update`s, of which a rider needs nothing more; reading only
+/// these (the rest is skipped, not built) spares the full parse of the
+/// flattened, internally tagged [`Reply`], the client's largest CPU cost
+/// at saturation.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    request_id: Option<&'a serde_json::value::RawValue>,
+}
+
+impl Head<'_> {
+    /// The id as the rider sent it (a number; a string form is accepted).
+    fn id(&self) -> Option<u64> {
+        let raw = self.request_id?.get();
+        raw.trim_matches('"').parse().ok()
+    }
+}
+
 fn request_id(reply: &Reply) -> Option<u64> {
     match reply.request_id.as_ref()? {
         RequestId::Num(n) => n.as_u64(),
@@ -757,6 +778,19 @@ impl<'a> Rider<'a> {
     }
 
     fn on_text(&mut self, text: &str) {
+        if let Ok(head) = serde_json::from_str::<Head>(text)
+            && head.kind == "navigation_update"
+            && let Some(id) = head.id()
+        {
+            match self.pending.iter().position(|p| p.id == id) {
+                Some(i) => {
+                    let p = self.pending.swap_remove(i);
+                    self.completed(&p, text.len(), true);
+                }
+                None => self.ctx.rec.exception("reply after its timeout"),
+            }
+            return;
+        }
         let reply: Reply = match serde_json::from_str(text) {
             Ok(r) => r,
             Err(_) => {
@@ -776,6 +810,22 @@ impl<'a> Rider<'a> {
         }
     }
 
+    /// A successful reply: its latency, and one more peer event the
+    /// guardian (if watching) must receive when it is a navigation event.
+    fn completed(&self, p: &Pending, bytes: usize, navigation_event: bool) {
+        if let Some(m) = metric_of(p.kind) {
+            self.ctx
+                .rec
+                .success(m, Instant::now().duration_since(p.scheduled), bytes);
+        }
+        if navigation_event
+            && let Some(pair) = &self.pair
+            && *pair.watching.borrow()
+        {
+            pair.expected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn complete(&mut self, p: Pending, msg: ServerMessage, bytes: usize) {
         let rec = &self.ctx.rec;
         let latency = Instant::now().duration_since(p.scheduled);
@@ -790,15 +840,7 @@ impl<'a> Rider<'a> {
             }
             return;
         }
-        if let Some(m) = metric {
-            rec.success(m, latency, bytes);
-        }
-        if msg.is_navigation_event()
-            && let Some(pair) = &self.pair
-            && *pair.watching.borrow()
-        {
-            pair.expected.fetch_add(1, Ordering::Relaxed);
-        }
+        self.completed(&p, bytes, msg.is_navigation_event());
         match msg {
             ServerMessage::RouteCalculated(plan) | ServerMessage::RouteRecalculated(plan) => {
                 let route = plan
@@ -1070,6 +1112,21 @@ async fn guardian(ctx: Arc<RunCtx>, plan: RiderPlan, pair: Arc<Pair>, host: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heads_read_type_and_request_id_only() {
+        let h: Head = serde_json::from_str(
+            r#"{"type":"navigation_update","progress":{"a":[1,2]},"request_id":42}"#,
+        )
+        .unwrap();
+        assert_eq!(h.kind, "navigation_update");
+        assert_eq!(h.id(), Some(42));
+        let h: Head = serde_json::from_str(r#"{"request_id":"7","type":"arrival"}"#).unwrap();
+        assert_eq!((h.kind.as_ref(), h.id()), ("arrival", Some(7)));
+        let h: Head = serde_json::from_str(r#"{"type":"peer_event","seq":3}"#).unwrap();
+        assert_eq!(h.id(), None);
+        assert!(serde_json::from_str::<Head>(r#"{"request_id":1}"#).is_err());
+    }
 
     #[test]
     fn request_ids_are_appended() {

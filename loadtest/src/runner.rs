@@ -322,7 +322,32 @@ async fn sample_servers(
     }
 }
 
+/// Warns (once, for the whole test) when one source address would need
+/// too many ephemeral ports.
+fn warn_port_pressure(args: &RunArgs) -> anyhow::Result<()> {
+    if args.segment.count > 1 {
+        return Ok(());
+    }
+    let profile = load_profile(args)?;
+    let users = schedule::user_count(&schedule::plan(&profile.stages));
+    let peak = profile.peak_users();
+    let guardians = (0..peak)
+        .filter(|k| in_share(*k, profile.rider.guardian_share, 0))
+        .count() as u64;
+    let sources = match &args.source_ips {
+        Some(s) => crate::net::parse_source_ips(s)?.len(),
+        None => 1,
+    };
+    if let Some(w) =
+        crate::net::port_pressure(peak.min(users) + guardians, args.host.len(), sources)
+    {
+        eprintln!("navcast-load: warning: {w}");
+    }
+    Ok(())
+}
+
 pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
+    warn_port_pressure(args)?;
     if args.processes > 1 {
         return crate::procs::run_processes(args).await;
     }
