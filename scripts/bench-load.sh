@@ -97,7 +97,7 @@ $LOAD run --host "ws://$ADDR" --profile config/loadtest/hold-1000.toml --users "
   --accounts "$OUT/hold-accounts.json" --json "$OUT/hold.json" --html "$OUT/hold.html" \
   --source-ips 127.0.0.2-127.0.0.9 \
   --server-stats-every 5 --quiet || echo "(criteria failed; see $OUT/hold.html)"
-$LOAD merge "$OUT/hold.json" | sed -n "/^type/,$p"
+$LOAD merge "$OUT/hold.json" | sed -n '/^type/,$p'
 stage_cpu "$OUT/hold.json"
 echo "node CPU time and RSS (KiB):"; ps -o time=,rss= -p "$node_pid"
 stop_node
@@ -109,7 +109,7 @@ echo "== 2. saturation (config/loadtest/saturation.toml, one thread) =="
 $LOAD run --host "ws://$ADDR" --profile config/loadtest/saturation.toml \
   --account-prefix sat --provision-concurrency 32 --json "$OUT/saturation.json" \
   --html "$OUT/saturation.html" --quiet || echo "(criteria failed; see $OUT/saturation.html)"
-$LOAD merge "$OUT/saturation.json" | sed -n "/^type/,$p"
+$LOAD merge "$OUT/saturation.json" | sed -n '/^type/,$p'
 stage_cpu "$OUT/saturation.json"
 stop_node
 fi

@@ -509,7 +509,12 @@ pub fn finish(summary: Summary, out: &OutputArgs, quiet: bool) -> anyhow::Result
     let eval = criteria::evaluate(&summary);
     write_outputs(&summary, &eval, out)?;
     if !quiet || !eval.passed() {
-        print!("{}", text_report(&summary, &eval));
+        // Not `print!`: a closed pipe (`| head`) must not panic the run
+        // after its reports are written.
+        use std::io::Write as _;
+        let _ = std::io::stdout()
+            .lock()
+            .write_all(text_report(&summary, &eval).as_bytes());
     }
     Ok(Outcome {
         passed: eval.passed(),
