@@ -14,6 +14,8 @@ pub mod protocol;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod testing;
 mod ws;
 
 pub use app::{AppState, Parts, run, serve};

@@ -10,7 +10,7 @@ use navcast_load::summary::Metric;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drained_node_counts_1001_and_riders_move_to_the_other_node() {
-    let mut nodes = Node::cluster(
+    let mut nodes = Node::cluster_with(
         2,
         |c| {
             c.shutdown.drain_timeout = Duration::from_secs(2);
@@ -38,7 +38,7 @@ async fn drained_node_counts_1001_and_riders_move_to_the_other_node() {
     // All ten riders are up after 5 s at this scale.
     tokio::time::sleep(Duration::from_secs(9)).await;
     let b = nodes.pop().unwrap();
-    b.stop().await;
+    b.stop().await.expect("the node drains and stops");
     let out = run.await.unwrap().unwrap().unwrap();
     let s = &out.summary;
     let drained = s.close_codes.get("1001").copied().unwrap_or(0);

@@ -60,7 +60,7 @@ update_interval_s = [1.0, 1.5]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_bus_messages_fail_the_lost_peer_events_criterion() {
-    let nodes = Node::cluster(
+    let nodes = Node::cluster_with(
         2,
         |_| {},
         |inner| {
@@ -107,7 +107,7 @@ async fn dropped_bus_messages_fail_the_lost_peer_events_criterion() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_bus_delivers_every_peer_event() {
-    let nodes = Node::cluster(2, |_| {}, |b| b).await;
+    let nodes = Node::cluster_with(2, |_| {}, |b| b).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("fanout.toml");
     std::fs::write(&file, PROFILE).unwrap();

@@ -30,7 +30,7 @@ async fn merged_segments_equal_the_whole_run() {
 
     // The whole test on a fresh two-node cluster.
     let whole = {
-        let nodes = Node::cluster(2, |_| {}, |b| b).await;
+        let nodes = Node::cluster_with(2, |_| {}, |b| b).await;
         let hosts = format!("{},{}", nodes[0].ws(), nodes[1].ws());
         let json = path("whole.json");
         let mut args = vec!["run", "--host", &hosts, "--json", &json];
@@ -42,7 +42,7 @@ async fn merged_segments_equal_the_whole_run() {
 
     // The same test as two segments on another fresh cluster, started
     // together, then merged.
-    let nodes = Node::cluster(2, |_| {}, |b| b).await;
+    let nodes = Node::cluster_with(2, |_| {}, |b| b).await;
     let hosts = format!("{},{}", nodes[0].ws(), nodes[1].ws());
     let (j1, j2) = (path("seg1.json"), path("seg2.json"));
     let start_at = (unix_ms() + 1500).to_string();

@@ -1,141 +1,24 @@
 //! Helpers shared by the integration tests: real nodes on port 0, real
 //! HTTP and WebSocket clients.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
 pub mod redis;
 pub mod synthetic;
+#[allow(unused_imports)]
 pub use synthetic::*;
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use navcast::bus::Bus;
-use navcast::store::Stores;
-use navcast::{AppState, Config, Parts};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
-
-/// A node config for tests: cheap argon2, a known secret, no seed file.
-pub fn test_config() -> Config {
-    let mut c = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    c.jwt.secret = Some(SECRET.into());
-    c.auth.argon2_memory_kib = 1024;
-    c.auth.argon2_iterations = 1;
-    c.auth.seed_file = None;
-    c
-}
-
-pub struct TestNode {
-    pub addr: SocketAddr,
-    pub state: AppState,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl TestNode {
-    pub async fn start(config: Config) -> TestNode {
-        TestNode::start_with(config, Parts::default()).await
-    }
-
-    pub async fn start_with(config: Config, parts: Parts) -> TestNode {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = AppState::build(config, parts).await.expect("node builds");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(navcast::serve(listener, state.clone(), async move {
-            let _ = stopped.await;
-        }));
-        TestNode {
-            addr,
-            state,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    /// Nodes sharing one in-process bus and one set of stores.
-    pub async fn cluster(n: usize, tweak: impl Fn(&mut Config)) -> Vec<TestNode> {
-        let hub = Arc::new(navcast::bus::local::LocalHub::default());
-        let stores = Stores::memory();
-        let mut nodes = Vec::new();
-        for i in 0..n {
-            let mut c = test_config();
-            c.node_id = format!("node-{}", (b'a' + i as u8) as char);
-            tweak(&mut c);
-            let bus: Arc<dyn Bus> = Arc::new(navcast::bus::local::LocalBus::on(hub.clone()));
-            nodes.push(
-                TestNode::start_with(
-                    c,
-                    Parts {
-                        bus: Some(bus),
-                        stores: Some(stores.clone()),
-                    },
-                )
-                .await,
-            );
-        }
-        nodes
-    }
-
-    pub fn http(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    pub fn ws_url(&self, user_id: &str, token: &str) -> String {
-        format!("ws://{}/api/v1/ws/{}?token={}", self.addr, user_id, token)
-    }
-
-    /// Triggers the drain and waits for `run` to return.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.take().unwrap().await.unwrap()
-    }
-
-    /// Polls `/stats` until the node counts `n` sessions (closing sessions
-    /// finish their close handshake asynchronously).
-    pub async fn wait_sessions(&self, n: u64) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.stats().await["sessions"] != n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "node never reached {n} sessions"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub async fn stats(&self) -> Value {
-        reqwest::get(self.http("/stats"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
+// Not every test binary uses every helper.
+#[allow(unused_imports)]
+pub use navcast::testing::{TEST_SECRET as SECRET, TestNode, WAIT, test_config};
 
 pub struct Account {
     pub email: String,
@@ -192,8 +75,6 @@ pub struct Client {
     pub pushed: VecDeque<Value>,
     next_id: u64,
 }
-
-pub const WAIT: Duration = Duration::from_secs(10);
 
 impl Client {
     pub async fn connect(node: &TestNode, acct: &Account) -> Client {
