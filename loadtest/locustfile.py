@@ -124,7 +124,10 @@ class Session:
     def send(self, msg, name, scheduled, timeout_s):
         self.next_id += 1
         msg["request_id"] = self.next_id
-        self.pending[self.next_id] = (name, scheduled, time.time() + timeout_s)
+        # An early wake-up sends before the scheduled time: count from
+        # whichever came first, so no latency is negative.
+        now = time.time()
+        self.pending[self.next_id] = (name, min(scheduled, now), now + timeout_s)
         try:
             self.ws.send(json.dumps(msg, ensure_ascii=False))
         except Exception as e:  # noqa: BLE001

@@ -165,7 +165,10 @@ function session(url, onConnected, onReply, onPushed, onClose) {
     send(msg, metric, scheduled, timeoutMs) {
       const id = ++nextId;
       msg.request_id = id;
-      pending.set(id, { metric, scheduled, deadline: Date.now() + timeoutMs });
+      // A timer that fires early sends before its scheduled time: count
+      // from whichever came first, so no latency is negative.
+      const now = Date.now();
+      pending.set(id, { metric, scheduled: Math.min(scheduled, now), deadline: now + timeoutMs });
       ws.send(JSON.stringify(msg));
     },
     // Timeouts are swept on every tick rather than timed one by one: fewer
