@@ -15,16 +15,22 @@
 #               (/usr/bin/time) per 1000 round trips counted by the node
 #               (messages_in of start_navigation, location_update,
 #               share_navigation, watch).
+#   4. wide   — WIDE (25 000) riders + their guardians, more sockets than
+#               one process may open (20 000 files), with --processes 2
+#               against a 3-node cluster with Redis (scripts/cluster.sh on
+#               its own ports), riders and guardians spread over the nodes;
+#               hold-1000 at time scale 2 (60 s ramp, 120 s hold).
 #
 # Accounts are provisioned before each timed run (argon2 is the server's
 # cost, not the client's), with cheap argon2 parameters on this node only.
-# Everything stays on loopback and ends by itself (about 10 minutes).
-#   RIDERS=15000 SKIP_K6=0 PARTS="hold saturation k6" scripts/bench-load.sh
+# Everything stays on loopback and ends by itself (about 15 minutes).
+#   RIDERS=15000 WIDE=25000 SKIP_K6=0 PARTS="hold saturation k6 wide" scripts/bench-load.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RIDERS=${RIDERS:-15000}
 SKIP_K6=${SKIP_K6:-0}
-PARTS=${PARTS:-hold saturation k6}
+WIDE=${WIDE:-25000}
+PARTS=${PARTS:-hold saturation k6 wide}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 ADDR=127.0.0.1:8091
 OUT=${OUT:-target/bench-load}
@@ -154,5 +160,26 @@ if [ "$SKIP_K6" != 1 ]; then
     -e DEVIATING_SHARE=0 -e PREFIX=k6 loadtest/k6/navigation.js
 fi
 stop_node
+fi
+if part wide; then
+echo "== 4. $WIDE riders with guardians over --processes 2, 3 nodes + Redis =="
+cluster() {
+  CLUSTER_DIR=$OUT/cluster NODE_BASE_PORT=9101 REDIS_PORT=6480 HTTP_PORT=8180 HTTPS_PORT=8543 \
+  NAVCAST_AUTH_ARGON2_MEMORY_KIB=1024 NAVCAST_AUTH_ARGON2_ITERATIONS=1 \
+  NAVCAST_AUTH_HASH_THREADS=2 NAVCAST_AUTH_HASH_QUEUE=100000 NAVCAST_LOG_LEVEL=warn \
+    scripts/cluster.sh "$1"
+}
+trap 'cluster down >/dev/null 2>&1 || true; stop_node' EXIT
+cluster up >/dev/null
+NODES_WS=ws://127.0.0.1:9101,ws://127.0.0.1:9102,ws://127.0.0.1:9103
+$LOAD provision --host "$NODES_WS" --profile config/loadtest/hold-1000.toml --users "$WIDE" \
+  --account-prefix wide --provision-concurrency 64 --out "$OUT/wide-accounts.json" --quiet
+$LOAD run --host "$NODES_WS" --profile config/loadtest/hold-1000.toml --users "$WIDE" --time-scale 2 \
+  --processes 2 --source-ips 127.0.0.2-127.0.0.33 --accounts "$OUT/wide-accounts.json" \
+  --json "$OUT/wide.json" --html "$OUT/wide.html" --csv "$OUT/wide" --quiet \
+  || echo "(criteria failed; see $OUT/wide.html)"
+$LOAD merge "$OUT/wide.json" | sed -n '/^type/,$p'
+stage_cpu "$OUT/wide.json"
+cluster down >/dev/null
 fi
 echo "reports and raw outputs in $OUT/"
