@@ -35,8 +35,20 @@ async fn drained_node_counts_1001_and_riders_move_to_the_other_node() {
         ])
         .await
     });
-    // All ten riders are up after 5 s at this scale.
-    tokio::time::sleep(Duration::from_secs(9)).await;
+    // Wait for all ten riders and the guardian to be up, half on each node.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (a, b) = (nodes[0].stats().await, nodes[1].stats().await);
+        let (a, b) = (
+            a["sessions"].as_u64().unwrap(),
+            b["sessions"].as_u64().unwrap(),
+        );
+        if a + b == 11 && b >= 5 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "sessions {a} + {b}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let b = nodes.pop().unwrap();
     b.stop().await.expect("the node drains and stops");
     let out = run.await.unwrap().unwrap().unwrap();
