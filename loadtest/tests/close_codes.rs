@@ -18,21 +18,14 @@ async fn drained_node_counts_1001_and_riders_move_to_the_other_node() {
         |b| b,
     )
     .await;
-    let hosts = format!("{},{}", nodes[0].ws(), nodes[1].ws());
+    let targets = hosts(&nodes);
     let smoke = profile("smoke.toml");
-    let run = tokio::spawn(async move {
-        cli(&[
-            "run",
-            "--host",
-            &hosts,
-            "--profile",
+    let running = tokio::spawn(async move {
+        run(
+            &targets,
             &smoke,
-            "--time-scale",
-            "0.5",
-            "--quiet",
-            "--server-stats-every",
-            "0",
-        ])
+            &["--time-scale", "0.5", "--server-stats-every", "0"],
+        )
         .await
     });
     // Wait for all ten riders and the guardian to be up, half on each node.
@@ -51,7 +44,7 @@ async fn drained_node_counts_1001_and_riders_move_to_the_other_node() {
     }
     let b = nodes.pop().unwrap();
     b.stop().await.expect("the node drains and stops");
-    let out = run.await.unwrap().unwrap().unwrap();
+    let out = running.await.unwrap();
     let s = &out.summary;
     let drained = s.close_codes.get("1001").copied().unwrap_or(0);
     assert!(drained >= 5, "close codes: {:?}", s.close_codes);

@@ -67,29 +67,15 @@ async fn rate_limited_node_fails_the_error_rate_criterion() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("limited").display().to_string();
-    let host = node.ws();
-    let out = cli(&[
-        "run",
-        "--host",
-        &host,
-        "--profile",
+    let out = run(
+        &node.ws(),
         &profile("smoke.toml"),
-        "--time-scale",
-        "0.2",
-        "--csv",
-        &prefix,
-        "--quiet",
-    ])
-    .await
-    .unwrap()
-    .unwrap();
+        &["--time-scale", "0.2", "--csv", &prefix],
+    )
+    .await;
     assert!(!out.passed);
     assert_ne!(out.exit_code(), std::process::ExitCode::SUCCESS);
-    assert!(
-        out.failed.contains(&"error rate".to_string()),
-        "{:?}",
-        out.failed
-    );
+    assert_failed(&out, "error rate", true);
     assert!(out.summary.cell(Metric::WsLocationUpdate).failures > 0);
     let failures = std::fs::read_to_string(format!("{prefix}_failures.csv")).unwrap();
     assert!(
@@ -106,30 +92,22 @@ async fn unreachable_node_fails_connect_success() {
         l.local_addr().unwrap().port()
     };
     let host = format!("ws://127.0.0.1:{port}");
-    let out = cli(&[
-        "run",
-        "--host",
+    let out = run(
         &host,
-        "--profile",
         &profile("smoke.toml"),
-        "--time-scale",
-        "0.05",
-        "--users",
-        "2",
-        "--quiet",
-        "--no-provision",
-        "--server-stats-every",
-        "0",
-    ])
-    .await
-    .unwrap()
-    .unwrap();
+        &[
+            "--time-scale",
+            "0.05",
+            "--users",
+            "2",
+            "--no-provision",
+            "--server-stats-every",
+            "0",
+        ],
+    )
+    .await;
     assert!(!out.passed);
-    assert!(
-        out.failed.contains(&"connect success".to_string()),
-        "{:?}",
-        out.failed
-    );
+    assert_failed(&out, "connect success", true);
     assert!(
         out.summary
             .failures
@@ -143,39 +121,15 @@ async fn slowed_node_fails_the_latency_criteria_and_nothing_else() {
     let node = Node::single(|_| {}).await;
     let port = slow_proxy(node.addr, Duration::from_millis(80)).await;
     let host = format!("ws://127.0.0.1:{port}");
-    let out = cli(&[
-        "run",
-        "--host",
-        &host,
-        "--profile",
-        &profile("smoke.toml"),
-        "--time-scale",
-        "0.2",
-        "--quiet",
-    ])
-    .await
-    .unwrap()
-    .unwrap();
+    let out = run(&host, &profile("smoke.toml"), &["--time-scale", "0.2"]).await;
     assert!(!out.passed);
     assert_ne!(out.exit_code(), std::process::ExitCode::SUCCESS);
     for name in ["connect p95", "start_navigation p95", "location_update p95"] {
-        assert!(
-            out.failed.contains(&name.to_string()),
-            "{name} should fail: {:?}",
-            out.failed
-        );
+        assert_failed(&out, name, true);
     }
     // Slow is not broken: every request was answered, every event arrived.
-    assert!(
-        !out.failed.contains(&"error rate".to_string()),
-        "{:?}",
-        out.failed
-    );
-    assert!(
-        !out.failed.contains(&"lost peer_events".to_string()),
-        "{:?}",
-        out.failed
-    );
+    assert_failed(&out, "error rate", false);
+    assert_failed(&out, "lost peer_events", false);
     let updates = out.summary.cell(Metric::WsLocationUpdate);
     assert!(updates.count > 0);
     assert_eq!(updates.failures, 0);

@@ -58,6 +58,12 @@ guardian_share = 0.5
 update_interval_s = [1.0, 1.5]
 "#;
 
+async fn run_fanout(nodes: &[Node]) -> navcast_load::Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_profile(&dir, "fanout.toml", PROFILE);
+    run(&hosts(nodes), &file, &["--server-stats-every", "0"]).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_bus_messages_fail_the_lost_peer_events_criterion() {
     let nodes = Node::cluster_with(
@@ -72,31 +78,11 @@ async fn dropped_bus_messages_fail_the_lost_peer_events_criterion() {
         },
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("fanout.toml");
-    std::fs::write(&file, PROFILE).unwrap();
-    let hosts = format!("{},{}", nodes[0].ws(), nodes[1].ws());
-    let out = cli(&[
-        "run",
-        "--host",
-        &hosts,
-        "--profile",
-        file.to_str().unwrap(),
-        "--quiet",
-        "--server-stats-every",
-        "0",
-    ])
-    .await
-    .unwrap()
-    .unwrap();
+    let out = run_fanout(&nodes).await;
     let f = out.summary.fanout;
     assert!(f.gaps > 0, "{f:?}");
     assert!(f.lost > 0 && f.received < f.expected, "{f:?}");
-    assert!(
-        out.failed.contains(&"lost peer_events".to_string()),
-        "{:?}",
-        out.failed
-    );
+    assert_failed(&out, "lost peer_events", true);
     assert!(
         out.summary
             .failures
@@ -108,30 +94,10 @@ async fn dropped_bus_messages_fail_the_lost_peer_events_criterion() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_bus_delivers_every_peer_event() {
     let nodes = Node::cluster_with(2, |_| {}, |b| b).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("fanout.toml");
-    std::fs::write(&file, PROFILE).unwrap();
-    let hosts = format!("{},{}", nodes[0].ws(), nodes[1].ws());
-    let out = cli(&[
-        "run",
-        "--host",
-        &hosts,
-        "--profile",
-        file.to_str().unwrap(),
-        "--quiet",
-        "--server-stats-every",
-        "0",
-    ])
-    .await
-    .unwrap()
-    .unwrap();
+    let out = run_fanout(&nodes).await;
     let f = out.summary.fanout;
     assert!(f.expected > 20, "{f:?}");
     assert_eq!((f.lost, f.gaps, f.duplicates), (0, 0, 0), "{f:?}");
     assert_eq!(f.received, f.expected);
-    assert!(
-        !out.failed.contains(&"lost peer_events".to_string()),
-        "{:?}",
-        out.failed
-    );
+    assert_failed(&out, "lost peer_events", false);
 }

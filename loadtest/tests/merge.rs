@@ -18,24 +18,15 @@ async fn merged_segments_equal_the_whole_run() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).display().to_string();
     let smoke = profile("smoke.toml");
-    let common_args = [
-        "--profile",
-        smoke.as_str(),
-        "--time-scale",
-        "0.25",
-        "--seed",
-        "42",
-        "--quiet",
-    ];
+    let same = ["--time-scale", "0.25", "--seed", "42"];
 
     // The whole test on a fresh two-node cluster.
     let whole = {
         let nodes = Node::cluster_with(2, |_| {}, |b| b).await;
-        let hosts = format!("{},{}", nodes[0].ws(), nodes[1].ws());
         let json = path("whole.json");
-        let mut args = vec!["run", "--host", &hosts, "--json", &json];
-        args.extend(common_args);
-        let out = cli(&args).await.unwrap().unwrap();
+        let mut args = vec!["--json", json.as_str()];
+        args.extend(same);
+        let out = run(&hosts(&nodes), &smoke, &args).await;
         assert!(out.passed, "{:?}", out.failed);
         out.summary
     };
@@ -43,33 +34,22 @@ async fn merged_segments_equal_the_whole_run() {
     // The same test as two segments on another fresh cluster, started
     // together, then merged.
     let nodes = Node::cluster_with(2, |_| {}, |b| b).await;
-    let hosts = format!("{},{}", nodes[0].ws(), nodes[1].ws());
+    let targets = hosts(&nodes);
     let (j1, j2) = (path("seg1.json"), path("seg2.json"));
     let start_at = (unix_ms() + 1500).to_string();
     let seg = |segment: &'static str, json: String| {
-        let hosts = hosts.clone();
-        let start_at = start_at.clone();
-        let smoke = smoke.clone();
+        let (targets, start_at, smoke) = (targets.clone(), start_at.clone(), smoke.clone());
         async move {
-            let args = [
-                "run",
-                "--host",
-                &hosts,
+            let mut args = vec![
                 "--segment",
                 segment,
                 "--json",
                 &json,
                 "--start-at",
                 &start_at,
-                "--profile",
-                &smoke,
-                "--time-scale",
-                "0.25",
-                "--seed",
-                "42",
-                "--quiet",
             ];
-            cli(&args).await.unwrap().unwrap()
+            args.extend(same);
+            run(&targets, &smoke, &args).await
         }
     };
     let (a, b) = tokio::join!(seg("1/2", j1.clone()), seg("2/2", j2.clone()));

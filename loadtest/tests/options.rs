@@ -11,30 +11,24 @@ async fn source_ips_and_a_gps_trace() {
     let node = Node::single(|_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let trace = profile("traces/line2-gangnam-hongdae.csv");
-    let file = dir.path().join("trace.toml");
-    std::fs::write(
-        &file,
-        format!(
+    let file = write_profile(
+        &dir,
+        "trace.toml",
+        &format!(
             "name = \"trace\"\n[[stage]]\nname = \"hold\"\nend_s = 8\nusers = 4\n[rider]\nupdate_interval_s = [1.0, 1.5]\nguardian_share = 0.0\ntrace = {trace:?}\n"
         ),
+    );
+    let out = run(
+        &node.ws(),
+        &file,
+        &[
+            "--source-ips",
+            "127.0.0.2-127.0.0.4",
+            "--server-stats-every",
+            "0",
+        ],
     )
-    .unwrap();
-    let host = node.ws();
-    let out = cli(&[
-        "run",
-        "--host",
-        &host,
-        "--profile",
-        file.to_str().unwrap(),
-        "--source-ips",
-        "127.0.0.2-127.0.0.4",
-        "--quiet",
-        "--server-stats-every",
-        "0",
-    ])
-    .await
-    .unwrap()
-    .unwrap();
+    .await;
     assert!(out.passed, "{:?} {:?}", out.failed, out.summary.failures);
     assert!(out.summary.cell(Metric::WsLocationUpdate).count >= 16);
     assert_eq!(out.summary.cell(Metric::WsConnect).count, 4);
@@ -51,9 +45,9 @@ async fn stress_stops_at_the_step_that_breaks() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("stress.toml");
-    std::fs::write(
-        &file,
+    let file = write_profile(
+        &dir,
+        "stress.toml",
         r#"
 name = "stress-test"
 [stress]
@@ -70,22 +64,8 @@ connect_p95_ms = 1000
 start_navigation_p95_ms = 1000
 location_update_p95_ms = 1000
 "#,
-    )
-    .unwrap();
-    let host = node.ws();
-    let out = cli(&[
-        "run",
-        "--host",
-        &host,
-        "--profile",
-        file.to_str().unwrap(),
-        "--quiet",
-        "--server-stats-every",
-        "0",
-    ])
-    .await
-    .unwrap()
-    .unwrap();
+    );
+    let out = run(&node.ws(), &file, &["--server-stats-every", "0"]).await;
     let b = out.evaluation.stress_break.clone().expect("a step broke");
     assert!(b.criteria.contains(&"error rate".to_string()), "{b:?}");
     assert!(
@@ -107,24 +87,19 @@ async fn sessions_outlive_their_tokens_by_refreshing_in_band() {
         c.ws.token_expiry_warning = std::time::Duration::from_secs(4);
     })
     .await;
-    let host = node.ws();
-    let out = cli(&[
-        "run",
-        "--host",
-        &host,
-        "--profile",
+    let out = run(
+        &node.ws(),
         &profile("smoke.toml"),
-        "--time-scale",
-        "0.2",
-        "--users",
-        "4",
-        "--quiet",
-        "--server-stats-every",
-        "0",
-    ])
-    .await
-    .unwrap()
-    .unwrap();
+        &[
+            "--time-scale",
+            "0.2",
+            "--users",
+            "4",
+            "--server-stats-every",
+            "0",
+        ],
+    )
+    .await;
     assert!(out.passed, "{:?} {:?}", out.failed, out.summary.failures);
     assert!(
         out.summary.cell(Metric::Refresh).count >= 4,

@@ -11,26 +11,21 @@ async fn two_processes_merge_into_one_report() {
     let node = Node::single(|_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("all.json").display().to_string();
-    let host = node.ws();
-    let out = cli(&[
-        "run",
-        "--host",
-        &host,
-        "--profile",
+    let out = run(
+        &node.ws(),
         &profile("smoke.toml"),
-        "--time-scale",
-        "0.1",
-        "--processes",
-        "2",
-        "--json",
-        &json,
-        "--quiet",
-        "--self-exe",
-        env!("CARGO_BIN_EXE_navcast-load"),
-    ])
-    .await
-    .unwrap()
-    .unwrap();
+        &[
+            "--time-scale",
+            "0.1",
+            "--processes",
+            "2",
+            "--json",
+            &json,
+            "--self-exe",
+            env!("CARGO_BIN_EXE_navcast-load"),
+        ],
+    )
+    .await;
     assert!(out.passed, "{:?}", out.failed);
     let s = &out.summary;
     assert_eq!(s.segments, vec!["1/2", "2/2"]);

@@ -13,26 +13,21 @@ async fn smoke_run_passes_with_locust_csvs_and_counts_matching_the_node() {
     let prefix = dir.path().join("smoke").display().to_string();
     let html = dir.path().join("report.html").display().to_string();
     let json = dir.path().join("summary.json").display().to_string();
-    let host = node.ws();
-    let out = cli(&[
-        "run",
-        "--host",
-        &host,
-        "--profile",
+    let out = run(
+        &node.ws(),
         &profile("smoke.toml"),
-        "--time-scale",
-        "0.25",
-        "--csv",
-        &prefix,
-        "--html",
-        &html,
-        "--json",
-        &json,
-        "--quiet",
-    ])
-    .await
-    .unwrap()
-    .unwrap();
+        &[
+            "--time-scale",
+            "0.25",
+            "--csv",
+            &prefix,
+            "--html",
+            &html,
+            "--json",
+            &json,
+        ],
+    )
+    .await;
     let s = &out.summary;
     assert!(
         out.passed,

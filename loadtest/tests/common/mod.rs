@@ -33,3 +33,36 @@ pub async fn messages_in(nodes: &[&Node], kind: &str) -> u64 {
     }
     n
 }
+
+/// `run --host HOST --profile PROFILE --quiet` and `extra`, in-process. The
+/// run itself must complete; its criteria may pass or fail.
+pub async fn run(host: &str, profile: &str, extra: &[&str]) -> Outcome {
+    let mut args = vec!["run", "--host", host, "--profile", profile, "--quiet"];
+    args.extend_from_slice(extra);
+    cli(&args)
+        .await
+        .expect("the run completes")
+        .expect("`run` returns an outcome")
+}
+
+/// The nodes' WebSocket URLs, comma separated, as `--host` takes them.
+pub fn hosts(nodes: &[Node]) -> String {
+    nodes.iter().map(Node::ws).collect::<Vec<_>>().join(",")
+}
+
+/// Writes a profile into `dir` and returns its path.
+pub fn write_profile(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let file = dir.path().join(name);
+    std::fs::write(&file, text).unwrap();
+    file.display().to_string()
+}
+
+/// Asserts that the named criterion failed (`true`) or did not (`false`).
+pub fn assert_failed(out: &Outcome, criterion: &str, failed: bool) {
+    assert_eq!(
+        out.failed.iter().any(|c| c == criterion),
+        failed,
+        "criterion {criterion:?}; failed: {:?}",
+        out.failed
+    );
+}
