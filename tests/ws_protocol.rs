@@ -29,6 +29,15 @@ fn hs256(claims: &Value, secret: &str) -> String {
     .unwrap()
 }
 
+fn es256(claims: &Value, pem: &[u8]) -> String {
+    encode(
+        &Header::new(Algorithm::ES256),
+        claims,
+        &EncodingKey::from_ec_pem(pem).unwrap(),
+    )
+    .unwrap()
+}
+
 fn b64(v: &Value) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
@@ -74,9 +83,7 @@ async fn handshake_rejections_are_plain_http() {
     );
     let other = account(&node, None).await;
     assert_eq!(
-        handshake_status(&node.ws_url(&acct.user_id, &other.access), &[])
-            .await
-            .0,
+        token_status(&node, &acct.user_id, &other.access).await,
         403,
         "sub != path"
     );
@@ -112,12 +119,7 @@ async fn hs_rs_confusion_is_rejected() {
     let node = TestNode::start(c).await;
     let acct = account(&node, None).await;
     // A real RS256 token from the node works.
-    assert_eq!(
-        handshake_status(&node.ws_url(&acct.user_id, &acct.access), &[])
-            .await
-            .0,
-        101
-    );
+    assert_eq!(token_status(&node, &acct.user_id, &acct.access).await, 101);
     // An HS256 token "signed" with the public key as an HMAC secret does not.
     let public = std::fs::read(format!("{fixtures}/rsa_public.pem")).unwrap();
     let forged = encode(
@@ -126,12 +128,7 @@ async fn hs_rs_confusion_is_rejected() {
         &EncodingKey::from_secret(&public),
     )
     .unwrap();
-    assert_eq!(
-        handshake_status(&node.ws_url(&acct.user_id, &forged), &[])
-            .await
-            .0,
-        401
-    );
+    assert_eq!(token_status(&node, &acct.user_id, &forged).await, 401);
 }
 
 #[tokio::test]
@@ -493,40 +490,15 @@ async fn es256_tokens_from_a_pem_key_pair() {
     c.jwt.audience = Some("riders".into());
     let node = TestNode::start(c).await;
     let acct = account(&node, None).await;
-    assert_eq!(
-        handshake_status(&node.ws_url(&acct.user_id, &acct.access), &[])
-            .await
-            .0,
-        101
-    );
+    assert_eq!(token_status(&node, &acct.user_id, &acct.access).await, 101);
     // Same key, wrong audience: refused.
     let key = std::fs::read(format!("{fixtures}/ec_private.pem")).unwrap();
     let mut cl = claims(&acct.user_id, "access", now() + 600);
     cl["iss"] = json!("navcast-test");
     cl["aud"] = json!("someone-else");
-    let wrong_aud = encode(
-        &Header::new(Algorithm::ES256),
-        &cl,
-        &EncodingKey::from_ec_pem(&key).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(
-        handshake_status(&node.ws_url(&acct.user_id, &wrong_aud), &[])
-            .await
-            .0,
-        401
-    );
+    let wrong_aud = es256(&cl, &key);
+    assert_eq!(token_status(&node, &acct.user_id, &wrong_aud).await, 401);
     cl["aud"] = json!("riders");
-    let right = encode(
-        &Header::new(Algorithm::ES256),
-        &cl,
-        &EncodingKey::from_ec_pem(&key).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(
-        handshake_status(&node.ws_url(&acct.user_id, &right), &[])
-            .await
-            .0,
-        101
-    );
+    let right = es256(&cl, &key);
+    assert_eq!(token_status(&node, &acct.user_id, &right).await, 101);
 }

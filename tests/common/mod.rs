@@ -187,6 +187,11 @@ pub async fn handshake_status(url: &str, headers: &[(&str, &str)]) -> (u16, Opti
     }
 }
 
+/// The handshake status of `user`'s WebSocket URL on `node` with `token`.
+pub async fn token_status(node: &TestNode, user: &str, token: &str) -> u16 {
+    handshake_status(&node.ws_url(user, token), &[]).await.0
+}
+
 /// Coordinates of a few stations, for location updates.
 pub const YEOKSAM: (f64, f64) = (37.5006, 127.0364);
 pub const GANGNAM: (f64, f64) = (37.4979, 127.0276);
