@@ -73,22 +73,6 @@ async fn wait_ready(node: &TestNode, ready: bool) {
     }
 }
 
-async fn share_and_watch(
-    rider: &mut Client,
-    guardian: &mut Client,
-    rider_id: &str,
-    guardian_id: &str,
-) {
-    let r = rider
-        .request(json!({"type": "share_navigation", "guardian_id": guardian_id}))
-        .await;
-    assert_eq!(r["type"], "shared", "{r}");
-    let w = guardian
-        .request(json!({"type": "watch", "user_id": rider_id}))
-        .await;
-    assert_eq!(w["type"], "watching", "{w}");
-}
-
 const SEOUL_STATION: (f64, f64) = (37.5547, 126.9707);
 
 fn is_nav_event(kind: &Value) -> bool {
@@ -222,15 +206,7 @@ async fn a_route_made_on_node_a_continues_on_node_c_after_reconnect() {
     drop(on_a);
 
     // Log in again through node C too: accounts and refresh tokens are shared.
-    let login: Value = reqwest::Client::new()
-        .post(nodes[2].http("/api/v1/auth/refresh"))
-        .json(&json!({"refresh_token": rider.refresh}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let login = refresh(&nodes[2], &rider.refresh).await;
     let access = login["access_token"].as_str().expect("refresh on node C");
     let mut on_c = Client::connect_url(&nodes[2].ws_url(&rider.user_id, access)).await;
     assert_eq!(on_c.connected["node_id"], "node-c");

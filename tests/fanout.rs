@@ -6,22 +6,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-async fn share_and_watch(
-    rider: &mut Client,
-    guardian: &mut Client,
-    rider_id: &str,
-    guardian_id: &str,
-) {
-    let r = rider
-        .request(json!({"type": "share_navigation", "guardian_id": guardian_id}))
-        .await;
-    assert_eq!(r["type"], "shared", "{r}");
-    let w = guardian
-        .request(json!({"type": "watch", "user_id": rider_id}))
-        .await;
-    assert_eq!(w["type"], "watching", "{w}");
-}
-
 #[tokio::test]
 async fn other_devices_and_guardians_get_every_event_in_order() {
     let node = TestNode::start(test_config()).await;

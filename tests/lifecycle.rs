@@ -61,15 +61,7 @@ async fn in_band_refresh_keeps_the_session() {
     let old_exp = c.connected["token_expires_at"].as_i64().unwrap();
     c.pushed_of("token_expiring").await;
     // Get a fresh access token over HTTP and hand it over in band.
-    let pair: Value = reqwest::Client::new()
-        .post(node.http("/api/v1/auth/refresh"))
-        .json(&json!({"refresh_token": acct.refresh}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pair = refresh(&node, &acct.refresh).await;
     let new_access = pair["access_token"].as_str().unwrap().to_string();
     let r = c
         .request(json!({"type": "refresh_token", "token": new_access}))

@@ -187,6 +187,36 @@ pub async fn handshake_status(url: &str, headers: &[(&str, &str)]) -> (u16, Opti
     }
 }
 
+/// The rider shares its navigation with the guardian, who then watches.
+pub async fn share_and_watch(
+    rider: &mut Client,
+    guardian: &mut Client,
+    rider_id: &str,
+    guardian_id: &str,
+) {
+    let r = rider
+        .request(json!({"type": "share_navigation", "guardian_id": guardian_id}))
+        .await;
+    assert_eq!(r["type"], "shared", "{r}");
+    let w = guardian
+        .request(json!({"type": "watch", "user_id": rider_id}))
+        .await;
+    assert_eq!(w["type"], "watching", "{w}");
+}
+
+/// `POST /api/v1/auth/refresh` on `node`: the new token pair.
+pub async fn refresh(node: &TestNode, refresh_token: &str) -> Value {
+    reqwest::Client::new()
+        .post(node.http("/api/v1/auth/refresh"))
+        .json(&json!({"refresh_token": refresh_token}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// The handshake status of `user`'s WebSocket URL on `node` with `token`.
 pub async fn token_status(node: &TestNode, user: &str, token: &str) -> u16 {
     handshake_status(&node.ws_url(user, token), &[]).await.0
