@@ -141,13 +141,19 @@ pub async fn login(
     timeout: Duration,
 ) -> Result<(Session, usize), Cause> {
     let url = format!("{}/api/v1/auth/login", t.host(host).http_base);
-    let resp = t
-        .http(host)
-        .post(url)
-        .form(&[
-            ("username", creds.email.as_str()),
-            ("password", creds.password.as_str()),
-        ])
+    let request = t.http(host).post(url).form(&[
+        ("username", creds.email.as_str()),
+        ("password", creds.password.as_str()),
+    ]);
+    token_answer(request, timeout).await
+}
+
+/// Sends a login or refresh request and reads the token pair it answers.
+async fn token_answer(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<(Session, usize), Cause> {
+    let resp = request
         .timeout(timeout)
         .send()
         .await
@@ -182,20 +188,11 @@ pub async fn refresh(
     timeout: Duration,
 ) -> Result<(Session, usize), Cause> {
     let url = format!("{}/api/v1/auth/refresh", t.host(host).http_base);
-    let resp = t
+    let request = t
         .http(host)
         .post(url)
-        .json(&serde_json::json!({ "refresh_token": refresh_token }))
-        .timeout(timeout)
-        .send()
-        .await
-        .map_err(|e| http_cause(&e))?;
-    let status = resp.status();
-    let body = resp.bytes().await.map_err(|e| http_cause(&e))?;
-    if !status.is_success() {
-        return Err(format!("HTTP {}", status.as_u16()));
-    }
-    tokens(&body).map(|s| (s, body.len()))
+        .json(&serde_json::json!({ "refresh_token": refresh_token }));
+    token_answer(request, timeout).await
 }
 
 /// Registers an account unless it exists (201 or 409 are both fine).
