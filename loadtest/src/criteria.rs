@@ -80,10 +80,19 @@ fn p95_verdict(criterion: &str, cell: &Cell, limit_ms: f64) -> Verdict {
     }
 }
 
-fn connect_verdict(cell: &Cell, min: f64) -> Verdict {
+/// `login` explains a run that never got as far as connecting.
+fn connect_verdict(cell: &Cell, login: &Cell, min: f64) -> Verdict {
     if cell.count == 0 {
+        let note = if login.failures > 0 {
+            format!(
+                "no connection was attempted: {} of {} login attempts failed",
+                login.failures, login.count
+            )
+        } else {
+            "no connection was attempted".into()
+        };
         return Verdict {
-            note: "no connection was attempted".into(),
+            note,
             ..verdict(
                 "connect success",
                 format!(">= {}", pct(min)),
@@ -142,6 +151,7 @@ pub fn evaluate(s: &Summary) -> Evaluation {
 
     out.push(connect_verdict(
         &cell(Metric::WsConnect),
+        &cell(Metric::Login),
         t.connect_success_min,
     ));
     if let Some(l) = t.connect_p95_ms {
@@ -292,7 +302,10 @@ fn stress_break(s: &Summary) -> Option<Break> {
         let get = |m: Metric| st.cells.get(m.name()).cloned().unwrap_or_default();
         let mut broken = Vec::new();
         let c = get(Metric::WsConnect);
-        if c.count > 0 && connect_verdict(&c, t.connect_success_min).status == Status::Fail {
+        if c.count > 0
+            && connect_verdict(&c, &get(Metric::Login), t.connect_success_min).status
+                == Status::Fail
+        {
             broken.push("connect success".to_string());
         }
         for (name, m, limit) in [

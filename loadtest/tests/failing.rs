@@ -108,6 +108,14 @@ async fn unreachable_node_fails_connect_success() {
     .await;
     assert!(!out.passed);
     assert_failed(&out, "connect success", true);
+    let text = navcast_load::report::text_report(&out.summary, &out.evaluation);
+    let logins = out.summary.cell(Metric::Login);
+    assert!(logins.count > 0 && logins.failures == logins.count);
+    let why = format!(
+        "no connection was attempted: {n} of {n} login attempts failed",
+        n = logins.count
+    );
+    assert!(text.contains(&why), "{text}");
     assert!(
         out.summary
             .failures
