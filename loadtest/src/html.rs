@@ -34,7 +34,7 @@ fn chart(title: &str, unit: &str, xs: &[f64], lines: &[(String, Vec<Option<f64>>
         .flat_map(|(_, v)| v.iter().flatten())
         .cloned()
         .fold(0.0, f64::max);
-    let ymax = nice_ceiling(if ymax_raw > 0.0 { ymax_raw * 1.05 } else { 1.0 });
+    let (ymax, yticks) = y_axis(ymax_raw);
     let x = |v: f64| ml + pw * v / xmax;
     let y = |v: f64| mt + ph - ph * v / ymax;
     let mut out = String::new();
@@ -43,8 +43,8 @@ fn chart(title: &str, unit: &str, xs: &[f64], lines: &[(String, Vec<Option<f64>>
         r#"<figure><svg viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="{t}"><text x="{ml}" y="18" class="ct">{t}</text>"#,
         t = esc(title)
     );
-    for i in 0..=4 {
-        let v = ymax * i as f64 / 4.0;
+    for i in 0..=yticks {
+        let v = ymax * i as f64 / yticks as f64;
         let yy = y(v);
         let _ = write!(
             out,
@@ -121,6 +121,16 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
+/// The top of a y axis a little above `max`, and how many equal steps of
+/// a round size (a `nice_ceiling`) lead there: 1050 gives 1250 in 5 steps,
+/// not 2000 in 4.
+fn y_axis(max: f64) -> (f64, u32) {
+    let top = if max > 0.0 { max * 1.05 } else { 1.0 };
+    let step = nice_ceiling(top / 5.0);
+    let steps = (top / step).ceil().max(1.0);
+    (steps * step, steps as u32)
+}
+
 /// 1, 2, 2.5 or 5 times a power of ten, at least `v`.
 fn nice_ceiling(v: f64) -> f64 {
     if v <= 0.0 {
@@ -135,10 +145,17 @@ fn nice_ceiling(v: f64) -> f64 {
     10.0 * p
 }
 
+/// A Unix time in ms as `YYYY-MM-DD HH:MM:SS UTC`.
+fn utc(unix_ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
+    let text = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{} UTC", text.trim_end_matches('Z').replace('T', " "))
+}
+
 fn stat_row(kind: &str, name: &str, c: &Cell, secs: f64) -> String {
     let q = |q: f64| ms(c.hist.quantile(q));
     format!(
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td></tr>",
+        "<tr><td>{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td></tr>",
         esc(kind),
         esc(name),
         c.count,
@@ -164,7 +181,7 @@ pub fn render(s: &Summary, eval: &Evaluation, series: &Series) -> String {
 body{{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:1000px;color:#222;padding:0 12px}}
 h1{{font-size:22px;margin:0 0 4px}}h2{{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}}
 table{{border-collapse:collapse;width:100%;margin:6px 0}}th,td{{padding:4px 8px;border-bottom:1px solid #eee;text-align:right}}
-th{{background:#f6f6f6}}td:first-child,th:first-child,td.l{{text-align:left}}
+th{{background:#f6f6f6}}td:first-child,th:first-child,td.l,th.l{{text-align:left}}
 .pass{{color:#0a7a2f;font-weight:600}}.fail{{color:#b00020;font-weight:600}}.skip{{color:#777;font-weight:600}}
 .badge{{display:inline-block;padding:2px 10px;border-radius:10px;color:#fff}}.bp{{background:#0a7a2f}}.bf{{background:#b00020}}
 .meta{{color:#555}}figure{{margin:8px 0}}.ct{{font-size:13px;font-weight:600}}.ax{{font-size:11px;fill:#555}}
@@ -173,7 +190,7 @@ th{{background:#f6f6f6}}td:first-child,th:first-child,td.l{{text-align:left}}
     );
     let _ = write!(
         o,
-        r#"<h1>navcast-load report: {} <span class="badge {}">{}</span></h1><p class="meta">{}<br>hosts: {} · segments: {} · seed {} · time scale {} · {:.0} s from {} (Unix ms) · {}</p>"#,
+        r#"<h1>navcast-load report: {} <span class="badge {}">{}</span></h1><p class="meta">{}<br>hosts: {} · segments: {} · seed {} · time scale {} · {:.0} s from {} · {}</p>"#,
         esc(&s.profile),
         if passed { "bp" } else { "bf" },
         if passed { "PASS" } else { "FAIL" },
@@ -183,14 +200,14 @@ th{{background:#f6f6f6}}td:first-child,th:first-child,td.l{{text-align:left}}
         s.seed,
         s.time_scale,
         s.duration_s(),
-        s.started_unix_ms,
+        utc(s.started_unix_ms),
         esc(&s.tool)
     );
     for why in &s.stopped_early {
         let _ = write!(o, "<p class=\"fail\">Stopped early: {}</p>", esc(why));
     }
 
-    o.push_str("<h2>Criteria</h2><table><tr><th>criterion</th><th>target</th><th>observed</th><th>result</th></tr>");
+    o.push_str("<h2>Criteria</h2><table><tr><th>criterion</th><th class=\"l\">target</th><th class=\"l\">observed</th><th class=\"l\">result</th></tr>");
     for v in &eval.verdicts {
         let (class, word) = match v.status {
             Status::Pass => ("pass", "pass"),
@@ -222,7 +239,7 @@ th{{background:#f6f6f6}}td:first-child,th:first-child,td.l{{text-align:left}}
     }
 
     let secs = s.duration_s();
-    o.push_str("<h2>Requests</h2><table><tr><th>type</th><th>name</th><th>requests</th><th>failures</th><th>avg ms</th><th>p50</th><th>p95</th><th>p99</th><th>p99.9</th><th>max</th><th>req/s</th></tr>");
+    o.push_str("<h2>Requests</h2><table><tr><th>type</th><th class=\"l\">name</th><th>requests</th><th>failures</th><th>avg ms</th><th>p50</th><th>p95</th><th>p99</th><th>p99.9</th><th>max</th><th>req/s</th></tr>");
     let (rows, agg) = stat_rows(s);
     for (m, c) in &rows {
         o.push_str(&stat_row(m.kind(), m.name(), c, secs));
@@ -400,7 +417,7 @@ th{{background:#f6f6f6}}td:first-child,th:first-child,td.l{{text-align:left}}
     o.push_str("</table>");
 
     o.push_str(
-        "<h2>Close codes</h2><table><tr><th>code</th><th>meaning</th><th>connections</th></tr>",
+        "<h2>Close codes</h2><table><tr><th>code</th><th class=\"l\">meaning</th><th>connections</th></tr>",
     );
     for (k, v) in &s.close_codes {
         let meaning = match k.as_str() {
@@ -460,7 +477,7 @@ th{{background:#f6f6f6}}td:first-child,th:first-child,td.l{{text-align:left}}
     }
 
     if !s.failures.is_empty() {
-        o.push_str("<h2>Failures</h2><table><tr><th>method</th><th>name</th><th>error</th><th>occurrences</th></tr>");
+        o.push_str("<h2>Failures</h2><table><tr><th>method</th><th class=\"l\">name</th><th class=\"l\">error</th><th>occurrences</th></tr>");
         for x in &s.failures {
             let _ = write!(
                 o,
@@ -474,7 +491,7 @@ th{{background:#f6f6f6}}td:first-child,th:first-child,td.l{{text-align:left}}
         o.push_str("</table>");
     }
     if !s.exceptions.is_empty() {
-        o.push_str("<h2>Client exceptions</h2><table><tr><th>count</th><th>message</th><th>where</th></tr>");
+        o.push_str("<h2>Client exceptions</h2><table><tr><th>count</th><th class=\"l\">message</th><th class=\"l\">where</th></tr>");
         for x in &s.exceptions {
             let _ = write!(
                 o,
@@ -500,6 +517,19 @@ mod tests {
         assert_eq!(nice_ceiling(3.0), 5.0);
         assert_eq!(nice_ceiling(120.0), 200.0);
         assert_eq!(nice_ceiling(1.0), 1.0);
+    }
+
+    #[test]
+    fn y_axes_end_just_above_the_data() {
+        assert_eq!(y_axis(1000.0), (1250.0, 5));
+        assert_eq!(y_axis(458.0), (500.0, 5));
+        assert_eq!(y_axis(7.1), (8.0, 4));
+        assert_eq!(y_axis(0.0), (1.0, 5));
+    }
+
+    #[test]
+    fn start_times_read_as_utc() {
+        assert_eq!(utc(1_796_481_558_168), "2026-12-05 14:39:18 UTC");
     }
 
     #[test]
