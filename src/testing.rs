@@ -141,11 +141,17 @@ impl TestNode {
     /// Polls `/stats` until the node counts `n` sessions (closing sessions
     /// finish their close handshake asynchronously).
     pub async fn wait_sessions(&self, n: u64) {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        self.wait_sessions_within(n, WAIT).await
+    }
+
+    /// [`wait_sessions`](Self::wait_sessions) with its own time limit, for
+    /// load-client runs that ramp their riders up over seconds.
+    pub async fn wait_sessions_within(&self, n: u64, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
         while self.stats().await["sessions"] != n {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "node never reached {n} sessions"
+                "node never reached {n} sessions in {limit:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

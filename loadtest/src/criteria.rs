@@ -142,6 +142,9 @@ fn error_verdict(cells: &[(Metric, Cell)], max: f64) -> Verdict {
     )
 }
 
+/// What `stopped_early` holds for a run stopped by SIGINT or SIGTERM.
+pub const INTERRUPTED: &str = "interrupted";
+
 /// Judges a summary against its thresholds.
 pub fn evaluate(s: &Summary) -> Evaluation {
     let t = &s.thresholds;
@@ -149,6 +152,16 @@ pub fn evaluate(s: &Summary) -> Evaluation {
     let cells: Vec<(Metric, Cell)> = Metric::ALL.iter().map(|m| (*m, s.cell(*m))).collect();
     let cell = |m: Metric| cells[m.index()].1.clone();
 
+    // A run cut short by a signal measured less than its profile asks for:
+    // whatever else it saw, it has not passed.
+    if s.stopped_early.iter().any(|w| w == INTERRUPTED) {
+        out.push(verdict(
+            "run completed",
+            "the whole profile".into(),
+            format!("interrupted after {:.0} s", s.duration_s()),
+            false,
+        ));
+    }
     out.push(connect_verdict(
         &cell(Metric::WsConnect),
         &cell(Metric::Login),

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use crate::accounts::{AccountEntry, Accounts, AccountsFile};
 use crate::cli::RunArgs;
@@ -100,9 +102,29 @@ pub async fn run_processes(args: &RunArgs) -> anyhow::Result<Outcome> {
         children.push(child);
         outputs.push(json);
     }
+    // A stop signal to this process becomes SIGTERM to every segment, which
+    // stops its riders and writes its summary; then they are merged as usual.
+    let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
+    let stop = runner::stop_signal();
+    tokio::pin!(stop);
+    let mut forwarded = false;
     let mut statuses = Vec::new();
-    for mut c in children {
-        statuses.push(c.wait().await?);
+    for c in &mut children {
+        loop {
+            tokio::select! {
+                st = c.wait() => {
+                    statuses.push(st?);
+                    break;
+                }
+                _ = &mut stop, if !forwarded => {
+                    forwarded = true;
+                    eprintln!("navcast-load: interrupted; stopping the segments");
+                    for pid in &pids {
+                        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
+                    }
+                }
+            }
+        }
     }
     for (i, st) in statuses.iter().enumerate() {
         // 0 = passed, 1 = a criterion failed; anything else is an error.

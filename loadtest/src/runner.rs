@@ -485,10 +485,9 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     let interrupt = {
         let abort = abort.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("navcast-load: interrupted; stopping riders");
-                abort.cancel();
-            }
+            stop_signal().await;
+            eprintln!("navcast-load: interrupted; stopping riders");
+            abort.cancel();
         })
     };
 
@@ -589,7 +588,28 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     };
     summary.server = std::mem::take(&mut *server_samples.lock().unwrap_or_else(|e| e.into_inner()));
     if abort.is_cancelled() && summary.stopped_early.is_empty() {
-        summary.stopped_early.push("interrupted".into());
+        summary
+            .stopped_early
+            .push(crate::criteria::INTERRUPTED.into());
     }
     report::finish(summary, &args.out, args.quiet)
+}
+
+/// Resolves on the first SIGINT (ctrl-c) or SIGTERM: both stop a run the
+/// same way, riders closed and reports written.
+pub(crate) async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }

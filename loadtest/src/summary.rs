@@ -387,7 +387,11 @@ impl Summary {
         a.peak_rss_bytes += b.peak_rss_bytes;
         a.saturated_s += b.saturated_s;
         self.server.extend(o.server.iter().cloned());
-        self.stopped_early.extend(o.stopped_early.iter().cloned());
+        for why in &o.stopped_early {
+            if !self.stopped_early.contains(why) {
+                self.stopped_early.push(why.clone());
+            }
+        }
         Ok(())
     }
 

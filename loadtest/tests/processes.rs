@@ -40,3 +40,49 @@ async fn two_processes_merge_into_one_report() {
     assert_eq!(s.client.threads, 2);
     assert!(s.client.cpu_s > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_every_segment_and_still_writes_the_report() {
+    let node = Node::single(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("cut.json");
+    // The smoke profile at full length (60 s), as a real process.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_navcast-load"))
+        .args([
+            "run",
+            "--host",
+            &node.ws(),
+            "--profile",
+            &profile("smoke.toml"),
+        ])
+        .args(["--processes", "2", "--quiet", "--json"])
+        .arg(&json)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // All ten riders and the guardian are connected (a 10 s ramp, after
+    // provisioning and the segments' common start).
+    node.wait_sessions_within(11, std::time::Duration::from_secs(40))
+        .await;
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+        .await
+        .expect("the run stops within 30 s of SIGTERM, long before the profile's 60 s")
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "an interrupted run does not pass");
+
+    let s = navcast_load::Summary::read(&json).unwrap();
+    assert_eq!(s.segments, vec!["1/2", "2/2"]);
+    assert_eq!(s.stopped_early, vec!["interrupted"]);
+    assert_eq!(s.cell(Metric::WsConnect).count, 11);
+    // Every session was closed by the client, not dropped.
+    assert_eq!(s.close_codes.get("1000"), Some(&11), "{:?}", s.close_codes);
+    let eval = navcast_load::criteria::evaluate(&s);
+    assert!(
+        eval.failed().iter().any(|v| v.criterion == "run completed"),
+        "{:?}",
+        eval.verdicts
+    );
+}
