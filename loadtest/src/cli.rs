@@ -138,6 +138,8 @@ pub struct RunArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ProvisionArgs {
+    /// Node or cluster base URL(s), ws:// or wss:// (as for `run`);
+    /// accounts are spread over them round-robin.
     #[arg(long, required = true, value_delimiter = ',')]
     pub host: Vec<String>,
     /// Riders to provision (default: the profile's peak).
@@ -156,8 +158,11 @@ pub struct ProvisionArgs {
     pub account: AccountArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Bind client sockets to these local addresses, round-robin (e.g.
+    /// 127.0.0.2-127.0.0.50).
     #[arg(long)]
     pub source_ips: Option<String>,
+    /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
 }
@@ -169,6 +174,7 @@ pub struct MergeArgs {
     pub inputs: Vec<PathBuf>,
     #[command(flatten)]
     pub out: OutputArgs,
+    /// No closing report on stdout unless a criterion failed.
     #[arg(long)]
     pub quiet: bool,
 }
