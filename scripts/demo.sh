@@ -34,9 +34,16 @@ scripts/cluster.sh up
 mkdir -p reports
 ulimit -n 20000 2>/dev/null || true
 echo "demo: $name at time scale $TIME_SCALE through nginx (wss)"
+# nginx keeps /stats private: the client reads each node's own /stats
+# (sessions and memory for the report) on the node ports.
+stats=
+for i in $(seq 1 "${NODES:-3}"); do
+  stats+="${stats:+,}http://${BIND:-127.0.0.1}:$(( ${NODE_BASE_PORT:-9001} + i - 1 ))"
+done
 set +e
 ./target/release/navcast-load run \
   --host "wss://127.0.0.1:${HTTPS_PORT:-8443}" --ca-file .cluster/tls/cert.pem \
+  --stats-url "$stats" \
   --profile "$PROFILE" --time-scale "$TIME_SCALE" \
   --csv "reports/$name" --html "reports/$name.html" --json "reports/$name.json"
 status=$?

@@ -126,6 +126,11 @@ pub struct RunArgs {
     /// sessions in the report; 0 disables.
     #[arg(long, default_value_t = 10.0)]
     pub server_stats_every: f64,
+    /// Read /stats from these base URLs (http://node:port, comma separated)
+    /// instead of the hosts': behind nginx, /stats is not exposed and each
+    /// node is polled directly.
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    pub stats_url: Vec<String>,
     /// Largest grid (ms) timer-driven requests are aligned to, so riders
     /// share timer wake-ups; the grid adapts to hold about 4 requests per
     /// point and vanishes at high rates. 0 schedules each tick exactly.
@@ -224,6 +229,9 @@ impl RunArgs {
                 "0".into()
             },
         );
+        if !self.stats_url.is_empty() {
+            push("--stats-url", self.stats_url.join(",").into());
+        }
         if self.tls.insecure {
             a.push("--insecure".into());
         }

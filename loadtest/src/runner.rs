@@ -286,33 +286,54 @@ impl Reporter {
 }
 
 /// Polls each host's `/stats` (sessions and memory, for soak reports).
+/// Polls `{base}/stats` of every base URL (the hosts', or `--stats-url`)
+/// until `stop`. A base whose /stats cannot be read is reported once, not
+/// counted as a failure: the nodes' numbers are extra, not the test.
 async fn sample_servers(
     transport: Arc<Transport>,
+    bases: Vec<String>,
     every: Duration,
     out: Arc<Mutex<Vec<ServerSample>>>,
     stop: CancellationToken,
 ) {
-    let client = reqwest::Client::new();
+    let mut warned = vec![false; bases.len()];
     loop {
-        for h in &transport.hosts {
-            let url = format!("{}/stats", h.http_base);
-            let r = client
+        for (i, base) in bases.iter().enumerate() {
+            let url = format!("{base}/stats");
+            let r = transport
+                .http(i % transport.hosts.len())
                 .get(&url)
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await;
-            if let Ok(r) = r
-                && let Ok(v) = r.json::<serde_json::Value>().await
-            {
-                out.lock()
+            let body = match r {
+                Ok(r) if r.status().is_success() => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .map_err(|_| "an answer that is not JSON".to_string()),
+                Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+                Err(e) if e.is_timeout() => Err("a timeout".into()),
+                Err(_) => Err("a connection error".into()),
+            };
+            match body {
+                Ok(v) => out
+                    .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(ServerSample {
                         t: unix_s(),
-                        host: h.http_base.clone(),
+                        host: base.clone(),
                         node_id: v["node_id"].as_str().unwrap_or("").to_string(),
                         sessions: v["sessions"].as_u64().unwrap_or(0),
                         rss_bytes: v["memory"]["rss_bytes"].as_u64().unwrap_or(0),
-                    });
+                    }),
+                Err(why) if !warned[i] => {
+                    warned[i] = true;
+                    eprintln!(
+                        "navcast-load: {url} gave {why}; node memory will be missing from the report \
+                         (behind a proxy, point --stats-url at the nodes)"
+                    );
+                }
+                Err(_) => {}
             }
         }
         tokio::select! {
@@ -475,8 +496,21 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     };
     let server_samples = Arc::new(Mutex::new(Vec::new()));
     let sampler = (args.server_stats_every > 0.0).then(|| {
+        let bases = if args.stats_url.is_empty() {
+            transport
+                .hosts
+                .iter()
+                .map(|h| h.http_base.clone())
+                .collect()
+        } else {
+            args.stats_url
+                .iter()
+                .map(|u| u.trim_end_matches('/').to_string())
+                .collect()
+        };
         tokio::spawn(sample_servers(
             transport.clone(),
+            bases,
             Duration::from_secs_f64(args.server_stats_every),
             server_samples.clone(),
             reporter_stop.clone(),

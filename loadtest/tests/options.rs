@@ -111,3 +111,57 @@ async fn sessions_outlive_their_tokens_by_refreshing_in_band() {
         vec!["1000"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_url_reads_node_stats_elsewhere_and_a_dead_one_is_not_a_failure() {
+    // Riders on the first node, /stats read from the second.
+    let nodes = Node::cluster_with(2, |_| {}, |b| b).await;
+    let (node, other) = (&nodes[0], &nodes[1]);
+    let stats = other.http("");
+    let out = run(
+        &node.ws(),
+        &profile("smoke.toml"),
+        &[
+            "--time-scale",
+            "0.1",
+            "--server-stats-every",
+            "1",
+            "--stats-url",
+            &stats,
+        ],
+    )
+    .await;
+    assert!(out.passed, "{:?}", out.failed);
+    let samples = &out.summary.server;
+    assert!(samples.len() >= 3, "{samples:?}");
+    let other_id = other.stats().await["node_id"].as_str().unwrap().to_string();
+    assert!(
+        samples
+            .iter()
+            .all(|x| x.host == stats && x.node_id == other_id && x.rss_bytes > 0),
+        "{samples:?}"
+    );
+
+    // Nothing listens there: no samples, and the run still passes.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let out = run(
+        &node.ws(),
+        &profile("smoke.toml"),
+        &[
+            "--time-scale",
+            "0.1",
+            "--users",
+            "2",
+            "--server-stats-every",
+            "1",
+            "--stats-url",
+            &dead,
+        ],
+    )
+    .await;
+    assert!(out.passed, "{:?}", out.failed);
+    assert!(out.summary.server.is_empty());
+}
