@@ -292,6 +292,15 @@ impl Summary {
                 o.profile
             );
         }
+        // The same segment twice is the same riders counted twice (often
+        // the same file given twice); whole runs ("1/1") may be added up.
+        if let Some(seg) = o
+            .segments
+            .iter()
+            .find(|seg| seg.as_str() != "1/1" && self.segments.contains(seg))
+        {
+            anyhow::bail!("segment {seg} is in the merge twice; each segment counts once");
+        }
         if self.seed != o.seed {
             eprintln!(
                 "navcast-load merge: warning: seeds differ ({} vs {}); totals still add up",

@@ -71,6 +71,11 @@ async fn merged_segments_equal_the_whole_run() {
     .unwrap()
     .unwrap();
     assert!(merged.passed, "{:?}", merged.failed);
+    let twice = cli(&["merge", &j1, &j2, &j1, "--quiet"]).await.unwrap_err();
+    assert!(
+        format!("{twice:#}").contains("segment 1/2 is in the merge twice"),
+        "{twice:#}"
+    );
     let m = &merged.summary;
     assert_eq!(m.segments, vec!["1/2", "2/2"]);
 
