@@ -122,20 +122,31 @@ impl TestNode {
         format!("ws://{}/api/v1/ws/{}?token={}", self.addr, user_id, token)
     }
 
-    /// `GET /stats` over a real HTTP/1.0 request, as an operator reads it.
-    pub async fn stats(&self) -> Value {
+    /// The body of `GET path`, over a real HTTP/1.0 request as an operator
+    /// (or Prometheus) makes it; anything but 200 fails the test.
+    async fn get(&self, path: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(self.addr)
             .await
             .expect("node accepts");
-        s.write_all(b"GET /stats HTTP/1.0\r\nHost: test\r\n\r\n")
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
             .await
             .expect("request sent");
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.expect("response read");
         let text = String::from_utf8(raw).expect("UTF-8 response");
         let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-        assert!(head.starts_with("HTTP/1.0 200"), "/stats: {head}");
-        serde_json::from_str(body).expect("/stats is JSON")
+        assert!(head.starts_with("HTTP/1.0 200"), "{path}: {head}");
+        body.to_string()
+    }
+
+    /// `GET /stats`, parsed.
+    pub async fn stats(&self) -> Value {
+        serde_json::from_str(&self.get("/stats").await).expect("/stats is JSON")
+    }
+
+    /// `GET /metrics`: the Prometheus text exposition.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await
     }
 
     /// Polls `/stats` until the node counts `n` sessions (closing sessions

@@ -335,12 +335,7 @@ async fn redis_killed_mid_stream_delivery_resumes_and_gaps_show_the_loss() {
             assert!(stats["bus"]["reconnects"].as_u64().unwrap() >= 1, "{stats}");
             assert_eq!(stats["sessions"], 1, "no session closed: {stats}");
         }
-        let metrics = reqwest::get(nodes[1].http("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = nodes[1].metrics().await;
         assert!(
             metrics.contains(&format!("navcast_bus_gaps_total {missing}")),
             "{metrics}"

@@ -233,12 +233,7 @@ async fn seeded_accounts_can_log_in_and_metrics_are_exposed() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let text = reqwest::get(node.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = node.metrics().await;
     for name in [
         "navcast_sessions",
         "navcast_connections_total",

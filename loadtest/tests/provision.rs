@@ -19,12 +19,7 @@ fn user_ids(file: &AccountsFile) -> Vec<Option<String>> {
 
 /// `navcast_auth_requests_total{op, outcome}` from the node's /metrics.
 async fn auth(node: &Node, op: &str, outcome: &str) -> u64 {
-    let text = reqwest::get(node.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = node.metrics().await;
     let key = format!("navcast_auth_requests_total{{op=\"{op}\",outcome=\"{outcome}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&key))
