@@ -285,10 +285,11 @@ impl Reporter {
     }
 }
 
-/// Polls each host's `/stats` (sessions and memory, for soak reports).
 /// Polls `{base}/stats` of every base URL (the hosts', or `--stats-url`)
-/// until `stop`. A base whose /stats cannot be read is reported once, not
-/// counted as a failure: the nodes' numbers are extra, not the test.
+/// until `stop`, for the report's node sessions and memory. A base whose
+/// /stats cannot be read is reported once, not counted as a failure: the
+/// nodes' numbers are extra, not the test. Requests go through the
+/// transport's clients, so `--ca-file` and `--source-ips` apply to them too.
 async fn sample_servers(
     transport: Arc<Transport>,
     bases: Vec<String>,
@@ -557,7 +558,10 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
             let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
         }
     }
+    // The interrupt task only finishes by itself when a signal came; a
+    // stress break or riders aborted after the end are not interruptions.
     interrupt.abort();
+    let interrupted = interrupt.await.is_ok();
     reporter_stop.cancel();
     reporter_done.store(true, std::sync::atomic::Ordering::Release);
     let _ = reporter_thread.join();
@@ -621,7 +625,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         lost: ld(&f.lost),
     };
     summary.server = std::mem::take(&mut *server_samples.lock().unwrap_or_else(|e| e.into_inner()));
-    if abort.is_cancelled() && summary.stopped_early.is_empty() {
+    if interrupted {
         summary
             .stopped_early
             .push(crate::criteria::INTERRUPTED.into());
@@ -630,20 +634,20 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
 }
 
 /// Resolves on the first SIGINT (ctrl-c) or SIGTERM: both stop a run the
-/// same way, riders closed and reports written.
+/// same way, riders closed and reports written. A signal that cannot be
+/// listened for never fires (it must not stop the run at once).
 pub(crate) async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let term = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending().await,
+    let int = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = int => {}
+            _ = term.recv() => {}
+        },
+        Err(_) => int.await,
     }
 }
