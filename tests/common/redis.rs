@@ -128,11 +128,5 @@ async fn ping(port: u16) -> bool {
 
 /// Fails the test with the install hint unless `redis-server` runs.
 pub fn require_redis_server() {
-    let ok = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "{MISSING}");
+    navcast::testing::require_tool("redis-server", "apt-get install -y redis-server");
 }
