@@ -86,12 +86,7 @@ async fn rate_limited_node_fails_the_error_rate_criterion() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_node_fails_connect_success() {
-    // A port nothing listens on (bound, then released).
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let host = format!("ws://127.0.0.1:{port}");
+    let host = format!("ws://{}", unused_addr());
     let out = run(
         &host,
         &profile("smoke.toml"),

@@ -118,19 +118,23 @@ async fn stats_url_reads_node_stats_elsewhere_and_a_dead_one_is_not_a_failure() 
     let nodes = Node::cluster_with(2, |_| {}, |b| b).await;
     let (node, other) = (&nodes[0], &nodes[1]);
     let stats = other.http("");
-    let out = run(
-        &node.ws(),
-        &profile("smoke.toml"),
-        &[
-            "--time-scale",
-            "0.1",
-            "--server-stats-every",
-            "1",
-            "--stats-url",
-            &stats,
-        ],
-    )
-    .await;
+    let smoke_with_stats = |url: String, users: &'static str| {
+        let host = node.ws();
+        async move {
+            let args = [
+                "--time-scale",
+                "0.1",
+                "--users",
+                users,
+                "--server-stats-every",
+                "1",
+                "--stats-url",
+                &url,
+            ];
+            run(&host, &profile("smoke.toml"), &args).await
+        }
+    };
+    let out = smoke_with_stats(stats.clone(), "10").await;
     assert!(out.passed, "{:?}", out.failed);
     let samples = &out.summary.server;
     assert!(samples.len() >= 3, "{samples:?}");
@@ -143,25 +147,7 @@ async fn stats_url_reads_node_stats_elsewhere_and_a_dead_one_is_not_a_failure() 
     );
 
     // Nothing listens there: no samples, and the run still passes.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", l.local_addr().unwrap())
-    };
-    let out = run(
-        &node.ws(),
-        &profile("smoke.toml"),
-        &[
-            "--time-scale",
-            "0.1",
-            "--users",
-            "2",
-            "--server-stats-every",
-            "1",
-            "--stats-url",
-            &dead,
-        ],
-    )
-    .await;
+    let out = smoke_with_stats(format!("http://{}", unused_addr()), "2").await;
     assert!(out.passed, "{:?}", out.failed);
     assert!(out.summary.server.is_empty());
 }

@@ -66,3 +66,9 @@ pub fn assert_failed(out: &Outcome, criterion: &str, failed: bool) {
         out.failed
     );
 }
+
+/// A loopback address nothing listens on (bound, then released).
+pub fn unused_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
