@@ -11,21 +11,7 @@ PROFILE=${PROFILE:-config/loadtest/step-1000.toml}
 TIME_SCALE=${TIME_SCALE:-0.1}
 name=$(basename "$PROFILE" .toml)
 
-missing=()
-for pkg in redis-server nginx openssl curl; do
-  command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-  if [ "$(id -u)" = 0 ]; then
-    echo "demo: installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  else
-    echo "demo: missing ${missing[*]}; run as root, or: sudo apt-get install -y ${missing[*]}" >&2
-    exit 1
-  fi
-fi
-command -v cargo >/dev/null || { echo "demo: a Rust toolchain is needed (https://rustup.rs)" >&2; exit 1; }
+scripts/install-deps.sh
 
 echo "demo: building (release)"
 cargo build --release -q -p navcast -p navcast-load
