@@ -192,13 +192,6 @@ impl Recorders {
     }
 }
 
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64
-}
-
 /// Pulls `"sent_at_us":N` out of a peer_event without parsing the event.
 fn sent_at(text: &str) -> Option<u64> {
     let i = text.rfind("\"sent_at_us\":")? + "\"sent_at_us\":".len();
@@ -272,7 +265,7 @@ async fn run_topology(redis_url: &str, topology: BusTopology) -> Figures {
                 let Some(sent_at_us) = sent_at(&t) else {
                     continue;
                 };
-                let latency = now_us().saturating_sub(sent_at_us).max(1);
+                let latency = navcast::clock::unix_us().saturating_sub(sent_at_us).max(1);
                 let phase = rec_g.phase.load(Ordering::Relaxed);
                 rec_g.hist[phase].lock()[remote].saturating_record(latency);
                 rec_g.received[phase][remote].fetch_add(1, Ordering::Relaxed);

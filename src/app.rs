@@ -22,7 +22,8 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{AuthService, JwtKeys};
 use crate::bus::local::LocalBus;
 use crate::bus::redis::{BusCounters, RedisBus};
-use crate::bus::{Bus, Envelope, Payload, now_us};
+use crate::bus::{Bus, Envelope, Payload};
+use crate::clock::unix_us;
 use crate::config::{BusTopology, Config};
 use crate::metrics::Metrics;
 use crate::network::{Network, Profiles, RouteEngine, Tracker, TrackerConfig};
@@ -223,7 +224,7 @@ impl AppState {
             last_seen: DashMap::new(),
             last_user_seq: DashMap::new(),
             started: Instant::now(),
-            started_at: crate::auth::jwt::now_s(),
+            started_at: crate::clock::unix_s(),
             stopped: CancellationToken::new(),
         }));
         if state.bus.is_connected() {
@@ -280,7 +281,7 @@ impl AppState {
         let (seq, sent_at_us) = {
             let _order = self.publish_order.lock();
             let seq = self.sessions.next_seq(user);
-            let sent_at_us = now_us();
+            let sent_at_us = unix_us();
             self.bus.publish(Envelope {
                 origin_node: self.node_id.to_string(),
                 node_seq: self.next_node_seq(),
@@ -431,7 +432,7 @@ impl AppState {
             node_id: self.node_id.to_string(),
             sessions: self.sessions.len() as u64,
             started_at: self.started_at,
-            heartbeat_at_ms: (now_us() / 1000) as i64,
+            heartbeat_at_ms: crate::clock::unix_ms(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
@@ -605,7 +606,7 @@ mod tests {
             origin_node: origin.into(),
             node_seq,
             seq,
-            sent_at_us: now_us(),
+            sent_at_us: unix_us(),
             user_id: user.into(),
             payload: Payload::Event {
                 event: RawValue::from_string(r#"{"type":"arrival"}"#.into()).unwrap(),

@@ -131,7 +131,7 @@ impl Sessions {
             key: self.next_key.fetch_add(1, Ordering::Relaxed) + 1,
             session_id,
             user_id: user_id.clone(),
-            opened_at_us: crate::bus::now_us(),
+            opened_at_us: crate::clock::unix_us(),
             tx,
             kill: Arc::new(Kill::default()),
         };

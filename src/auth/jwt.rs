@@ -96,13 +96,6 @@ pub struct JwtKeys {
     pub refresh_ttl_s: i64,
 }
 
-pub fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl JwtKeys {
     /// Builds the keys from config. `secret` is the HS256 secret to use
     /// (the configured one or a generated dev secret).
@@ -194,7 +187,7 @@ impl JwtKeys {
         family: Option<&str>,
     ) -> Option<(String, Claims)> {
         let key = self.encoding.as_ref()?;
-        let now = now_s();
+        let now = crate::clock::unix_s();
         let ttl = match kind {
             TokenKind::Access => self.access_ttl_s,
             TokenKind::Refresh => self.refresh_ttl_s,

@@ -77,10 +77,3 @@ pub trait Bus: Send + Sync {
     /// A short name for logs and `/stats`.
     fn kind(&self) -> &'static str;
 }
-
-pub fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}

@@ -197,13 +197,6 @@ fn ttl_ms(ttl: Duration) -> u64 {
     (ttl.as_millis() as u64).max(1)
 }
 
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// The connection settings of the store and the bus publisher: fail fast
 /// while Redis is down (one retry, short timeouts) so a request gets its
 /// `INTERNAL_ERROR`/503 in about a second rather than hanging.
@@ -344,7 +337,7 @@ impl TokenStore for RedisStore {
         let reply: Vec<String> = self
             .consume_token
             .key(self.key("refresh", jti))
-            .arg(now_s())
+            .arg(crate::clock::unix_s())
             .arg(format!("{}:family:", self.options.prefix))
             .arg(self.options.refresh_ttl.as_secs().max(1))
             .invoke_async(&mut self.conn())

@@ -13,8 +13,8 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::time::Instant;
 
 use crate::app::AppState;
-use crate::auth::jwt::now_s;
 use crate::auth::{Claims, TokenKind};
+use crate::clock::{unix_ms, unix_s};
 use crate::navigation::{NavError, Navigator};
 use crate::network::DisabilityType;
 use crate::protocol::{
@@ -253,7 +253,7 @@ impl SessionCtx {
         let user = self.user_id.clone();
         match message {
             ClientMessage::Ping {} => Ok(ServerMessage::Pong {
-                server_time: now_ms(),
+                server_time: unix_ms(),
             }),
             ClientMessage::StartNavigation {
                 origin,
@@ -413,7 +413,7 @@ impl SessionCtx {
             ExpiryPhase::Valid => self.token_exp - warning,
             ExpiryPhase::Warned => self.token_exp,
         };
-        let in_s = (at - now_s()).max(0) as u64;
+        let in_s = (at - unix_s()).max(0) as u64;
         Instant::now() + Duration::from_secs(in_s)
     }
 
@@ -451,13 +451,6 @@ fn check_user_id(id: &str) -> Result<(), NavError> {
         ));
     }
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Appends `"request_id":…` to a serialised JSON object.
