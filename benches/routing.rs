@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
-use navcast::network::{
+use navcast::transit::{
     DisabilityType, Network, Profiles, Route, RouteEngine, StationId, TrackState, Tracker,
     TrackerConfig,
 };

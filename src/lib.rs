@@ -1,23 +1,49 @@
 //! navcast: a horizontally scaled WebSocket navigation backend for accessible
-//! transit navigation. See ARCHITECTURE.md for the code map.
+//! transit navigation.
+//!
+//! # Layout
+//!
+//! Lower layers know nothing of higher ones (ARCHITECTURE.md has the map and
+//! the invariants):
+//!
+//! - the wire and the world: [`protocol`] (every frame of
+//!   `docs/PROTOCOL.md`), [`transit`] (the Seoul network, routing,
+//!   tracking; no I/O), [`config`], [`clock`], [`metrics`];
+//! - shared state and its backends: [`store`] (accounts, tokens, routes,
+//!   shares, node registry; memory or Redis), [`bus`] (events between
+//!   nodes; in-process or Redis pub/sub), `redis_conn` (the one Redis
+//!   connection setup);
+//! - per-node parts: [`auth`] (JWT, password hashing, accounts),
+//!   [`session`] (this node's sessions and watchers), [`navigation`] (a
+//!   session's route requests);
+//! - [`node`]: the node's state ([`AppState`]), how it is built, and
+//!   fan-out ([`node::Fanout`]);
+//! - the surfaces that serve it: `ws` (the WebSocket: upgrade, session
+//!   tasks, request dispatch), [`auth::http`] (register, login, refresh),
+//!   [`ops`] (health, readiness, stats, metrics, station search);
+//! - [`server`]: the router of all surfaces, `run`/`serve`, the drain.
 
-pub mod app;
+pub(crate) mod api_error;
 pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod http;
 pub mod metrics;
 pub mod navigation;
-pub mod network;
+pub mod node;
+pub mod ops;
 pub mod protocol;
+pub(crate) mod redis_conn;
+pub mod server;
 pub mod session;
 pub mod store;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod transit;
 mod ws;
 
-pub use app::{AppState, Parts, run, serve};
 pub use config::Config;
+pub use node::{AppState, Parts};
+pub use server::{run, serve};

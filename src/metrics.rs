@@ -1,8 +1,10 @@
 //! Every counter an operator reads, in one place, on `/metrics` and `/stats`.
 //!
-//! Handles for the fixed label sets (request kinds, error codes) are created
-//! once at start, so the per-message cost is one atomic add, not a label
-//! lookup. `/stats` reads the same counters, so the two never disagree.
+//! Handles for the fixed label sets (request kinds, frame types, error
+//! codes, connect outcomes) are created once at start, so the per-message
+//! cost is one atomic add, not a label lookup. Close codes and auth
+//! outcomes are looked up per event: they happen once per session or
+//! request, not per frame. `/stats` reads the same counters, so the two never disagree.
 
 use std::fmt::Write;
 
@@ -13,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::protocol::{ErrorCode, RequestKind};
+use crate::protocol::{ErrorCode, OutKind, RequestKind};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TypeLabel {
@@ -75,7 +77,7 @@ pub struct Metrics {
     pub sessions: Gauge,
     connections: Vec<Counter>,
     messages_in: Vec<Counter>,
-    messages_out: Family<TypeLabel, Counter>,
+    messages_out: Vec<Counter>,
     handle_seconds: Vec<Histogram>,
     errors: Vec<Counter>,
     closes: Family<CloseLabel, Counter>,
@@ -135,8 +137,12 @@ impl Metrics {
             .map(|k| in_family.get_or_create_owned(&TypeLabel { r#type: k.as_str() }))
             .collect();
 
-        let messages_out = Family::<TypeLabel, Counter>::default();
-        registry.register("messages_out", "Frames sent by type", messages_out.clone());
+        let out_family = Family::<TypeLabel, Counter>::default();
+        registry.register("messages_out", "Frames sent by type", out_family.clone());
+        let messages_out = OutKind::ALL
+            .iter()
+            .map(|k| out_family.get_or_create_owned(&TypeLabel { r#type: k.as_str() }))
+            .collect();
 
         let hist_family = Family::<TypeLabel, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(0.000_01, 2.0, 20))) as fn() -> Histogram,
@@ -247,10 +253,8 @@ impl Metrics {
         self.messages_in[kind.index()].inc();
     }
 
-    pub fn message_out(&self, type_name: &'static str) {
-        self.messages_out
-            .get_or_create(&TypeLabel { r#type: type_name })
-            .inc();
+    pub fn message_out(&self, kind: OutKind) {
+        self.messages_out[kind.index()].inc();
     }
 
     pub fn handled(&self, kind: RequestKind, seconds: f64) {
@@ -291,17 +295,9 @@ impl Metrics {
             .collect()
     }
 
+    /// Frames sent, all types together (`/stats`).
     pub fn messages_out_total(&self) -> u64 {
-        let mut text = String::new();
-        // Family has no iterator; sum the exposition instead of keeping a
-        // second counter on the hot path.
-        let mut reg = Registry::default();
-        reg.register("o", "", self.messages_out.clone());
-        let _ = prometheus_client::encoding::text::encode(&mut text, &reg);
-        text.lines()
-            .filter(|l| l.starts_with("o_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        self.messages_out.iter().map(Counter::get).sum()
     }
 
     /// The Prometheus text exposition.

@@ -7,36 +7,19 @@
 //! costs one store read and one store write, not a route rebuild.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::app::AppState;
-use crate::network::{
-    DisabilityType, Network, Route, RouteError, RouteSet, StationId, TrackOutcome,
-};
 use crate::protocol::{
-    ErrorCode, NavigationUpdate, RoutePlan, RouteStation, RouteSummary, RouteView, ServerMessage,
-    StationRef,
+    ErrorCode, NavigationUpdate, RequestError, RoutePlan, RouteStation, RouteSummary, RouteView,
+    ServerMessage, StationRef,
 };
-use crate::store::{RouteRecord, StoreError, StoredRoute};
+use crate::store::{RouteRecord, RouteStore, StoredRoute};
+use crate::transit::{
+    DisabilityType, Network, Route, RouteEngine, RouteError, RouteSet, StationId, TrackOutcome,
+    Tracker,
+};
 
-#[derive(Debug)]
-pub enum NavError {
-    /// A documented error code and a message safe to show the client.
-    Client(ErrorCode, String),
-    /// Logged, answered with `INTERNAL_ERROR`.
-    Internal(String),
-}
-
-impl NavError {
-    pub fn store(e: StoreError) -> NavError {
-        NavError::Internal(format!("state store: {e}"))
-    }
-
-    fn client(code: ErrorCode, message: impl Into<String>) -> NavError {
-        NavError::Client(code, message.into())
-    }
-}
-
-impl From<RouteError> for NavError {
+impl From<RouteError> for RequestError {
     fn from(e: RouteError) -> Self {
         match e {
             RouteError::StationNotFound { suggestions, .. } => {
@@ -48,16 +31,16 @@ impl From<RouteError> for NavError {
                         suggestions.join(", ")
                     )
                 };
-                NavError::Client(ErrorCode::StationNotFound, message)
+                RequestError::Client(ErrorCode::StationNotFound, message)
             }
-            RouteError::SameStation => NavError::client(
+            RouteError::SameStation => RequestError::client(
                 ErrorCode::InvalidParameters,
                 "origin and destination are the same station",
             ),
             RouteError::NoRoute => {
-                NavError::client(ErrorCode::RouteNotFound, "no route between these stations")
+                RequestError::client(ErrorCode::RouteNotFound, "no route between these stations")
             }
-            RouteError::InvalidRoute => NavError::client(
+            RouteError::InvalidRoute => RequestError::client(
                 ErrorCode::RouteNotFound,
                 "the stored route no longer fits the network; start a new navigation",
             ),
@@ -72,6 +55,20 @@ struct Cached {
     route: Arc<Route>,
 }
 
+/// What navigation needs from its node, and nothing more: a session's
+/// [`Navigator`] is testable with these four and no node around it.
+pub struct NavDeps {
+    /// Routes over the network data; shared, with its own LRU cache.
+    pub engine: Arc<RouteEngine>,
+    /// Progress along a route; stateless apart from its config.
+    pub tracker: Tracker,
+    /// Where route state lives (Redis in a cluster).
+    pub routes: Arc<dyn RouteStore>,
+    /// How long an untouched route is kept (`navigation.route_ttl`).
+    pub route_ttl: Duration,
+}
+
+/// One session's navigation: stateless but for the route it last rebuilt.
 #[derive(Default)]
 pub struct Navigator {
     cached: Option<Cached>,
@@ -132,23 +129,23 @@ fn check_location(
     lat: f64,
     lon: f64,
     accuracy: Option<f64>,
-) -> Result<(), NavError> {
+) -> Result<(), RequestError> {
     if let Some(a) = accuracy
         && (!a.is_finite() || !(0.0..=100_000.0).contains(&a))
     {
-        return Err(NavError::client(
+        return Err(RequestError::client(
             ErrorCode::InvalidLocation,
             "accuracy must be a finite number of metres ≥ 0",
         ));
     }
     network
         .check_location(lat, lon)
-        .map_err(|e| NavError::Client(ErrorCode::InvalidLocation, e.to_string()))
+        .map_err(|e| RequestError::Client(ErrorCode::InvalidLocation, e.to_string()))
 }
 
-fn check_station_query(q: &str) -> Result<(), NavError> {
+fn check_station_query(q: &str) -> Result<(), RequestError> {
     if q.trim().is_empty() || q.chars().count() > 64 {
-        return Err(NavError::client(
+        return Err(RequestError::client(
             ErrorCode::InvalidParameters,
             "station names must be 1–64 characters",
         ));
@@ -157,8 +154,8 @@ fn check_station_query(q: &str) -> Result<(), NavError> {
 }
 
 impl Navigator {
-    fn plan(&mut self, state: &AppState, user: &str, set: &RouteSet) -> (RoutePlan, RouteRecord) {
-        let network = state.engine.network();
+    fn plan(&mut self, deps: &NavDeps, set: &RouteSet) -> (RoutePlan, RouteRecord) {
+        let network = deps.engine.network();
         let route_id = uuid::Uuid::new_v4().simple().to_string();
         let record = RouteRecord {
             route_id: route_id.clone(),
@@ -184,7 +181,6 @@ impl Navigator {
                 route: Arc::new(first.clone()),
             });
         }
-        let _ = user;
         let plan = RoutePlan {
             route_id,
             origin: station_ref(network, set.origin),
@@ -198,25 +194,23 @@ impl Navigator {
 
     pub async fn start(
         &mut self,
-        state: &AppState,
+        deps: &NavDeps,
         user: &str,
         origin: &str,
         destination: &str,
         dt: DisabilityType,
-    ) -> Result<ServerMessage, NavError> {
+    ) -> Result<ServerMessage, RequestError> {
         check_station_query(origin)?;
         check_station_query(destination)?;
-        let set = state.engine.routes(origin, destination, dt)?;
+        let set = deps.engine.routes(origin, destination, dt)?;
         if set.routes.is_empty() {
             return Err(RouteError::NoRoute.into());
         }
-        let (plan, record) = self.plan(state, user, &set);
-        state
-            .stores
-            .routes
-            .put(user, record, state.config.navigation.route_ttl)
+        let (plan, record) = self.plan(deps, &set);
+        deps.routes
+            .put(user, record, deps.route_ttl)
             .await
-            .map_err(NavError::store)?;
+            .map_err(RequestError::store)?;
         tracing::info!(
             event = "navigation_started",
             route_id = %plan.route_id,
@@ -228,15 +222,13 @@ impl Navigator {
         Ok(ServerMessage::RouteCalculated(plan))
     }
 
-    async fn active(&self, state: &AppState, user: &str) -> Result<RouteRecord, NavError> {
-        state
-            .stores
-            .routes
+    async fn active(&self, deps: &NavDeps, user: &str) -> Result<RouteRecord, RequestError> {
+        deps.routes
             .get(user)
             .await
-            .map_err(NavError::store)?
+            .map_err(RequestError::store)?
             .ok_or_else(|| {
-                NavError::client(
+                RequestError::client(
                     ErrorCode::NoActiveSession,
                     "no active navigation; send start_navigation first",
                 )
@@ -244,7 +236,11 @@ impl Navigator {
     }
 
     /// The selected route of `record`, from the session cache or rebuilt.
-    fn selected(&mut self, state: &AppState, record: &RouteRecord) -> Result<Arc<Route>, NavError> {
+    fn selected(
+        &mut self,
+        deps: &NavDeps,
+        record: &RouteRecord,
+    ) -> Result<Arc<Route>, RequestError> {
         if let Some(c) = &self.cached
             && c.route_id == record.route_id
             && c.rank == record.selected_rank
@@ -255,10 +251,9 @@ impl Navigator {
             .routes
             .iter()
             .find(|r| r.rank == record.selected_rank)
-            .ok_or_else(|| NavError::Internal("selected rank missing from record".into()))?;
+            .ok_or_else(|| RequestError::Internal("selected rank missing from record".into()))?;
         let route =
-            state
-                .engine
+            deps.engine
                 .route_from_codes(&stored.codes, record.disability_type, stored.rank)?;
         let route = Arc::new(route);
         self.cached = Some(Cached {
@@ -271,27 +266,27 @@ impl Navigator {
 
     pub async fn update(
         &mut self,
-        state: &AppState,
+        deps: &NavDeps,
         user: &str,
         lat: f64,
         lon: f64,
         accuracy: Option<f64>,
         route_id: Option<&str>,
-    ) -> Result<ServerMessage, NavError> {
-        let network = state.engine.network().clone();
+    ) -> Result<ServerMessage, RequestError> {
+        let network = deps.engine.network().clone();
         check_location(&network, lat, lon, accuracy)?;
-        let mut record = self.active(state, user).await?;
+        let mut record = self.active(deps, user).await?;
         if let Some(id) = route_id
             && id != record.route_id
         {
-            return Err(NavError::client(
+            return Err(RequestError::client(
                 ErrorCode::RouteIdMismatch,
                 "route_id is not your active route",
             ));
         }
-        let route = self.selected(state, &record)?;
-        let profile = state.engine.profiles().get(record.disability_type);
-        let outcome = state
+        let route = self.selected(deps, &record)?;
+        let profile = deps.engine.profiles().get(record.disability_type);
+        let outcome = deps
             .tracker
             .update(
                 &network,
@@ -302,21 +297,20 @@ impl Navigator {
                 lon,
                 accuracy,
             )
-            .map_err(|e| NavError::Client(ErrorCode::InvalidLocation, e.to_string()))?;
-        let still_active = state
-            .stores
+            .map_err(|e| RequestError::Client(ErrorCode::InvalidLocation, e.to_string()))?;
+        let still_active = deps
             .routes
             .save_progress(
                 user,
                 &record.route_id,
                 record.selected_rank,
                 &record.track,
-                state.config.navigation.route_ttl,
+                deps.route_ttl,
             )
             .await
-            .map_err(NavError::store)?;
+            .map_err(RequestError::store)?;
         if !still_active {
-            return Err(NavError::client(
+            return Err(RequestError::client(
                 ErrorCode::NoActiveSession,
                 "navigation ended meanwhile",
             ));
@@ -356,34 +350,33 @@ impl Navigator {
 
     pub async fn switch(
         &mut self,
-        state: &AppState,
+        deps: &NavDeps,
         user: &str,
         target_rank: u8,
-    ) -> Result<ServerMessage, NavError> {
-        let mut record = self.active(state, user).await?;
+    ) -> Result<ServerMessage, RequestError> {
+        let mut record = self.active(deps, user).await?;
         if !record.routes.iter().any(|r| r.rank == target_rank) {
-            return Err(NavError::Client(
+            return Err(RequestError::Client(
                 ErrorCode::InvalidRouteRank,
                 format!("target_rank must be between 1 and {}", record.routes.len()),
             ));
         }
         record.selected_rank = target_rank;
         record.track = Default::default();
-        let route = self.selected(state, &record)?;
-        let saved = state
-            .stores
+        let route = self.selected(deps, &record)?;
+        let saved = deps
             .routes
             .save_progress(
                 user,
                 &record.route_id,
                 target_rank,
                 &record.track,
-                state.config.navigation.route_ttl,
+                deps.route_ttl,
             )
             .await
-            .map_err(NavError::store)?;
+            .map_err(RequestError::store)?;
         if !saved {
-            return Err(NavError::client(
+            return Err(RequestError::client(
                 ErrorCode::NoActiveSession,
                 "navigation ended meanwhile",
             ));
@@ -391,51 +384,47 @@ impl Navigator {
         Ok(ServerMessage::RouteSwitched {
             route_id: record.route_id,
             selected_route_rank: target_rank,
-            route: route_view(state.engine.network(), &route),
+            route: route_view(deps.engine.network(), &route),
         })
     }
 
     pub async fn recalculate(
         &mut self,
-        state: &AppState,
+        deps: &NavDeps,
         user: &str,
         lat: f64,
         lon: f64,
         dt: Option<DisabilityType>,
-    ) -> Result<ServerMessage, NavError> {
-        let network = state.engine.network().clone();
+    ) -> Result<ServerMessage, RequestError> {
+        let network = deps.engine.network().clone();
         check_location(&network, lat, lon, None)?;
-        let record = self.active(state, user).await?;
+        let record = self.active(deps, user).await?;
         let dt = dt.unwrap_or(record.disability_type);
         let (from, _) = network.nearest_station(lat, lon);
-        let set = match state.engine.routes_from(from, &record.destination_code, dt) {
+        let set = match deps.engine.routes_from(from, &record.destination_code, dt) {
             Err(RouteError::SameStation) => {
-                return Err(NavError::client(
+                return Err(RequestError::client(
                     ErrorCode::InvalidParameters,
                     "you are at the destination's station already",
                 ));
             }
             other => other?,
         };
-        let (plan, new_record) = self.plan(state, user, &set);
-        state
-            .stores
-            .routes
-            .put(user, new_record, state.config.navigation.route_ttl)
+        let (plan, new_record) = self.plan(deps, &set);
+        deps.routes
+            .put(user, new_record, deps.route_ttl)
             .await
-            .map_err(NavError::store)?;
+            .map_err(RequestError::store)?;
         tracing::info!(event = "route_recalculated", route_id = %plan.route_id, "route recalculated");
         Ok(ServerMessage::RouteRecalculated(plan))
     }
 
-    pub async fn end(&mut self, state: &AppState, user: &str) -> Result<ServerMessage, NavError> {
-        let record = self.active(state, user).await?;
-        state
-            .stores
-            .routes
+    pub async fn end(&mut self, deps: &NavDeps, user: &str) -> Result<ServerMessage, RequestError> {
+        let record = self.active(deps, user).await?;
+        deps.routes
             .remove(user, &record.route_id)
             .await
-            .map_err(NavError::store)?;
+            .map_err(RequestError::store)?;
         self.cached = None;
         tracing::info!(event = "navigation_ended", route_id = %record.route_id, "navigation ended");
         Ok(ServerMessage::NavigationEnded {
@@ -446,16 +435,11 @@ impl Navigator {
     /// The watched rider's active route, for `watching`.
     pub async fn summary(
         &self,
-        state: &AppState,
+        deps: &NavDeps,
         rider: &str,
-    ) -> Result<Option<RouteSummary>, NavError> {
-        let network = state.engine.network();
-        let record = state
-            .stores
-            .routes
-            .get(rider)
-            .await
-            .map_err(NavError::store)?;
+    ) -> Result<Option<RouteSummary>, RequestError> {
+        let network = deps.engine.network();
+        let record = deps.routes.get(rider).await.map_err(RequestError::store)?;
         Ok(record.map(|r| RouteSummary {
             origin: station_ref_by_code(network, &r.origin_code),
             destination: station_ref_by_code(network, &r.destination_code),

@@ -1,4 +1,4 @@
-//! The wire contract of `../shared/PROTOCOL.md` as Rust types.
+//! The wire contract of `docs/PROTOCOL.md` as Rust types.
 //!
 //! These types exist once: the node serialises them and the load client
 //! (`loadtest/`) deserialises them, so the two cannot drift apart. Client
@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-pub use crate::network::DisabilityType;
+pub use crate::transit::DisabilityType;
 
 /// The request id a client attached to a request; echoed verbatim in the reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,17 +196,30 @@ impl ErrorCode {
         }
     }
 
-    /// Errors caused by a malformed frame rather than by the state of the
-    /// world; a run of these in a row closes the session with 1008.
-    pub fn is_protocol_error(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::ParsingError | ErrorCode::UnknownMessageType | ErrorCode::InvalidParameters
-        )
-    }
-
     pub fn index(self) -> usize {
         self as usize
+    }
+}
+
+/// Why a request got an `error` reply instead of its answer. Made by
+/// navigation and by the session's other requests (share, watch, refresh).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// A documented error code and a message safe to show the client.
+    #[error("{code}: {1}", code = .0.as_str())]
+    Client(ErrorCode, String),
+    /// Logged, answered with `INTERNAL_ERROR`.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl RequestError {
+    pub(crate) fn client(code: ErrorCode, message: impl Into<String>) -> RequestError {
+        RequestError::Client(code, message.into())
+    }
+
+    pub(crate) fn store(e: crate::store::StoreError) -> RequestError {
+        RequestError::Internal(format!("state store: {e}"))
     }
 }
 
@@ -385,27 +398,106 @@ impl ServerMessage {
         )
     }
 
-    pub fn type_name(&self) -> &'static str {
+    /// The `type` this frame has on the wire.
+    pub fn kind(&self) -> OutKind {
         match self {
-            ServerMessage::Connected { .. } => "connected",
-            ServerMessage::RouteCalculated(_) => "route_calculated",
-            ServerMessage::NavigationUpdate(_) => "navigation_update",
-            ServerMessage::RouteDeviation { .. } => "route_deviation",
-            ServerMessage::Arrival { .. } => "arrival",
-            ServerMessage::RouteSwitched { .. } => "route_switched",
-            ServerMessage::RouteRecalculated(_) => "route_recalculated",
-            ServerMessage::NavigationEnded { .. } => "navigation_ended",
-            ServerMessage::Shared { .. } => "shared",
-            ServerMessage::Unshared { .. } => "unshared",
-            ServerMessage::Watching { .. } => "watching",
-            ServerMessage::Unwatched { .. } => "unwatched",
-            ServerMessage::TokenRefreshed { .. } => "token_refreshed",
-            ServerMessage::Pong { .. } => "pong",
-            ServerMessage::Error { .. } => "error",
-            ServerMessage::TokenExpiring { .. } => "token_expiring",
-            ServerMessage::Disconnected { .. } => "disconnected",
-            ServerMessage::PeerEvent { .. } => "peer_event",
+            ServerMessage::Connected { .. } => OutKind::Connected,
+            ServerMessage::RouteCalculated(_) => OutKind::RouteCalculated,
+            ServerMessage::NavigationUpdate(_) => OutKind::NavigationUpdate,
+            ServerMessage::RouteDeviation { .. } => OutKind::RouteDeviation,
+            ServerMessage::Arrival { .. } => OutKind::Arrival,
+            ServerMessage::RouteSwitched { .. } => OutKind::RouteSwitched,
+            ServerMessage::RouteRecalculated(_) => OutKind::RouteRecalculated,
+            ServerMessage::NavigationEnded { .. } => OutKind::NavigationEnded,
+            ServerMessage::Shared { .. } => OutKind::Shared,
+            ServerMessage::Unshared { .. } => OutKind::Unshared,
+            ServerMessage::Watching { .. } => OutKind::Watching,
+            ServerMessage::Unwatched { .. } => OutKind::Unwatched,
+            ServerMessage::TokenRefreshed { .. } => OutKind::TokenRefreshed,
+            ServerMessage::Pong { .. } => OutKind::Pong,
+            ServerMessage::Error { .. } => OutKind::Error,
+            ServerMessage::TokenExpiring { .. } => OutKind::TokenExpiring,
+            ServerMessage::Disconnected { .. } => OutKind::Disconnected,
+            ServerMessage::PeerEvent { .. } => OutKind::PeerEvent,
         }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        self.kind().as_str()
+    }
+}
+
+/// The `type` of every frame the server sends (`peer_event` included),
+/// so per-type counters are resolved once, not looked up per frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutKind {
+    Connected,
+    RouteCalculated,
+    NavigationUpdate,
+    RouteDeviation,
+    Arrival,
+    RouteSwitched,
+    RouteRecalculated,
+    NavigationEnded,
+    Shared,
+    Unshared,
+    Watching,
+    Unwatched,
+    TokenRefreshed,
+    Pong,
+    Error,
+    TokenExpiring,
+    Disconnected,
+    PeerEvent,
+}
+
+impl OutKind {
+    pub const ALL: [OutKind; 18] = [
+        OutKind::Connected,
+        OutKind::RouteCalculated,
+        OutKind::NavigationUpdate,
+        OutKind::RouteDeviation,
+        OutKind::Arrival,
+        OutKind::RouteSwitched,
+        OutKind::RouteRecalculated,
+        OutKind::NavigationEnded,
+        OutKind::Shared,
+        OutKind::Unshared,
+        OutKind::Watching,
+        OutKind::Unwatched,
+        OutKind::TokenRefreshed,
+        OutKind::Pong,
+        OutKind::Error,
+        OutKind::TokenExpiring,
+        OutKind::Disconnected,
+        OutKind::PeerEvent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutKind::Connected => "connected",
+            OutKind::RouteCalculated => "route_calculated",
+            OutKind::NavigationUpdate => "navigation_update",
+            OutKind::RouteDeviation => "route_deviation",
+            OutKind::Arrival => "arrival",
+            OutKind::RouteSwitched => "route_switched",
+            OutKind::RouteRecalculated => "route_recalculated",
+            OutKind::NavigationEnded => "navigation_ended",
+            OutKind::Shared => "shared",
+            OutKind::Unshared => "unshared",
+            OutKind::Watching => "watching",
+            OutKind::Unwatched => "unwatched",
+            OutKind::TokenRefreshed => "token_refreshed",
+            OutKind::Pong => "pong",
+            OutKind::Error => "error",
+            OutKind::TokenExpiring => "token_expiring",
+            OutKind::Disconnected => "disconnected",
+            OutKind::PeerEvent => "peer_event",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -434,7 +526,7 @@ pub struct PeerEventFrame<'a> {
 
 /// Why a text frame could not become a [`ClientMessage`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct RequestError {
+pub struct ParseError {
     pub code: ErrorCode,
     pub message: String,
     pub request_id: Option<RequestId>,
@@ -456,15 +548,15 @@ struct Head<'a> {
 /// contract does not know → `UNKNOWN_MESSAGE_TYPE`; a known type whose
 /// fields are missing or of the wrong kind → `INVALID_PARAMETERS`. Messages
 /// never include the offending input, so nothing of it is reflected back.
-pub fn parse_request(text: &str) -> Result<(ClientMessage, Option<RequestId>), RequestError> {
-    let head: Head<'_> = serde_json::from_str(text).map_err(|e| RequestError {
+pub fn parse_request(text: &str) -> Result<(ClientMessage, Option<RequestId>), ParseError> {
+    let head: Head<'_> = serde_json::from_str(text).map_err(|e| ParseError {
         code: ErrorCode::ParsingError,
         message: format!("frame is not a JSON object: {}", classify_json_error(&e)),
         request_id: None,
         kind: RequestKind::Invalid,
     })?;
     let Some(type_name) = head.kind else {
-        return Err(RequestError {
+        return Err(ParseError {
             code: ErrorCode::ParsingError,
             message: "frame has no \"type\" field".into(),
             request_id: head.request_id,
@@ -472,7 +564,7 @@ pub fn parse_request(text: &str) -> Result<(ClientMessage, Option<RequestId>), R
         });
     };
     let Some(kind) = RequestKind::from_type(&type_name) else {
-        return Err(RequestError {
+        return Err(ParseError {
             code: ErrorCode::UnknownMessageType,
             message: "unknown message type".into(),
             request_id: head.request_id,
@@ -481,7 +573,7 @@ pub fn parse_request(text: &str) -> Result<(ClientMessage, Option<RequestId>), R
     };
     match serde_json::from_str::<ClientMessage>(text) {
         Ok(msg) => Ok((msg, head.request_id)),
-        Err(e) => Err(RequestError {
+        Err(e) => Err(ParseError {
             code: ErrorCode::InvalidParameters,
             message: format!("invalid fields for {}: {}", kind.as_str(), field_error(&e)),
             request_id: head.request_id,

@@ -29,14 +29,14 @@ pub struct CloseReason {
 
 /// Shared between a session's tasks and everyone who may close it.
 #[derive(Debug, Default)]
-pub struct Kill {
+pub struct CloseSignal {
     pub token: CancellationToken,
     reason: OnceLock<CloseReason>,
 }
 
-impl Kill {
+impl CloseSignal {
     /// Requests a close with `code`; the first request wins.
-    pub fn kill(&self, code: u16, reason: impl Into<Cow<'static, str>>) {
+    pub fn close(&self, code: u16, reason: impl Into<Cow<'static, str>>) {
         let _ = self.reason.set(CloseReason {
             code,
             reason: reason.into(),
@@ -62,7 +62,7 @@ pub struct SessionHandle {
     /// newcomer, even if the notice arrives late.
     pub opened_at_us: u64,
     tx: mpsc::Sender<Message>,
-    pub kill: Arc<Kill>,
+    pub signal: Arc<CloseSignal>,
 }
 
 /// A send that did not happen.
@@ -81,7 +81,7 @@ impl SessionHandle {
         match self.tx.try_send(Message::Text(text)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.kill.reason().is_none() {
+                if self.signal.reason().is_none() {
                     metrics.queue_full.inc();
                     tracing::warn!(
                         event = "session_queue_full",
@@ -90,7 +90,7 @@ impl SessionHandle {
                         "outbound queue full; closing with 4008"
                     );
                 }
-                self.kill.kill(close::TOO_SLOW, "outbound queue full");
+                self.signal.close(close::TOO_SLOW, "outbound queue full");
                 Err(SendError::Full)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
@@ -133,7 +133,7 @@ impl Sessions {
             user_id: user_id.clone(),
             opened_at_us: crate::clock::unix_us(),
             tx,
-            kill: Arc::new(Kill::default()),
+            signal: Arc::new(CloseSignal::default()),
         };
         self.by_key.insert(handle.key, handle.clone());
         self.by_user
@@ -144,8 +144,8 @@ impl Sessions {
         (handle, rx)
     }
 
-    /// Removes a session and its watch subscriptions. Returns the users it
-    /// watched, so the caller can drop bus interest in them.
+    /// Removes a session and its watch subscriptions on `watched`; the
+    /// caller then releases bus interest in those users.
     pub fn close(&self, handle: &SessionHandle, watched: &[Arc<str>]) {
         self.by_key.remove(&handle.key);
         self.by_user.remove_if_mut(&handle.user_id, |_, entry| {
@@ -191,10 +191,6 @@ impl Sessions {
     fn handles(&self, keys: impl Iterator<Item = u64>) -> Vec<SessionHandle> {
         keys.filter_map(|k| self.by_key.get(&k).map(|h| h.value().clone()))
             .collect()
-    }
-
-    pub fn all(&self) -> Vec<SessionHandle> {
-        self.by_key.iter().map(|h| h.value().clone()).collect()
     }
 
     /// The next `seq` for an event of `user` published by this node.

@@ -439,7 +439,7 @@ fn route_record(route_id: &str) -> RouteRecord {
         route_id: route_id.into(),
         origin_code: "0222".into(),
         destination_code: "0239".into(),
-        disability_type: navcast::network::DisabilityType::Visual,
+        disability_type: navcast::transit::DisabilityType::Visual,
         routes: Arc::new(vec![StoredRoute {
             rank: 1,
             codes: vec!["0222".into(), "0239".into()],
@@ -461,7 +461,7 @@ async fn redis_stores_keep_the_store_contracts() {
         user_id: "u-1".into(),
         email: "a@example.com".into(),
         username: Some("Ana".into()),
-        disability_type: Some(navcast::network::DisabilityType::Elderly),
+        disability_type: Some(navcast::transit::DisabilityType::Elderly),
         password_hash: "$argon2id$stub".into(),
     };
     stores.accounts.create(acct.clone()).await.unwrap();
@@ -554,7 +554,7 @@ async fn redis_stores_keep_the_store_contracts() {
         stores.routes.get("u-1").await.unwrap(),
         Some(route_record("r1"))
     );
-    let track = navcast::network::TrackState {
+    let track = navcast::transit::TrackState {
         along_m: 1234.5,
         arrived: false,
         updates: 7,

@@ -7,8 +7,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 
-use navcast::network::geo::haversine_m;
-use navcast::network::{DataError, Network, Profiles, StationId};
+use navcast::transit::geo::haversine_m;
+use navcast::transit::{DataError, Network, Profiles, StationId};
 
 fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data")

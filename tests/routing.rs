@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use navcast::network::{
+use navcast::transit::{
     DisabilityType, Link, Network, Profiles, Route, RouteEngine, RouteError, RouteSet, StationId,
 };
 use proptest::prelude::*;

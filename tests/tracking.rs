@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use navcast::network::geo::{LocalProjection, haversine_m};
-use navcast::network::{
+use navcast::transit::geo::{LocalProjection, haversine_m};
+use navcast::transit::{
     DisabilityType, LocationError, NavProgress, Network, Profiles, Route, RouteEngine, StationId,
     TrackOutcome, TrackState, Tracker, TrackerConfig,
 };

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use navcast::network::geo::haversine_m;
+use navcast::transit::geo::haversine_m;
 
 /// Metres per degree of latitude.
 const M_PER_DEG: f64 = 111_320.0;

@@ -54,7 +54,7 @@ pub fn load_profile(args: &RunArgs) -> anyhow::Result<Profile> {
 
 /// Coordinates of the profile's stations, from the embedded network.
 pub fn resolve_stations(names: &[String]) -> anyhow::Result<Vec<StationPoint>> {
-    let network = navcast::network::Network::embedded();
+    let network = navcast::transit::Network::embedded();
     names
         .iter()
         .map(|name| {

@@ -6,12 +6,37 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 
-use super::{Registration, TokenPair};
-use crate::app::AppState;
-use crate::http::ApiError;
+use std::sync::Arc;
 
-pub async fn register(
-    State(state): State<AppState>,
+use axum::Router;
+use axum::extract::FromRef;
+use axum::routing::post;
+
+use super::{AuthService, Registration, TokenPair};
+use crate::api_error::ApiError;
+use crate::metrics::Metrics;
+
+/// What the auth endpoints need of a node, and nothing more.
+#[derive(Clone)]
+pub struct AuthApi {
+    pub auth: Arc<AuthService>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The three auth routes, for any state that can lend an [`AuthApi`].
+pub fn router<S>() -> Router<S>
+where
+    AuthApi: FromRef<S>,
+    S: Clone + Send + Sync + 'static,
+{
+    Router::new()
+        .route("/api/v1/auth/register", post(register))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/auth/refresh", post(refresh))
+}
+
+async fn register(
+    State(state): State<AuthApi>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let reg: Registration = serde_json::from_slice(&body).map_err(|_| {
@@ -39,8 +64,8 @@ struct LoginForm {
 /// Accepts the OAuth2 password form (`application/x-www-form-urlencoded`,
 /// as FastAPI's `OAuth2PasswordRequestForm` and the reference's clients
 /// send it) and the same fields as JSON.
-pub async fn login(
-    State(state): State<AppState>,
+async fn login(
+    State(state): State<AuthApi>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<TokenPair>, ApiError> {
@@ -77,10 +102,7 @@ struct RefreshBody {
     refresh_token: String,
 }
 
-pub async fn refresh(
-    State(state): State<AppState>,
-    body: Bytes,
-) -> Result<Json<TokenPair>, ApiError> {
+async fn refresh(State(state): State<AuthApi>, body: Bytes) -> Result<Json<TokenPair>, ApiError> {
     let req: RefreshBody = serde_json::from_slice(&body)
         .map_err(|_| ApiError::Unprocessable("expected {refresh_token}".into()))?;
     match state.auth.refresh(&req.refresh_token).await {

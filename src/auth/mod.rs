@@ -17,8 +17,8 @@ use argon2::{Argon2, Params};
 use serde::Deserialize;
 
 use crate::config::AuthConfig;
-use crate::network::DisabilityType;
 use crate::store::{Account, AccountStore, Consumed, RefreshRecord, StoreError, TokenStore};
+use crate::transit::DisabilityType;
 pub use jwt::{Claims, JwtKeys, TokenError, TokenKind};
 
 #[derive(Debug, thiserror::Error)]

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Bus, Deliver, Envelope, InterestCheck, Payload};
 use crate::config::BusTopology;
-use crate::store::redis::Connection;
+use crate::redis_conn::{Connection, tuned};
 
 /// Envelopes waiting for the publisher. At 5 000 events/s this is almost a
 /// second of Redis being slow before publishes start failing; an envelope
@@ -239,7 +239,7 @@ impl Bus for RedisBus {
                 tracing::error!(event = "bus_publisher_failed", cause = %e, "bus publisher not started");
             }
         }
-        let client = match crate::store::redis::tuned(self.client.clone()) {
+        let client = match tuned(self.client.clone()) {
             Ok(client) => client,
             Err(_) => self.client.clone(),
         };

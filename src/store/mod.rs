@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::network::{DisabilityType, TrackState};
+use crate::transit::{DisabilityType, TrackState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

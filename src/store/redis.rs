@@ -1,6 +1,6 @@
 //! Redis implementation of every store trait, for a cluster of nodes.
 //!
-//! One [`ConnectionManager`] (a multiplexed connection that reconnects
+//! One [`Connection`](crate::redis_conn::Connection) (a multiplexed connection that reconnects
 //! itself) serves every call; it connects lazily, so a node starts while
 //! Redis is down and its calls fail with [`StoreError::Unavailable`] until
 //! Redis is back. Every check-then-write is a Lua script, so two nodes
@@ -22,14 +22,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, Value};
+use redis::{ErrorKind, RedisError, Script};
+
+use crate::redis_conn::Connection;
 
 use super::{
     Account, AccountStore, Consumed, NodeInfo, NodeRegistry, RefreshRecord, RouteRecord,
     RouteStore, ShareStore, StoreError, TokenStore,
 };
-use crate::network::TrackState;
+use crate::transit::TrackState;
 
 /// How a [`RedisStore`] names its keys and how long revocations last.
 #[derive(Debug, Clone)]
@@ -115,98 +116,12 @@ fn map_err(e: RedisError) -> StoreError {
     }
 }
 
-/// A [`ConnectionManager`] that sends a command a second time when the
-/// first attempt could not even connect. The manager remembers a failed
-/// connect until the next call swaps in a fresh attempt, so without this
-/// the first command after Redis comes back would fail too. Only a refused
-/// connection is retried: nothing was sent, so nothing is applied twice.
-#[derive(Clone)]
-pub struct Connection(ConnectionManager);
-
-impl Connection {
-    /// A lazily connecting connection to `client`'s server. It speaks
-    /// RESP3 (Redis ≥ 6): over RESP3 the manager hears at once that its
-    /// connection dropped and reconnects in the background, instead of
-    /// failing the first command sent after Redis comes back.
-    pub fn new(client: redis::Client) -> redis::RedisResult<Connection> {
-        let info = client.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let client = tuned(redis::Client::open(info.set_redis_settings(settings))?)?;
-        ConnectionManager::new_lazy_with_config(client, manager_config()).map(Connection)
-    }
-}
-
-/// `client` with the socket options navcast wants on every Redis link:
-/// `TCP_NODELAY` (small commands and messages must not wait for Nagle's
-/// algorithm and a delayed ACK, which costs up to 40 ms on Linux) and
-/// keepalive probes (after 30 s idle, every 10 s, 3 of them), so a Redis
-/// that vanished without a FIN (a dead host, a dropped route) is noticed
-/// within about a minute even on an idle link, such as the subscriber's.
-pub fn tuned(client: redis::Client) -> redis::RedisResult<redis::Client> {
-    use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
-    let keepalive = TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(3);
-    let tcp = TcpSettings::default()
-        .set_nodelay(true)
-        .set_keepalive(keepalive);
-    let info = client.get_connection_info().clone().set_tcp_settings(tcp);
-    redis::Client::open(info)
-}
-
-impl ConnectionLike for Connection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            match self.0.req_packed_command(cmd).await {
-                Err(e) if e.is_connection_refusal() => self.0.req_packed_command(cmd).await,
-                other => other,
-            }
-        })
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            match self.0.req_packed_commands(pipeline, offset, count).await {
-                Err(e) if e.is_connection_refusal() => {
-                    self.0.req_packed_commands(pipeline, offset, count).await
-                }
-                other => other,
-            }
-        })
-    }
-
-    fn get_db(&self) -> i64 {
-        self.0.get_db()
-    }
-}
-
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
 fn ttl_ms(ttl: Duration) -> u64 {
     (ttl.as_millis() as u64).max(1)
-}
-
-/// The connection settings of the store and the bus publisher: fail fast
-/// while Redis is down (one retry, short timeouts) so a request gets its
-/// `INTERNAL_ERROR`/503 in about a second rather than hanging.
-pub fn manager_config() -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_number_of_retries(1)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_secs(1))
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
 }
 
 impl RedisStore {

@@ -4,7 +4,7 @@
 //! a batch with `feed` and flushing once when the queue is empty; it also
 //! sends the heartbeat pings. The reader owns everything else: parsing,
 //! rate limiting, the heartbeat deadline, token expiry, and the one reply
-//! per request. Whoever decides to close calls `Kill::kill`; the writer
+//! per request. Whoever decides to close calls `CloseSignal::close`; the writer
 //! then sends the close frame, and the reader lingers briefly so the peer's
 //! close reply is read rather than answered with a TCP reset.
 
@@ -19,17 +19,18 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::Instrument;
 
+use super::ConnectionSlot;
 use super::dispatch::SessionCtx;
-use crate::app::{AppState, ConnectionSlot};
 use crate::auth::Claims;
 use crate::config::MultiDevice;
+use crate::node::AppState;
 use crate::protocol::{ServerMessage, close};
-use crate::session::Kill;
+use crate::session::CloseSignal;
 
 /// How long the reader waits for the peer's close reply after ours.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
-pub async fn run(state: AppState, socket: WebSocket, claims: Claims, slot: ConnectionSlot) {
+pub(super) async fn run(state: AppState, socket: WebSocket, claims: Claims, slot: ConnectionSlot) {
     let session_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
     let user_id: Arc<str> = claims.sub.clone().into();
     let span = tracing::info_span!(
@@ -64,17 +65,23 @@ async fn session(
 
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(
-        writer(sink, rx, handle.kill.clone(), state.config.ws.ping_interval).in_current_span(),
+        writer(
+            sink,
+            rx,
+            handle.signal.clone(),
+            state.config.ws.ping_interval,
+        )
+        .in_current_span(),
     );
 
     if state.config.ws.multi_device == MultiDevice::Replace {
-        state.replace_older_sessions(&handle);
+        state.fanout.replace_older_sessions(&handle);
     }
 
     let mut ctx = SessionCtx::new(&state, handle.clone(), claims).await;
     // A targeted bus subscribes to this user's channel in the background;
     // wait for it (briefly) so events sent after `connected` arrive.
-    state.interest_settled().await;
+    state.fanout.interest_settled().await;
     ctx.send(
         &state,
         ServerMessage::Connected {
@@ -90,7 +97,7 @@ async fn session(
 
     let mut stream = reader(&state, &mut ctx, stream).await;
     // A reader that ended without a decision saw the connection vanish.
-    handle.kill.kill(close::ABNORMAL, "connection lost");
+    handle.signal.close(close::ABNORMAL, "connection lost");
 
     // The close decision is made; let the writer send the close frame, then
     // read until the peer's close reply (or give up after a short linger).
@@ -105,13 +112,13 @@ async fn session(
     .await;
 
     let code = handle
-        .kill
+        .signal
         .reason()
         .map(|r| r.code)
         .unwrap_or(close::NORMAL);
     state.sessions.close(&handle, &ctx.watched);
     for user in ctx.watched.iter().chain(std::iter::once(&user_id)) {
-        state.release_interest(user);
+        state.fanout.release_interest(user);
     }
     state.metrics.sessions.dec();
     state.metrics.closed(code);
@@ -119,7 +126,7 @@ async fn session(
         event = "session_closed",
         close_code = code,
         reason = handle
-            .kill
+            .signal
             .reason()
             .map(|r| r.reason.as_ref())
             .unwrap_or("peer closed"),
@@ -135,23 +142,23 @@ async fn reader(
     ctx: &mut SessionCtx,
     mut stream: SplitStream<WebSocket>,
 ) -> SplitStream<WebSocket> {
-    let kill = ctx.handle.kill.clone();
+    let signal = ctx.handle.signal.clone();
     let pong_timeout = state.config.ws.pong_timeout;
     let mut heartbeat = pin!(sleep(pong_timeout));
     let mut token_timer = pin!(sleep_until(ctx.next_token_deadline(state)));
     loop {
         tokio::select! {
             biased;
-            _ = kill.token.cancelled() => break,
+            _ = signal.token.cancelled() => break,
             _ = state.shutdown.cancelled() => {
-                kill.kill(close::GOING_AWAY, "node draining");
+                signal.close(close::GOING_AWAY, "node draining");
                 break;
             }
             _ = &mut heartbeat => {
                 state.metrics.heartbeat_timeouts.inc();
                 tracing::info!(event = "heartbeat_timeout", timeout_s = pong_timeout.as_secs_f64(), "no frame or pong in time; closing");
                 // The peer is gone or unresponsive; close like a policy breach.
-                kill.kill(close::POLICY, "heartbeat timeout");
+                signal.close(close::POLICY, "heartbeat timeout");
                 break;
             }
             _ = &mut token_timer => {
@@ -164,11 +171,11 @@ async fn reader(
                 heartbeat.as_mut().reset(Instant::now() + pong_timeout);
                 match frame {
                     None => {
-                        kill.kill(close::ABNORMAL, "connection lost");
+                        signal.close(close::ABNORMAL, "connection lost");
                         break;
                     }
                     Some(Err(e)) => {
-                        on_read_error(&kill, e);
+                        on_read_error(&signal, e);
                         break;
                     }
                     Some(Ok(Message::Text(text))) => {
@@ -188,7 +195,7 @@ async fn reader(
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(frame))) => {
                         let code = frame.as_ref().map(|f| f.code).unwrap_or(close::NORMAL);
-                        kill.kill(code, "closed by client");
+                        signal.close(code, "closed by client");
                         break;
                     }
                 }
@@ -199,7 +206,7 @@ async fn reader(
 }
 
 /// Maps a read error to the close code the contract documents.
-fn on_read_error(kill: &Kill, e: axum::Error) {
+fn on_read_error(signal: &CloseSignal, e: axum::Error) {
     let inner = e.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => {
@@ -207,22 +214,22 @@ fn on_read_error(kill: &Kill, e: axum::Error) {
                 event = "frame_too_large",
                 "frame over the size limit; closing with 1009"
             );
-            kill.kill(close::TOO_BIG, "frame too large");
+            signal.close(close::TOO_BIG, "frame too large");
         }
         Some(tungstenite::Error::Utf8(_)) => {
             tracing::info!(
                 event = "invalid_utf8",
                 "text frame is not UTF-8; closing with 1007"
             );
-            kill.kill(close::INVALID_PAYLOAD, "text frame is not valid UTF-8");
+            signal.close(close::INVALID_PAYLOAD, "text frame is not valid UTF-8");
         }
         Some(tungstenite::Error::Protocol(p)) => {
             tracing::info!(event = "ws_protocol_error", cause = %p, "WebSocket protocol violation");
-            kill.kill(close::POLICY, "protocol violation");
+            signal.close(close::POLICY, "protocol violation");
         }
         _ => {
             tracing::debug!(event = "ws_read_error", cause = %inner, "connection lost");
-            kill.kill(close::ABNORMAL, "connection lost");
+            signal.close(close::ABNORMAL, "connection lost");
         }
     }
 }
@@ -231,7 +238,7 @@ fn on_read_error(kill: &Kill, e: axum::Error) {
 async fn writer(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Message>,
-    kill: Arc<Kill>,
+    signal: Arc<CloseSignal>,
     ping_every: Duration,
 ) {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
@@ -239,7 +246,7 @@ async fn writer(
     let ok = loop {
         tokio::select! {
             biased;
-            _ = kill.token.cancelled() => break true,
+            _ = signal.token.cancelled() => break true,
             msg = rx.recv() => {
                 let Some(msg) = msg else { break true };
                 let write = async {
@@ -253,8 +260,8 @@ async fn writer(
                     biased;
                     r = write => if r.is_err() { break false },
                     // A peer that stopped reading can block a write forever;
-                    // the kill (4008, drain, …) must still get through.
-                    _ = kill.token.cancelled() => break true,
+                    // the close (4008, drain, …) must still get through.
+                    _ = signal.token.cancelled() => break true,
                 }
             }
             _ = ping.tick() => {
@@ -265,10 +272,10 @@ async fn writer(
         }
     };
     if !ok {
-        kill.kill(close::ABNORMAL, "connection lost");
+        signal.close(close::ABNORMAL, "connection lost");
         return;
     }
-    let reason = kill.reason().cloned();
+    let reason = signal.reason().cloned();
     let code = reason.as_ref().map(|r| r.code).unwrap_or(close::NORMAL);
     // On a drain or a normal close, flush replies already queued; a session
     // closed for being too slow gets only the close frame.

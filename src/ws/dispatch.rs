@@ -12,15 +12,16 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use tokio::time::Instant;
 
-use crate::app::AppState;
 use crate::auth::{Claims, TokenKind};
 use crate::clock::{unix_ms, unix_s};
-use crate::navigation::{NavError, Navigator};
-use crate::network::DisabilityType;
+use crate::navigation::Navigator;
+use crate::node::AppState;
 use crate::protocol::{
-    ClientMessage, ErrorCode, Reply, RequestId, RequestKind, ServerMessage, close, parse_request,
+    ClientMessage, ErrorCode, OutKind, Reply, RequestError, RequestId, RequestKind, ServerMessage,
+    close, parse_request,
 };
 use crate::session::SessionHandle;
+use crate::transit::DisabilityType;
 
 /// A token bucket: `rate` per second, holding up to `burst`.
 struct RateLimit {
@@ -109,7 +110,7 @@ impl SessionCtx {
         message: ServerMessage,
         request_id: Option<RequestId>,
     ) -> bool {
-        let type_name = message.type_name();
+        let kind = message.kind();
         let reply = Reply {
             message,
             request_id,
@@ -121,13 +122,13 @@ impl SessionCtx {
                 return false;
             }
         };
-        self.send_text(state, text.into(), type_name)
+        self.send_text(state, text.into(), kind)
     }
 
-    fn send_text(&self, state: &AppState, text: Utf8Bytes, type_name: &'static str) -> bool {
+    fn send_text(&self, state: &AppState, text: Utf8Bytes, kind: OutKind) -> bool {
         let ok = self.handle.send_text(text, &state.metrics).is_ok();
         if ok {
-            state.metrics.message_out(type_name);
+            state.metrics.message_out(kind);
         }
         ok
     }
@@ -153,8 +154,8 @@ impl SessionCtx {
                 "closing with 1008"
             );
             self.handle
-                .kill
-                .kill(close::POLICY, "too many protocol errors");
+                .signal
+                .close(close::POLICY, "too many protocol errors");
             return true;
         }
         false
@@ -204,15 +205,17 @@ impl SessionCtx {
         match result {
             Ok(reply) => {
                 let fan_out = reply.is_navigation_event();
-                let type_name = reply.type_name();
+                let out_kind = reply.kind();
                 if fan_out {
                     // Serialise the event once: the direct reply adds the
                     // request id; peers get the bare event.
                     match serde_json::to_string(&reply) {
                         Ok(event_json) => {
                             let direct = with_request_id(&event_json, request_id.as_ref());
-                            self.send_text(state, direct.into(), type_name);
-                            state.publish_event(&self.user_id, self.handle.key, &event_json);
+                            self.send_text(state, direct.into(), out_kind);
+                            state
+                                .fanout
+                                .publish(&self.user_id, self.handle.key, &event_json);
                         }
                         Err(e) => {
                             tracing::error!(event = "serialize_failed", cause = %e, "event not serialisable");
@@ -222,7 +225,7 @@ impl SessionCtx {
                     self.send(state, reply, request_id);
                 }
             }
-            Err(NavError::Client(code, message)) => {
+            Err(RequestError::Client(code, message)) => {
                 tracing::debug!(
                     event = "request_failed",
                     r#type = kind.as_str(),
@@ -231,7 +234,7 @@ impl SessionCtx {
                 );
                 self.send_error(state, code, message, request_id);
             }
-            Err(NavError::Internal(cause)) => {
+            Err(RequestError::Internal(cause)) => {
                 tracing::error!(event = "request_internal_error", r#type = kind.as_str(), cause = %cause, "request failed");
                 self.send_error(
                     state,
@@ -249,7 +252,7 @@ impl SessionCtx {
         &mut self,
         state: &AppState,
         message: ClientMessage,
-    ) -> Result<ServerMessage, NavError> {
+    ) -> Result<ServerMessage, RequestError> {
         let user = self.user_id.clone();
         match message {
             ClientMessage::Ping {} => Ok(ServerMessage::Pong {
@@ -264,7 +267,7 @@ impl SessionCtx {
                     .or(self.default_type)
                     .unwrap_or(DisabilityType::Physical);
                 self.nav
-                    .start(state, &user, &origin, &destination, dt)
+                    .start(&state.navigation, &user, &origin, &destination, dt)
                     .await
             }
             ClientMessage::LocationUpdate {
@@ -275,7 +278,7 @@ impl SessionCtx {
             } => {
                 self.nav
                     .update(
-                        state,
+                        &state.navigation,
                         &user,
                         latitude,
                         longitude,
@@ -285,7 +288,7 @@ impl SessionCtx {
                     .await
             }
             ClientMessage::SwitchRoute { target_rank } => {
-                self.nav.switch(state, &user, target_rank).await
+                self.nav.switch(&state.navigation, &user, target_rank).await
             }
             ClientMessage::RecalculateRoute {
                 latitude,
@@ -293,14 +296,20 @@ impl SessionCtx {
                 disability_type,
             } => {
                 self.nav
-                    .recalculate(state, &user, latitude, longitude, disability_type)
+                    .recalculate(
+                        &state.navigation,
+                        &user,
+                        latitude,
+                        longitude,
+                        disability_type,
+                    )
                     .await
             }
-            ClientMessage::EndNavigation {} => self.nav.end(state, &user).await,
+            ClientMessage::EndNavigation {} => self.nav.end(&state.navigation, &user).await,
             ClientMessage::ShareNavigation { guardian_id } => {
                 check_user_id(&guardian_id)?;
                 if guardian_id == *user {
-                    return Err(NavError::Client(
+                    return Err(RequestError::Client(
                         ErrorCode::InvalidParameters,
                         "cannot share with yourself".into(),
                     ));
@@ -308,19 +317,19 @@ impl SessionCtx {
                 match state.auth.account(&guardian_id).await {
                     Ok(Some(_)) => {}
                     Ok(None) => {
-                        return Err(NavError::Client(
+                        return Err(RequestError::Client(
                             ErrorCode::InvalidParameters,
                             "no such guardian account".into(),
                         ));
                     }
-                    Err(e) => return Err(NavError::Internal(e.to_string())),
+                    Err(e) => return Err(RequestError::Internal(e.to_string())),
                 }
                 state
                     .stores
                     .shares
                     .share(&user, &guardian_id)
                     .await
-                    .map_err(NavError::store)?;
+                    .map_err(RequestError::store)?;
                 tracing::info!(event = "navigation_shared", guardian_id = %guardian_id, "shared with guardian");
                 Ok(ServerMessage::Shared { guardian_id })
             }
@@ -331,10 +340,10 @@ impl SessionCtx {
                     .shares
                     .unshare(&user, &guardian_id)
                     .await
-                    .map_err(NavError::store)?;
+                    .map_err(RequestError::store)?;
                 // Watchers on any node lose access at their next check; the
                 // local ones are dropped now.
-                state.revoke_watch(&user, &guardian_id);
+                state.fanout.revoke_watch(&user, &guardian_id);
                 Ok(ServerMessage::Unshared { guardian_id })
             }
             ClientMessage::Watch { user_id: rider } => {
@@ -344,9 +353,9 @@ impl SessionCtx {
                     .shares
                     .is_shared(&rider, &user)
                     .await
-                    .map_err(NavError::store)?;
+                    .map_err(RequestError::store)?;
                 if !allowed {
-                    return Err(NavError::Client(
+                    return Err(RequestError::Client(
                         ErrorCode::Forbidden,
                         "that user has not shared navigation with you".into(),
                     ));
@@ -356,10 +365,10 @@ impl SessionCtx {
                     self.watched.push(rider.clone());
                     if state.sessions.watch(rider.clone(), self.handle.key) {
                         state.bus.interest(&rider);
-                        state.interest_settled().await;
+                        state.fanout.interest_settled().await;
                     }
                 }
-                let active_route = self.nav.summary(state, &rider).await?;
+                let active_route = self.nav.summary(&state.navigation, &rider).await?;
                 Ok(ServerMessage::Watching {
                     user_id: rider.to_string(),
                     active_route,
@@ -370,7 +379,7 @@ impl SessionCtx {
                 if let Some(i) = self.watched.iter().position(|w| **w == *rider) {
                     self.watched.swap_remove(i);
                     if state.sessions.unwatch(&rider, self.handle.key) {
-                        state.release_interest(&rider);
+                        state.fanout.release_interest(&rider);
                     }
                 }
                 Ok(ServerMessage::Unwatched { user_id: rider })
@@ -381,13 +390,13 @@ impl SessionCtx {
                     .keys
                     .verify(&token, TokenKind::Access)
                     .map_err(|e| {
-                        NavError::Client(
+                        RequestError::Client(
                             ErrorCode::InvalidParameters,
                             format!("token refused: {e}"),
                         )
                     })?;
                 if claims.sub != *user {
-                    return Err(NavError::Client(
+                    return Err(RequestError::Client(
                         ErrorCode::Forbidden,
                         "token belongs to another user".into(),
                     ));
@@ -436,16 +445,18 @@ impl SessionCtx {
                     event = "token_expired",
                     "token expired without refresh; closing with 4001"
                 );
-                self.handle.kill.kill(close::TOKEN_EXPIRED, "token expired");
+                self.handle
+                    .signal
+                    .close(close::TOKEN_EXPIRED, "token expired");
                 true
             }
         }
     }
 }
 
-fn check_user_id(id: &str) -> Result<(), NavError> {
+fn check_user_id(id: &str) -> Result<(), RequestError> {
     if id.is_empty() || id.len() > 128 {
-        return Err(NavError::Client(
+        return Err(RequestError::Client(
             ErrorCode::InvalidParameters,
             "user id must be 1–128 characters".into(),
         ));

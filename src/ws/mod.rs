@@ -7,19 +7,25 @@
 
 mod connection;
 mod dispatch;
+mod slot;
+
+pub use slot::ConnectionLimit;
+use slot::ConnectionSlot;
 
 use std::sync::atomic::Ordering;
 
+use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use serde::Deserialize;
 
-use crate::app::{AppState, ConnectionSlot};
+use crate::api_error::ApiError;
 use crate::auth::{Claims, TokenError, TokenKind};
-use crate::http::ApiError;
 use crate::metrics::ConnectOutcome;
+use crate::node::AppState;
 
 #[derive(Deserialize)]
 struct TokenQuery {
@@ -67,7 +73,12 @@ fn find_token(query: Option<&str>, headers: &HeaderMap) -> Option<(String, Token
     None
 }
 
-pub async fn upgrade(
+/// The WebSocket route.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/ws/{user_id}", get(upgrade))
+}
+
+async fn upgrade(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
     RawQuery(query): RawQuery,
@@ -146,7 +157,7 @@ fn admit(
             ApiError::Forbidden("token subject does not match the path's user"),
         ));
     }
-    let slot = ConnectionSlot::acquire(state).ok_or((
+    let slot = ConnectionSlot::acquire(&state.connections).ok_or((
         ConnectOutcome::OverCapacity,
         ApiError::Unavailable {
             detail: "node at its connection limit",

@@ -1,7 +1,7 @@
 //! Small synthetic networks written to a tempdir, so engine behaviour can be
 //! tested independently of the shipped (partly estimated) data.
 
-use navcast::network::Network;
+use navcast::transit::Network;
 
 /// A station row with every facility present.
 pub fn station(code: &str, name: &str, line: &str, lat: f64, lon: f64) -> String {

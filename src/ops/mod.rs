@@ -1,9 +1,7 @@
-//! Plain HTTP endpoints: health, readiness, stats, metrics, station search.
+//! The operators' endpoints (health, readiness, `/stats`, `/metrics`) and
+//! the one plain-HTTP rider endpoint, station search.
 
-mod error;
-
-pub use error::ApiError;
-
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -14,10 +12,13 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::app::AppState;
+use crate::api_error::ApiError;
 use crate::metrics::ConnectOutcome;
+use crate::node::AppState;
+use crate::transit::RouteEngine;
 
-pub fn routes() -> Router<AppState> {
+/// The ops routes and station search.
+pub fn router() -> Router<AppState> {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -121,7 +122,7 @@ async fn stats(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Brings the route-cache counters up to the engine's own tallies.
 fn sync_cache_counters(state: &AppState) {
-    let stats = state.engine.cache_stats();
+    let stats = state.engine().cache_stats();
     let m = &state.metrics;
     m.route_cache_hits
         .inc_by(stats.hits.saturating_sub(m.route_cache_hits.get()));
@@ -150,7 +151,7 @@ struct StationQuery {
 /// `GET /api/v1/stations?query=강남` — stations whose name starts with the
 /// query (normalised), grouped by name with their lines and codes.
 async fn stations(
-    State(state): State<AppState>,
+    State(engine): State<Arc<RouteEngine>>,
     Query(q): Query<StationQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if q.query.chars().count() > 64 {
@@ -159,7 +160,7 @@ async fn stations(
         ));
     }
     let limit = q.limit.unwrap_or(20).clamp(1, 200);
-    let network = state.engine.network();
+    let network = engine.network();
     let mut out: Vec<serde_json::Value> = Vec::new();
     let mut names: Vec<&str> = Vec::new();
     for station in network.search(&q.query, limit * 8) {

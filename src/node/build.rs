@@ -1,0 +1,179 @@
+//! Building a node's state from its configuration.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{AppState, Fanout, Inner, registry};
+use crate::auth::{AuthService, JwtKeys};
+use crate::bus::Bus;
+use crate::bus::local::LocalBus;
+use crate::bus::redis::{BusCounters, RedisBus};
+use crate::config::{Config, JwtAlgorithm};
+use crate::metrics::Metrics;
+use crate::navigation::NavDeps;
+use crate::session::Sessions;
+use crate::store::Stores;
+use crate::transit::{Network, Profiles, RouteEngine, Tracker, TrackerConfig};
+use crate::ws::ConnectionLimit;
+
+/// Optional parts a caller may supply instead of the defaults.
+#[derive(Default)]
+pub struct Parts {
+    /// Defaults to a Redis bus when `redis_url` is set, else a bus of this
+    /// node alone.
+    pub bus: Option<Arc<dyn Bus>>,
+    /// Defaults to Redis stores when `redis_url` is set, else in-memory
+    /// stores.
+    pub stores: Option<Stores>,
+}
+
+/// The route engine and tracker over the configured (or embedded) data.
+fn engine(config: &Config) -> anyhow::Result<(Arc<RouteEngine>, Tracker)> {
+    let network = match &config.data_dir {
+        Some(dir) => Arc::new(Network::load_dir(dir)?),
+        None => Network::embedded(),
+    };
+    let profiles = match &config.profiles_file {
+        Some(file) => Profiles::load(file)?,
+        None => Profiles::embedded(),
+    };
+    let engine = Arc::new(RouteEngine::new(
+        network,
+        profiles,
+        config.navigation.route_cache_capacity,
+    ));
+    let tracker = Tracker::new(TrackerConfig {
+        arrival_radius_m: config.navigation.arrival_radius_m,
+        deviation_threshold_m: config.navigation.deviation_threshold_m,
+        max_accuracy_credit_m: config.navigation.max_accuracy_credit_m,
+    });
+    Ok((engine, tracker))
+}
+
+/// The signing keys; in dev without a secret, a random one (logged).
+fn keys(config: &Config) -> anyhow::Result<JwtKeys> {
+    let dev_secret;
+    let secret = match (&config.jwt.secret, config.jwt.algorithm) {
+        (Some(s), _) => Some(s.as_bytes()),
+        (None, JwtAlgorithm::HS256) => {
+            dev_secret = uuid::Uuid::new_v4().to_string() + &uuid::Uuid::new_v4().to_string();
+            tracing::warn!(
+                event = "dev_jwt_secret",
+                "no JWT secret configured: generated a random dev secret; tokens die with this \
+                 process and no other node accepts them (set NAVCAST_JWT_SECRET)"
+            );
+            Some(dev_secret.as_bytes())
+        }
+        (None, _) => None,
+    };
+    Ok(JwtKeys::new(&config.jwt, secret)?)
+}
+
+impl AppState {
+    /// Builds a node's state: network, engine, auth, stores, bus, fan-out;
+    /// starts the bus and the registry heartbeat.
+    pub async fn build(config: Config, parts: Parts) -> anyhow::Result<AppState> {
+        let (engine, tracker) = engine(&config)?;
+        let keys = keys(&config)?;
+        // Opening a client parses the URL and connects nothing: a node whose
+        // Redis is down starts, reports not ready, and catches up.
+        let redis = match &config.redis_url {
+            Some(url) if parts.bus.is_none() || parts.stores.is_none() => Some(
+                ::redis::Client::open(url.as_str())
+                    .map_err(|e| anyhow::anyhow!("redis_url {url:?} is not usable: {e}"))?,
+            ),
+            _ => None,
+        };
+        let stores = match (parts.stores, &redis) {
+            (Some(stores), _) => stores,
+            (None, Some(client)) => Stores::redis(
+                client.clone(),
+                crate::store::redis::Options {
+                    refresh_ttl: config.jwt.refresh_ttl,
+                    ..Default::default()
+                },
+            )?,
+            (None, None) => Stores::memory(),
+        };
+        let auth = Arc::new(AuthService::new(
+            keys,
+            &config.auth,
+            stores.accounts.clone(),
+            stores.tokens.clone(),
+        )?);
+        if let Some(seed) = &config.auth.seed_file {
+            let created = auth.seed(seed).await?;
+            tracing::info!(event = "accounts_seeded", file = %seed.display(), created, "seed accounts loaded");
+        }
+        let metrics = Arc::new(Metrics::new());
+        let bus: Arc<dyn Bus> = match (parts.bus, redis) {
+            (Some(bus), _) => bus,
+            (None, Some(client)) => Arc::new(RedisBus::new(
+                client,
+                config.bus.topology,
+                &config.bus.channel,
+                BusCounters {
+                    publish_failures: metrics.bus_publish_failures.clone(),
+                    reconnects: metrics.bus_reconnects.clone(),
+                    connected: metrics.bus_connected.clone(),
+                },
+            )),
+            (None, None) => Arc::new(LocalBus::new()),
+        };
+        let node_id: Arc<str> = config.node_id.clone().into();
+        let sessions = Arc::new(Sessions::default());
+        let fanout = Arc::new(Fanout::new(
+            node_id.clone(),
+            config.bus.topology,
+            sessions.clone(),
+            bus.clone(),
+            metrics.clone(),
+        ));
+        let navigation = Arc::new(NavDeps {
+            engine,
+            tracker,
+            routes: stores.routes.clone(),
+            route_ttl: config.navigation.route_ttl,
+        });
+        let state = AppState(Arc::new(Inner {
+            node_id: node_id.clone(),
+            connections: Arc::new(ConnectionLimit::new(config.ws.max_connections)),
+            config,
+            auth,
+            stores,
+            navigation,
+            sessions: sessions.clone(),
+            bus: bus.clone(),
+            fanout: fanout.clone(),
+            metrics,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            draining: AtomicBool::new(false),
+            started: Instant::now(),
+            started_at: crate::clock::unix_s(),
+            stopped: CancellationToken::new(),
+        }));
+        if bus.is_connected() {
+            state.metrics.bus_connected.set(1);
+        }
+        let weak = Arc::downgrade(&sessions);
+        bus.set_interest_check(Arc::new(move |user| {
+            weak.upgrade().is_some_and(|s| s.has_interest(user))
+        }));
+        tokio::spawn(registry::heartbeat(Arc::downgrade(&state.0)));
+        let weak = Arc::downgrade(&fanout);
+        bus.start(
+            &node_id,
+            Arc::new(move |envelope| {
+                if let Some(fanout) = weak.upgrade() {
+                    fanout.deliver_remote(&envelope);
+                }
+            }),
+        );
+        Ok(state)
+    }
+}

@@ -1,0 +1,386 @@
+//! Fan-out: every navigation event to every session that should see it,
+//! on this node and, through the bus, on every other.
+//!
+//! One owner for everything about an event after its session produced it:
+//! numbering (`node_seq` per node, `seq` per rider), publishing, local
+//! delivery, remote delivery with gap counting, the multi-device `replace`
+//! notice, and dropping a revoked guardian's watch. It needs only the
+//! session registry, the bus and the metrics, so it is built and tested
+//! without a node around it. The `peer_event` frame is built in exactly one
+//! place, [`peer_frame`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use dashmap::DashMap;
+use serde_json::value::RawValue;
+
+use crate::bus::{Bus, Envelope, Payload};
+use crate::clock::unix_us;
+use crate::config::BusTopology;
+use crate::metrics::Metrics;
+use crate::protocol::{OutKind, PeerEventFrame, ServerMessage, close};
+use crate::session::{SessionHandle, Sessions};
+
+/// The longest a session waits for the bus to confirm a subscription.
+const INTEREST_SETTLE_MAX: Duration = Duration::from_secs(2);
+
+pub struct Fanout {
+    /// This node's id: the `origin_node` of what it publishes.
+    node_id: Arc<str>,
+    /// Decides how gaps are counted (see [`Fanout::deliver_remote`]).
+    topology: BusTopology,
+    /// Where local targets are found.
+    sessions: Arc<Sessions>,
+    /// The way to the other nodes.
+    bus: Arc<dyn Bus>,
+    metrics: Arc<Metrics>,
+    /// Sequence of envelopes this node published.
+    node_seq: AtomicU64,
+    /// Held while an envelope is numbered and handed to the bus (both
+    /// non-blocking), so envelopes leave in `node_seq`/`seq` order;
+    /// otherwise receivers would count a reordering as a gap.
+    publish_order: parking_lot::Mutex<()>,
+    /// Last `node_seq` seen per origin node, for gap counting (topology
+    /// `broadcast`, where every node sees every envelope).
+    last_seen: DashMap<String, u64>,
+    /// Last `seq` seen per user and origin node, for gap counting (topology
+    /// `targeted`, where a node sees only the users it is interested in).
+    /// Forgotten when the node loses interest in the user, so a later
+    /// subscription does not count the events it was not subscribed for.
+    last_user_seq: DashMap<String, Vec<(String, u64)>>,
+}
+
+/// The `peer_event` frame for one event, serialised once for all targets.
+fn peer_frame(
+    user: &str,
+    event: &RawValue,
+    origin: &str,
+    seq: u64,
+    sent_at_us: u64,
+) -> Option<Utf8Bytes> {
+    let frame = PeerEventFrame {
+        kind: "peer_event",
+        user_id: user,
+        event,
+        origin_node: origin,
+        seq,
+        sent_at_us,
+    };
+    serde_json::to_string(&frame).ok().map(Utf8Bytes::from)
+}
+
+impl Fanout {
+    pub(crate) fn new(
+        node_id: Arc<str>,
+        topology: BusTopology,
+        sessions: Arc<Sessions>,
+        bus: Arc<dyn Bus>,
+        metrics: Arc<Metrics>,
+    ) -> Fanout {
+        Fanout {
+            node_id,
+            topology,
+            sessions,
+            bus,
+            metrics,
+            node_seq: AtomicU64::new(0),
+            publish_order: parking_lot::Mutex::new(()),
+            last_seen: DashMap::new(),
+            last_user_seq: DashMap::new(),
+        }
+    }
+
+    fn next_node_seq(&self) -> u64 {
+        self.node_seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Fans a navigation event of `user` out: to the user's other local
+    /// sessions (all but `origin_key`, the session that produced it) and
+    /// local watchers now, and to every other node via the bus.
+    pub(crate) fn publish(&self, user: &str, origin_key: u64, event_json: &str) {
+        let Ok(raw) = RawValue::from_string(event_json.to_string()) else {
+            return;
+        };
+        let (seq, sent_at_us) = {
+            let _order = self.publish_order.lock();
+            let seq = self.sessions.next_seq(user);
+            let sent_at_us = unix_us();
+            self.bus.publish(Envelope {
+                origin_node: self.node_id.to_string(),
+                node_seq: self.next_node_seq(),
+                seq,
+                sent_at_us,
+                user_id: user.to_string(),
+                payload: Payload::Event { event: raw.clone() },
+            });
+            (seq, sent_at_us)
+        };
+        self.metrics.bus_published.inc();
+        let mut targets = self.sessions.of_user(user, Some(origin_key));
+        targets.extend(self.sessions.watchers_of(user));
+        if !targets.is_empty()
+            && let Some(text) = peer_frame(user, &raw, &self.node_id, seq, sent_at_us)
+        {
+            self.deliver_frame(&targets, text);
+        }
+    }
+
+    fn deliver_frame(&self, targets: &[SessionHandle], text: Utf8Bytes) {
+        for target in targets {
+            if target.send_text(text.clone(), &self.metrics).is_ok() {
+                self.metrics.peer_events_delivered.inc();
+                self.metrics.message_out(OutKind::PeerEvent);
+            }
+        }
+    }
+
+    /// An envelope from the bus. Our own are skipped: their local delivery
+    /// happened when they were published.
+    pub fn deliver_remote(&self, envelope: &Envelope) {
+        if *envelope.origin_node == *self.node_id {
+            return;
+        }
+        self.metrics.bus_received.inc();
+        match self.topology {
+            BusTopology::Broadcast => self.count_gap(&envelope.origin_node, envelope.node_seq),
+            BusTopology::Targeted => {
+                self.count_user_gap(&envelope.origin_node, &envelope.user_id, envelope.seq)
+            }
+        }
+        match &envelope.payload {
+            Payload::Event { event } => {
+                let mut targets = self.sessions.of_user(&envelope.user_id, None);
+                targets.extend(self.sessions.watchers_of(&envelope.user_id));
+                if !targets.is_empty()
+                    && let Some(text) = peer_frame(
+                        &envelope.user_id,
+                        event,
+                        &envelope.origin_node,
+                        envelope.seq,
+                        envelope.sent_at_us,
+                    )
+                {
+                    self.deliver_frame(&targets, text);
+                }
+            }
+            Payload::Replace { session_id } => {
+                // `sent_at_us` is when the newer session opened: a local
+                // session opened after it is newer still and stays, even
+                // when this notice was slow to arrive.
+                for old in self.sessions.of_user(&envelope.user_id, None) {
+                    if *old.session_id != **session_id && old.opened_at_us < envelope.sent_at_us {
+                        self.kick_replaced(&old);
+                    }
+                }
+            }
+        }
+    }
+
+    fn count_gap(&self, origin: &str, node_seq: u64) {
+        let mut last = self.last_seen.entry(origin.to_string()).or_insert(0);
+        if *last != 0 && node_seq > *last + 1 {
+            let missing = node_seq - *last - 1;
+            *last = node_seq;
+            drop(last);
+            self.gap(origin, None, missing);
+            return;
+        }
+        if node_seq > *last {
+            *last = node_seq;
+        }
+    }
+
+    /// Gap counting by the per-(origin, user) `seq`. A `seq` of 0 is not
+    /// counted (envelopes that are not events). A `seq` at or below the last
+    /// one seen is a new stream (the user's sessions on that node closed
+    /// and reopened, which restarts it at 1): it becomes the new baseline.
+    fn count_user_gap(&self, origin: &str, user: &str, seq: u64) {
+        if seq == 0 {
+            return;
+        }
+        let mut origins = self.last_user_seq.entry(user.to_string()).or_default();
+        match origins.iter_mut().find(|(o, _)| o == origin) {
+            Some((_, last)) => {
+                if seq > *last + 1 {
+                    let missing = seq - *last - 1;
+                    *last = seq;
+                    drop(origins);
+                    self.gap(origin, Some(user), missing);
+                } else {
+                    *last = seq;
+                }
+            }
+            None => origins.push((origin.to_string(), seq)),
+        }
+    }
+
+    fn gap(&self, origin: &str, user: Option<&str>, missing: u64) {
+        self.metrics.bus_gaps.inc_by(missing);
+        tracing::warn!(
+            event = "bus_gap",
+            origin_node = %origin,
+            user_id = user.unwrap_or(""),
+            missing,
+            "envelopes missing from an origin"
+        );
+    }
+
+    /// A session of or watching `user` went away: if it was the last local
+    /// one, the bus may stop listening for `user`.
+    pub fn release_interest(&self, user: &str) {
+        if !self.sessions.has_interest(user) {
+            self.last_user_seq.remove(user);
+            self.bus.disinterest(user);
+        }
+    }
+
+    /// Waits (briefly) until the bus listens for every user this node
+    /// declared interest in, so a reply like `connected` or `watching` is
+    /// not followed by a missed event. Never waits long: a slow Redis must
+    /// not stall a session.
+    pub(crate) async fn interest_settled(&self) {
+        let _ = tokio::time::timeout(INTEREST_SETTLE_MAX, self.bus.settled()).await;
+    }
+
+    fn kick_replaced(&self, old: &SessionHandle) {
+        let frame = serde_json::to_string(&ServerMessage::Disconnected {
+            code: "DUPLICATE_CONNECTION".into(),
+        })
+        .unwrap_or_default();
+        let _ = old.send_text(frame.into(), &self.metrics);
+        tracing::info!(event = "session_replaced", old_session_id = %old.session_id, "closing older session (4002)");
+        old.signal
+            .close(close::REPLACED, "replaced by a newer session");
+    }
+
+    /// `multi_device = replace`: close this user's older sessions here and
+    /// on every other node.
+    pub(crate) fn replace_older_sessions(&self, new: &SessionHandle) {
+        for old in self.sessions.of_user(&new.user_id, Some(new.key)) {
+            self.kick_replaced(&old);
+        }
+        let _order = self.publish_order.lock();
+        self.bus.publish(Envelope {
+            origin_node: self.node_id.to_string(),
+            node_seq: self.next_node_seq(),
+            seq: 0,
+            sent_at_us: new.opened_at_us,
+            user_id: new.user_id.to_string(),
+            payload: Payload::Replace {
+                session_id: new.session_id.to_string(),
+            },
+        });
+    }
+
+    /// The rider stopped sharing with `guardian`: drop that guardian's
+    /// local watch subscriptions on the rider.
+    pub(crate) fn revoke_watch(&self, rider: &str, guardian: &str) {
+        for watcher in self.sessions.watchers_of(rider) {
+            if *watcher.user_id == *guardian {
+                self.sessions.unwatch(rider, watcher.key);
+            }
+        }
+        self.release_interest(rider);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::local::LocalBus;
+
+    fn envelope(origin: &str, node_seq: u64, user: &str, seq: u64) -> Envelope {
+        Envelope {
+            origin_node: origin.into(),
+            node_seq,
+            seq,
+            sent_at_us: unix_us(),
+            user_id: user.into(),
+            payload: Payload::Event {
+                event: RawValue::from_string(r#"{"type":"arrival"}"#.into()).unwrap(),
+            },
+        }
+    }
+
+    fn fanout(topology: BusTopology) -> Fanout {
+        Fanout::new(
+            "self".into(),
+            topology,
+            Arc::new(Sessions::default()),
+            Arc::new(LocalBus::new()),
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    #[test]
+    fn broadcast_counts_gaps_per_origin_by_node_seq() {
+        let f = fanout(BusTopology::Broadcast);
+        for n in [1, 2, 5, 6] {
+            f.deliver_remote(&envelope("x", n, "u", 0));
+        }
+        f.deliver_remote(&envelope("y", 10, "u", 0));
+        f.deliver_remote(&envelope("y", 12, "v", 0));
+        assert_eq!(f.metrics.bus_gaps.get(), 3);
+        assert_eq!(f.metrics.bus_received.get(), 6);
+        // Our own envelopes are neither delivered nor counted.
+        f.deliver_remote(&envelope("self", 99, "u", 0));
+        assert_eq!(f.metrics.bus_received.get(), 6);
+    }
+
+    #[test]
+    fn targeted_counts_gaps_per_origin_and_user_by_seq() {
+        let f = fanout(BusTopology::Targeted);
+        // node_seq jumps are expected in targeted (other users' envelopes
+        // go elsewhere) and are not gaps.
+        f.deliver_remote(&envelope("x", 1, "u", 1));
+        f.deliver_remote(&envelope("x", 7, "u", 2));
+        f.deliver_remote(&envelope("x", 9, "u", 5));
+        assert_eq!(f.metrics.bus_gaps.get(), 2);
+        // Another user of the same origin is another stream.
+        f.deliver_remote(&envelope("x", 10, "v", 3));
+        f.deliver_remote(&envelope("x", 11, "v", 4));
+        assert_eq!(f.metrics.bus_gaps.get(), 2);
+        // seq 0 (replace notices) is not counted; a restart at 1 is no gap.
+        f.deliver_remote(&envelope("x", 12, "u", 0));
+        f.deliver_remote(&envelope("x", 13, "u", 1));
+        f.deliver_remote(&envelope("x", 14, "u", 2));
+        assert_eq!(f.metrics.bus_gaps.get(), 2);
+        // After the node loses interest in a user, a later subscription
+        // starts a new baseline instead of counting what it never heard.
+        f.release_interest("u");
+        f.deliver_remote(&envelope("x", 40, "u", 30));
+        assert_eq!(f.metrics.bus_gaps.get(), 2);
+        f.deliver_remote(&envelope("x", 41, "u", 32));
+        assert_eq!(f.metrics.bus_gaps.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn events_reach_other_sessions_and_watchers_but_not_the_origin() {
+        let f = fanout(BusTopology::Broadcast);
+        let (origin, mut origin_rx) = f.sessions.open("s1".into(), "rider".into(), 8);
+        let (_other, mut other_rx) = f.sessions.open("s2".into(), "rider".into(), 8);
+        let (guardian, mut guardian_rx) = f.sessions.open("s3".into(), "guardian".into(), 8);
+        f.sessions.watch("rider".into(), guardian.key);
+        f.publish("rider", origin.key, r#"{"type":"arrival"}"#);
+        f.publish("rider", origin.key, r#"{"type":"navigation_ended"}"#);
+        for rx in [&mut other_rx, &mut guardian_rx] {
+            for (seq, kind) in [(1, "arrival"), (2, "navigation_ended")] {
+                let axum::extract::ws::Message::Text(text) = rx.try_recv().unwrap() else {
+                    panic!("not text")
+                };
+                let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+                assert_eq!(v["type"], "peer_event");
+                assert_eq!(v["user_id"], "rider");
+                assert_eq!(v["origin_node"], "self");
+                assert_eq!(v["seq"], seq);
+                assert_eq!(v["event"]["type"], kind);
+            }
+        }
+        assert!(origin_rx.try_recv().is_err());
+        assert_eq!(f.metrics.peer_events_delivered.get(), 4);
+        assert_eq!(f.metrics.bus_published.get(), 2);
+    }
+}

@@ -1,0 +1,135 @@
+//! The node: its shared state, how it is built, and fan-out.
+//!
+//! [`AppState`] is a cheap handle over everything a node's tasks share. It
+//! sits below the parts that serve requests (`ws`, `ops`, `auth::http`):
+//! they read it, it knows nothing of them, and `server` puts them together.
+//! Handlers that need one part take a narrow sub-state through axum's
+//! `FromRef` (see the impls below) instead of the whole node.
+//!
+//! - `build.rs` — [`AppState::build`]: network, engine, auth, stores, bus.
+//! - `fanout.rs` — [`Fanout`]: publish, deliver, gaps, replace, revoke.
+//! - `registry.rs` — this node's heartbeat in the cluster's node registry.
+
+mod build;
+mod fanout;
+mod registry;
+
+pub use build::Parts;
+pub use fanout::Fanout;
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::extract::FromRef;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::AuthService;
+use crate::auth::http::AuthApi;
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::navigation::NavDeps;
+use crate::session::Sessions;
+use crate::store::Stores;
+use crate::transit::RouteEngine;
+use crate::ws::ConnectionLimit;
+
+/// Everything a node shares between its tasks. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+pub struct Inner {
+    /// The merged configuration; read-only after start.
+    pub config: Config,
+    /// This node's id, in every `connected` frame and bus envelope.
+    pub node_id: Arc<str>,
+    /// Accounts, passwords, token minting and verification.
+    pub auth: Arc<AuthService>,
+    /// Shared state (memory or Redis).
+    pub stores: Stores,
+    /// What a session's [`crate::navigation::Navigator`] works with: the
+    /// route engine (with its LRU cache), the tracker, the route store.
+    pub navigation: Arc<NavDeps>,
+    /// This node's sessions and watch subscriptions.
+    pub sessions: Arc<Sessions>,
+    /// The cross-node event bus; publishing goes through `fanout`.
+    pub bus: Arc<dyn Bus>,
+    /// Delivers every navigation event to whoever should see it.
+    pub fanout: Arc<Fanout>,
+    pub metrics: Arc<Metrics>,
+    /// Sessions plus upgrades in flight, checked before an upgrade so a
+    /// burst cannot overshoot `ws.max_connections`.
+    pub connections: Arc<ConnectionLimit>,
+    /// Cancelled when draining starts: every session closes with 1001.
+    pub shutdown: CancellationToken,
+    /// Every session task, so a drain can wait for them (axum does not
+    /// wait for upgraded connections on graceful shutdown).
+    pub tasks: TaskTracker,
+    /// Set when draining starts: `/ready` 503, no new upgrades.
+    pub draining: AtomicBool,
+    /// When the node started, for `/stats` uptime.
+    pub started: Instant,
+    /// Unix seconds at start, for the node registry.
+    started_at: i64,
+    /// Cancelled when the server stops: the registry heartbeat ends.
+    stopped: CancellationToken,
+}
+
+impl AppState {
+    /// Whether the node can serve: not draining, and the bus reachable
+    /// (or configured to serve degraded).
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Acquire)
+            && (self.bus.is_connected() || self.config.bus.ready_when_degraded)
+    }
+
+    /// The route engine, for station search and cache statistics.
+    pub fn engine(&self) -> &Arc<RouteEngine> {
+        &self.navigation.engine
+    }
+
+    /// Starts a drain: `/ready` turns 503, upgrades are refused, and every
+    /// session is told to close with 1001.
+    pub fn begin_drain(&self) {
+        if !self.draining.swap(true, Ordering::AcqRel) {
+            tracing::info!(
+                event = "drain_started",
+                sessions = self.sessions.len(),
+                "draining"
+            );
+        }
+        self.shutdown.cancel();
+    }
+
+    /// Called once the server has stopped: ends the registry heartbeat and
+    /// removes this node's record.
+    pub(crate) async fn stopped(&self) {
+        self.stopped.cancel();
+        registry::leave(self).await;
+    }
+}
+
+impl FromRef<AppState> for AuthApi {
+    fn from_ref(state: &AppState) -> AuthApi {
+        AuthApi {
+            auth: state.auth.clone(),
+            metrics: state.metrics.clone(),
+        }
+    }
+}
+
+impl FromRef<AppState> for Arc<RouteEngine> {
+    fn from_ref(state: &AppState) -> Arc<RouteEngine> {
+        state.navigation.engine.clone()
+    }
+}
