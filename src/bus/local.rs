@@ -1,6 +1,8 @@
 //! An in-process bus: every node that shares one [`LocalHub`] receives the
 //! others' envelopes synchronously. A lone node gets its own hub and so
-//! publishes to nobody.
+//! publishes to nobody. Envelopes for other nodes go through the same
+//! bytes as on Redis (`wire`), once per publish, so in-process clusters
+//! prove the wire format too.
 
 use std::sync::Arc;
 
@@ -43,7 +45,6 @@ impl Bus for LocalBus {
     }
 
     fn publish(&self, envelope: Envelope) {
-        let envelope = Arc::new(envelope);
         let targets: Vec<Deliver> = self
             .hub
             .nodes
@@ -52,6 +53,17 @@ impl Bus for LocalBus {
             .filter(|(id, _)| *id != envelope.origin_node)
             .map(|(_, d)| d.clone())
             .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let Some(envelope) = envelope.encode().ok().and_then(|b| Envelope::decode(&b)) else {
+            tracing::error!(
+                event = "bus_message_malformed",
+                "an envelope did not survive its own encoding; not delivered"
+            );
+            return;
+        };
+        let envelope = Arc::new(envelope);
         for deliver in targets {
             deliver(envelope.clone());
         }

@@ -10,40 +10,13 @@
 
 pub mod local;
 pub mod redis;
+mod wire;
+
+pub use wire::{Envelope, Payload};
 
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-
-/// What an envelope asks the receivers to do.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Payload {
-    /// A navigation event of `user_id`, for that user's sessions and watchers.
-    Event { event: Box<RawValue> },
-    /// `user_id` opened a session elsewhere under `multi_device = replace`:
-    /// close every older local session of that user with 4002.
-    Replace { session_id: String },
-}
-
-/// One message on the bus.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Envelope {
-    pub origin_node: String,
-    /// Increases by one per envelope this origin publishes; receivers count
-    /// gaps per origin (broadcast topology).
-    pub node_seq: u64,
-    /// The per-(origin, user) event sequence that clients see as `seq`.
-    pub seq: u64,
-    /// The publisher's wall clock, for fan-out latency.
-    pub sent_at_us: u64,
-    pub user_id: String,
-    #[serde(flatten)]
-    pub payload: Payload,
-}
 
 /// Called by the bus for every envelope from another node. Must not block.
 pub type Deliver = Arc<dyn Fn(Arc<Envelope>) + Send + Sync>;
