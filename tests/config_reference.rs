@@ -365,7 +365,7 @@ fn cli_rows() -> Vec<[String; 3]> {
             .map(|v| format!("`{}`", v.get_name()))
             .collect();
         if !values.is_empty() {
-            help.push_str(&format!(" One of {}.", values.join(", ")));
+            help = format!("{help}: one of {}", values.join(", "));
         }
         let key = long.replace('-', "_");
         let overrides = if top_keys.contains(&key) {
