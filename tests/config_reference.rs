@@ -509,8 +509,10 @@ fn example_config_holds_every_default() {
     let path: &Path = &root().join("config/navcast.example.toml");
     let text = std::fs::read_to_string(path).unwrap();
     let example: toml::Table = toml::from_str(&text).unwrap();
-    let mut defaults = Config::default();
-    defaults.node_id = "node-1".into();
+    let mut defaults = Config {
+        node_id: "node-1".into(),
+        ..Config::default()
+    };
     defaults.auth.seed_file = Some("config/accounts.toml".into());
     let defaults: toml::Table = toml::from_str(&toml::to_string(&defaults).unwrap()).unwrap();
     assert_eq!(
