@@ -158,7 +158,7 @@ pub struct WsConfig {
     pub multi_device: MultiDevice,
     /// Per-connection read buffer. Default 4 KiB: tungstenite zero-fills its
     /// whole read buffer before each read, so the 128 KiB default costs
-    /// memory and CPU per idle session (see shared/BASELINES.md).
+    /// memory and CPU per idle session (see docs/BASELINES.md).
     pub read_buffer_bytes: usize,
     /// `Retry-After` seconds on 503 at the connection limit. Default 5.
     pub retry_after_s: u64,
