@@ -14,14 +14,14 @@
 //!   nodes; in-process or Redis pub/sub), `redis_conn` (the one Redis
 //!   connection setup);
 //! - per-node parts: [`auth`] (JWT, password hashing, accounts),
-//!   [`session`] (this node's sessions and watchers), [`navigation`] (a
+//!   `session` (this node's sessions and watchers), `navigation` (a
 //!   session's route requests);
 //! - [`node`]: the node's state ([`AppState`]), how it is built, and
 //!   fan-out ([`node::Fanout`]);
 //! - the surfaces that serve it: `ws` (the WebSocket: upgrade, session
 //!   tasks, request dispatch), [`auth::http`] (register, login, refresh),
-//!   [`ops`] (health, readiness, stats, metrics, station search);
-//! - [`server`]: the router of all surfaces, `run`/`serve`, the drain.
+//!   `ops` (health, readiness, stats, metrics, station search);
+//! - `server`: the router of all surfaces, `run`/`serve`, the drain.
 
 pub(crate) mod api_error;
 pub mod auth;
@@ -30,13 +30,13 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod metrics;
-pub mod navigation;
+pub(crate) mod navigation;
 pub mod node;
-pub mod ops;
+pub(crate) mod ops;
 pub mod protocol;
 pub(crate) mod redis_conn;
-pub mod server;
-pub mod session;
+mod server;
+pub(crate) mod session;
 pub mod store;
 pub mod telemetry;
 #[cfg(feature = "test-support")]

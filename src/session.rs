@@ -161,10 +161,6 @@ impl Sessions {
         self.by_key.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
-    }
-
     /// Whether any local session belongs to or watches `user`.
     pub fn has_interest(&self, user: &str) -> bool {
         self.by_user.contains_key(user) || self.watchers.contains_key(user)

@@ -15,7 +15,7 @@ mod fanout;
 mod registry;
 
 pub use build::Parts;
-pub use fanout::Fanout;
+pub(crate) use fanout::Fanout;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -54,27 +54,27 @@ pub struct Inner {
     /// This node's id, in every `connected` frame and bus envelope.
     pub node_id: Arc<str>,
     /// Accounts, passwords, token minting and verification.
-    pub auth: Arc<AuthService>,
+    pub(crate) auth: Arc<AuthService>,
     /// Shared state (memory or Redis).
-    pub stores: Stores,
+    pub(crate) stores: Stores,
     /// What a session's [`crate::navigation::Navigator`] works with: the
     /// route engine (with its LRU cache), the tracker, the route store.
-    pub navigation: Arc<NavDeps>,
+    pub(crate) navigation: Arc<NavDeps>,
     /// This node's sessions and watch subscriptions.
-    pub sessions: Arc<Sessions>,
+    pub(crate) sessions: Arc<Sessions>,
     /// The cross-node event bus; publishing goes through `fanout`.
-    pub bus: Arc<dyn Bus>,
+    pub(crate) bus: Arc<dyn Bus>,
     /// Delivers every navigation event to whoever should see it.
-    pub fanout: Arc<Fanout>,
+    pub(crate) fanout: Arc<Fanout>,
     pub metrics: Arc<Metrics>,
     /// Sessions plus upgrades in flight, checked before an upgrade so a
     /// burst cannot overshoot `ws.max_connections`.
-    pub connections: Arc<ConnectionLimit>,
+    pub(crate) connections: Arc<ConnectionLimit>,
     /// Cancelled when draining starts: every session closes with 1001.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// Every session task, so a drain can wait for them (axum does not
     /// wait for upgraded connections on graceful shutdown).
-    pub tasks: TaskTracker,
+    pub(crate) tasks: TaskTracker,
     /// Set when draining starts: `/ready` 503, no new upgrades.
     pub draining: AtomicBool,
     /// When the node started, for `/stats` uptime.
@@ -94,7 +94,7 @@ impl AppState {
     }
 
     /// The route engine, for station search and cache statistics.
-    pub fn engine(&self) -> &Arc<RouteEngine> {
+    pub(crate) fn engine(&self) -> &Arc<RouteEngine> {
         &self.navigation.engine
     }
 
