@@ -18,7 +18,7 @@ use crate::navigation::NavDeps;
 use crate::session::Sessions;
 use crate::store::Stores;
 use crate::transit::{Network, Profiles, RouteEngine, Tracker, TrackerConfig};
-use crate::ws::ConnectionLimit;
+use crate::ws::slot::ConnectionLimit;
 
 /// Optional parts a caller may supply instead of the defaults.
 #[derive(Default)]

@@ -35,7 +35,7 @@ use crate::navigation::NavDeps;
 use crate::session::Sessions;
 use crate::store::Stores;
 use crate::transit::RouteEngine;
-use crate::ws::ConnectionLimit;
+use crate::ws::slot::ConnectionLimit;
 
 /// Everything a node shares between its tasks. Cheap to clone.
 #[derive(Clone)]

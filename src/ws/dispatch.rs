@@ -341,8 +341,9 @@ impl SessionCtx {
                     .unshare(&user, &guardian_id)
                     .await
                     .map_err(RequestError::store)?;
-                // Watchers on any node lose access at their next check; the
-                // local ones are dropped now.
+                // This node's watchers of the rider are dropped now. Watchers
+                // on other nodes are not told (yet): they keep receiving
+                // until they unwatch or reconnect.
                 state.fanout.revoke_watch(&user, &guardian_id);
                 Ok(ServerMessage::Unshared { guardian_id })
             }

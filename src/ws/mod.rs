@@ -7,9 +7,8 @@
 
 mod connection;
 mod dispatch;
-mod slot;
+pub(crate) mod slot;
 
-pub use slot::ConnectionLimit;
 use slot::ConnectionSlot;
 
 use std::sync::atomic::Ordering;
