@@ -105,7 +105,9 @@ pub struct JwtConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// TOML file of accounts created at start if missing (dev fixtures).
-    /// Default `config/accounts.toml` when that file exists.
+    /// Default: `config/accounts.toml` when that file exists and `env` is
+    /// `dev`; `""` turns seeding off. Never loaded in production: setting
+    /// it there is a start-up error (its passwords are public).
     pub seed_file: Option<PathBuf>,
     /// Argon2id memory cost in KiB. Default 19456 (OWASP's minimum).
     pub argon2_memory_kib: u32,
@@ -338,6 +340,14 @@ pub enum ConfigError {
     Rule(String),
 }
 
+/// `value` as a TOML number or boolean, if it reads as one.
+fn scalar(value: &str) -> Option<toml::Value> {
+    format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+}
+
 impl Config {
     /// Merges the layers. `env` is the process environment as pairs, so
     /// tests can pass their own instead of mutating the global one.
@@ -356,6 +366,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
+        let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
         let mut env_toml = toml::Table::new();
         for (key, value) in env {
             let Some(rest) = key.strip_prefix("NAVCAST_") else {
@@ -369,20 +380,23 @@ impl Config {
                 Some(section) => vec![section, &lower[section.len() + 1..]],
                 None => vec![&lower],
             };
-            // Parse values as TOML scalars where they look like one (numbers,
-            // booleans), else keep them as strings.
-            let parsed = value
-                .parse::<toml::Value>()
-                .ok()
-                .filter(|v| !v.is_str())
-                .or_else(|| {
-                    format!("v = {value}")
-                        .parse::<toml::Table>()
-                        .ok()
-                        .and_then(|mut t| t.remove("v"))
-                        .filter(|v| v.is_integer() || v.is_float() || v.is_bool())
-                })
-                .unwrap_or(toml::Value::String(value));
+            // A value becomes a number or a boolean only where the setting
+            // is one; every other setting takes the string as it is, so an
+            // all-digit node id or secret stays a string.
+            let default = match path.as_slice() {
+                [section, key] => defaults
+                    .get(*section)
+                    .and_then(|t| t.as_table())
+                    .and_then(|t| t.get(*key)),
+                [key] => defaults.get(*key),
+                _ => None,
+            };
+            let parsed = match default {
+                Some(d) if d.is_integer() || d.is_float() || d.is_bool() => scalar(&value)
+                    .filter(|v| v.is_integer() || v.is_float() || v.is_bool())
+                    .unwrap_or(toml::Value::String(value)),
+                _ => toml::Value::String(value),
+            };
             match path.as_slice() {
                 [section, key] => {
                     let table = env_toml
@@ -403,10 +417,24 @@ impl Config {
         let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
-        if config.auth.seed_file.is_none() {
-            let default_seed = PathBuf::from("config/accounts.toml");
-            if default_seed.exists() {
-                config.auth.seed_file = Some(default_seed);
+        // An empty seed file turns seeding off. Only a dev node picks up
+        // `config/accounts.toml` by itself: its passwords are public.
+        match config.auth.seed_file.as_deref() {
+            Some(p) if p.as_os_str().is_empty() => config.auth.seed_file = None,
+            Some(p) if config.env == Environment::Production => {
+                return Err(ConfigError::Rule(format!(
+                    "auth.seed_file (NAVCAST_AUTH_SEED_FILE) is {} but env is production: seed \
+                     accounts have public passwords and are never loaded in production; unset it \
+                     or set it to \"\"",
+                    p.display()
+                )));
+            }
+            Some(_) => {}
+            None => {
+                let default_seed = PathBuf::from("config/accounts.toml");
+                if config.env == Environment::Dev && default_seed.exists() {
+                    config.auth.seed_file = Some(default_seed);
+                }
             }
         }
         config.validate()?;
@@ -537,5 +565,76 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.ws.ping_interval, Duration::from_secs(5));
         assert_eq!(cfg.ws.pong_timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn string_settings_take_any_string_from_the_environment() {
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("NAVCAST_NODE_ID", "7"),
+                ("NAVCAST_JWT_SECRET", "12345678901234567890123456789012"),
+                ("NAVCAST_JWT_ISSUER", "true"),
+                ("NAVCAST_BUS_CHANNEL", "42"),
+                ("NAVCAST_WS_MAX_CONNECTIONS", "20"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.node_id, "7");
+        assert_eq!(
+            cfg.jwt.secret.as_deref(),
+            Some("12345678901234567890123456789012")
+        );
+        assert_eq!(cfg.jwt.issuer.as_deref(), Some("true"));
+        assert_eq!(cfg.bus.channel, "42");
+        assert_eq!(cfg.ws.max_connections, 20);
+        // A number setting still refuses what is not a number.
+        assert!(
+            Config::load(
+                None,
+                env(&[("NAVCAST_WS_MAX_CONNECTIONS", "many")]),
+                &Overrides::default()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn seeding_can_be_turned_off_and_never_happens_in_production() {
+        // The tests run in the package root, where config/accounts.toml is.
+        assert!(Path::new("config/accounts.toml").exists());
+        let dev = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(
+            dev.auth.seed_file.as_deref(),
+            Some(Path::new("config/accounts.toml"))
+        );
+        let off = Config::load(
+            None,
+            env(&[("NAVCAST_AUTH_SEED_FILE", "")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(off.auth.seed_file, None);
+        let secret = ("NAVCAST_JWT_SECRET", "0123456789abcdef0123456789abcdef");
+        let production = Config::load(
+            None,
+            env(&[("NAVCAST_ENV", "production"), secret]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(production.auth.seed_file, None);
+        let err = Config::load(
+            None,
+            env(&[
+                ("NAVCAST_ENV", "production"),
+                secret,
+                ("NAVCAST_AUTH_SEED_FILE", "config/accounts.toml"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("NAVCAST_AUTH_SEED_FILE"), "{err}");
     }
 }
