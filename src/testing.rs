@@ -433,6 +433,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
+    /// Fails unless no frame of `kind` is pending after a ping round trip:
+    /// whatever the node sent before its pong has arrived by then, so
+    /// duplicates or extra events already sent would show here.
+    pub async fn assert_none_pending(&mut self, kind: &str) {
+        let pong = self.request(json!({"type": "ping"})).await;
+        assert_eq!(pong["type"], "pong", "{pong}");
+        assert!(
+            self.pushed.iter().all(|f| f["type"] != kind),
+            "{kind} pending: {:?}",
+            self.pushed
+        );
+    }
+
     /// Reads until the server closes; returns the close code. Keeps polling
     /// after the close frame so the client's close reply is flushed and the
     /// handshake completes.
@@ -494,6 +507,34 @@ pub async fn share_and_watch(
         .request(json!({"type": "watch", "user_id": rider_id}))
         .await;
     assert_eq!(w["type"], "watching", "{w}");
+}
+
+/// A rider and a guardian watching the rider's navigation, each with a
+/// session ([`watched_rider`]).
+pub struct Watched {
+    pub rider: Account,
+    pub guardian: Account,
+    /// The rider's session.
+    pub r: Client,
+    /// The guardian's session, watching the rider.
+    pub g: Client,
+}
+
+/// Registers a rider on `rider_node` and a guardian on `guardian_node`
+/// (the same node or another of one cluster), connects both there, and has
+/// the rider share with the guardian, who then watches.
+pub async fn watched_rider(rider_node: &TestNode, guardian_node: &TestNode) -> Watched {
+    let rider = account(rider_node, None).await;
+    let guardian = account(guardian_node, None).await;
+    let mut r = Client::connect(rider_node, &rider).await;
+    let mut g = Client::connect(guardian_node, &guardian).await;
+    share_and_watch(&mut r, &mut g, &rider.user_id, &guardian.user_id).await;
+    Watched {
+        rider,
+        guardian,
+        r,
+        g,
+    }
 }
 
 /// Coordinates of a few stations, for location updates.

@@ -56,27 +56,23 @@ async fn other_devices_and_guardians_get_every_event_in_order() {
             // Type, order and every field: the event is the reply itself.
             assert_eq!(&ev["event"], expected, "event {}", i + 1);
         }
-        let pong = receiver.request(json!({"type": "ping"})).await;
-        assert_eq!(pong["type"], "pong");
-        assert!(
-            receiver.pushed.iter().all(|f| f["type"] != "peer_event"),
-            "nothing beyond the six: {:?}",
-            receiver.pushed
-        );
+        // Nothing beyond the six.
+        receiver.assert_none_pending("peer_event").await;
     }
     // The sender itself got only direct replies.
-    assert!(phone.pushed.iter().all(|f| f["type"] != "peer_event"));
+    phone.assert_none_pending("peer_event").await;
 }
 
 #[tokio::test]
 async fn guardian_on_another_node_receives_events_once() {
     let nodes = TestNode::cluster(3, |_| {}).await;
-    let rider = account(&nodes[0], None).await;
-    let guardian = account(&nodes[0], None).await;
-    let mut r = Client::connect(&nodes[0], &rider).await;
-    let mut g = Client::connect(&nodes[1], &guardian).await;
-    assert_ne!(r.connected["node_id"], g.connected["node_id"]);
-    share_and_watch(&mut r, &mut g, &rider.user_id, &guardian.user_id).await;
+    let Watched {
+        rider,
+        mut r,
+        mut g,
+        ..
+    } = watched_rider(&nodes[0], &nodes[1]).await;
+    assert_ne!(r.node_id(), g.node_id());
     let calc = r
         .request(json!({"type": "start_navigation", "origin": "서울", "destination": "잠실"}))
         .await;
@@ -96,14 +92,8 @@ async fn guardian_on_another_node_receives_events_once() {
         seqs.push(ev["seq"].as_u64().unwrap());
     }
     assert_eq!(seqs, vec![1, 2, 3, 4]);
-    // Exactly once: a ping round trip later, nothing else is pending.
-    let pong = g.request(json!({"type": "ping"})).await;
-    assert_eq!(pong["type"], "pong");
-    assert!(
-        g.pushed.iter().all(|f| f["type"] != "peer_event"),
-        "duplicates: {:?}",
-        g.pushed
-    );
+    // Exactly once.
+    g.assert_none_pending("peer_event").await;
 
     // The route made on node A continues on node C after a reconnect: no
     // new start, the next fix is tracked on the same route.
@@ -166,11 +156,12 @@ async fn replace_policy_closes_the_older_session_across_nodes() {
 #[tokio::test]
 async fn unshare_stops_delivery_and_watch_needs_a_share() {
     let node = TestNode::start(test_config()).await;
-    let rider = account(&node, None).await;
-    let guardian = account(&node, None).await;
-    let mut r = Client::connect(&node, &rider).await;
-    let mut g = Client::connect(&node, &guardian).await;
-    share_and_watch(&mut r, &mut g, &rider.user_id, &guardian.user_id).await;
+    let Watched {
+        rider,
+        guardian,
+        mut r,
+        mut g,
+    } = watched_rider(&node, &node).await;
     r.request(json!({"type": "start_navigation", "origin": "강남", "destination": "잠실"}))
         .await;
     assert_eq!(g.pushed_of("peer_event").await["seq"], 1);

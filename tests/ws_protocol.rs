@@ -4,9 +4,23 @@
 use futures_util::SinkExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use navcast::clock::unix_s;
+use navcast::config::JwtAlgorithm;
 use navcast::testing::*;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// A node config signing with the key pair `{kind}_private.pem` /
+/// `{kind}_public.pem` of the test fixtures.
+fn key_pair_config(algorithm: JwtAlgorithm, kind: &str) -> navcast::Config {
+    let mut c = test_config();
+    c.jwt.algorithm = algorithm;
+    c.jwt.secret = None;
+    c.jwt.public_key_file = Some(format!("{FIXTURES}/{kind}_public.pem").into());
+    c.jwt.private_key_file = Some(format!("{FIXTURES}/{kind}_private.pem").into());
+    c
+}
 
 fn claims(sub: &str, kind: &str, exp: i64) -> Value {
     json!({"sub": sub, "exp": exp, "iat": unix_s(), "jti": "t1", "type": kind})
@@ -105,18 +119,13 @@ async fn handshake_rejections_are_plain_http() {
 
 #[tokio::test]
 async fn hs_rs_confusion_is_rejected() {
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let mut c = test_config();
-    c.jwt.algorithm = navcast::config::JwtAlgorithm::RS256;
-    c.jwt.secret = None;
-    c.jwt.public_key_file = Some(format!("{fixtures}/rsa_public.pem").into());
-    c.jwt.private_key_file = Some(format!("{fixtures}/rsa_private.pem").into());
+    let c = key_pair_config(JwtAlgorithm::RS256, "rsa");
     let node = TestNode::start(c).await;
     let acct = account(&node, None).await;
     // A real RS256 token from the node works.
     assert_eq!(token_status(&node, &acct.user_id, &acct.access).await, 101);
     // An HS256 token "signed" with the public key as an HMAC secret does not.
-    let public = std::fs::read(format!("{fixtures}/rsa_public.pem")).unwrap();
+    let public = std::fs::read(format!("{FIXTURES}/rsa_public.pem")).unwrap();
     let forged = encode(
         &Header::new(Algorithm::HS256),
         &claims(&acct.user_id, "access", unix_s() + 600),
@@ -360,8 +369,7 @@ async fn every_error_code_keeps_the_connection_open() {
 #[tokio::test]
 async fn route_not_found_on_a_disconnected_network() {
     let mut cfg = test_config();
-    cfg.data_dir =
-        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/split-network").into());
+    cfg.data_dir = Some(format!("{FIXTURES}/split-network").into());
     let node = TestNode::start(cfg).await;
     let acct = account(&node, None).await;
     let mut c = Client::connect(&node, &acct).await;
@@ -496,19 +504,14 @@ async fn station_search_over_http() {
 
 #[tokio::test]
 async fn es256_tokens_from_a_pem_key_pair() {
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let mut c = test_config();
-    c.jwt.algorithm = navcast::config::JwtAlgorithm::ES256;
-    c.jwt.secret = None;
-    c.jwt.public_key_file = Some(format!("{fixtures}/ec_public.pem").into());
-    c.jwt.private_key_file = Some(format!("{fixtures}/ec_private.pem").into());
+    let mut c = key_pair_config(JwtAlgorithm::ES256, "ec");
     c.jwt.issuer = Some("navcast-test".into());
     c.jwt.audience = Some("riders".into());
     let node = TestNode::start(c).await;
     let acct = account(&node, None).await;
     assert_eq!(token_status(&node, &acct.user_id, &acct.access).await, 101);
     // Same key, wrong audience: refused.
-    let key = std::fs::read(format!("{fixtures}/ec_private.pem")).unwrap();
+    let key = std::fs::read(format!("{FIXTURES}/ec_private.pem")).unwrap();
     let mut cl = claims(&acct.user_id, "access", unix_s() + 600);
     cl["iss"] = json!("navcast-test");
     cl["aud"] = json!("someone-else");
