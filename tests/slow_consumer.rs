@@ -70,7 +70,6 @@ async fn slow_consumer_is_closed_with_4008_and_memory_stays_bounded() {
         "memory bounded by {QUEUE_FRAMES} queued frames of {frame_bytes} B ({bound} B) \
          + {ALLOCATOR_SLACK} B slack: {rss_before} → {rss_after} after {pushed} events"
     );
-    eprintln!("slow consumer: {pushed} events, rss growth {growth} B, bound {bound} B");
     // The rider is unaffected.
     let pong = r.request(json!({"type": "ping"})).await;
     assert_eq!(pong["type"], "pong");
