@@ -16,21 +16,17 @@
 //! process and the machine's cores, so the latency includes the clients'
 //! own scheduling.
 
-#[allow(dead_code)]
-#[path = "../tests/common/redis.rs"]
-mod redis_server;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use navcast::Config;
 use navcast::config::BusTopology;
-use navcast::{AppState, Config, Parts};
+use navcast::testing::{Account, Client, RedisServer, TestNode, register_and_login, test_config};
 use parking_lot::Mutex;
-use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -61,115 +57,37 @@ fn phases() -> Vec<(u64, u64)> {
     }
 }
 
-struct Node {
-    state: AppState,
-    addr: std::net::SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-}
-
 fn node_config(redis_url: &str, name: &str, topology: BusTopology) -> Config {
-    let mut c = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        node_id: name.to_string(),
-        redis_url: Some(redis_url.to_string()),
-        ..Default::default()
-    };
-    c.jwt.secret = Some("bench-secret-0123456789abcdef-0123456789".into());
-    c.auth.argon2_memory_kib = 1024;
-    c.auth.argon2_iterations = 1;
-    c.auth.seed_file = None;
+    let mut c = test_config();
+    c.node_id = name.to_string();
+    c.redis_url = Some(redis_url.to_string());
     c.ws.rate_per_s = 10_000.0;
     c.ws.rate_burst = 10_000.0;
     c.bus.topology = topology;
     c
 }
 
-async fn start_node(config: Config) -> Node {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = AppState::build(config, Parts::default()).await.unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(navcast::serve(listener, state.clone(), async move {
-        let _ = stopped.await;
-    }));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !state.is_ready() {
-        assert!(tokio::time::Instant::now() < deadline, "node never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Node {
-        state,
-        addr,
-        stop: Some(stop),
-    }
+async fn start_node(config: Config) -> TestNode {
+    let node = TestNode::start(config).await;
+    node.wait_ready(true).await;
+    node
 }
 
-struct Login {
-    user_id: String,
-    access: String,
-}
-
-async fn login(http: &reqwest::Client, node: &Node, n: usize) -> Login {
-    let email = format!("bench-{n}-{}@example.com", uuid::Uuid::new_v4().simple());
-    let password = "bench password 1";
-    let r = http
-        .post(format!("http://{}/api/v1/auth/register", node.addr))
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let v: Value = http
-        .post(format!("http://{}/api/v1/auth/login", node.addr))
-        .json(&json!({"username": email, "password": password}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    Login {
-        user_id: v["user_id"].as_str().unwrap().to_string(),
-        access: v["access_token"].as_str().unwrap().to_string(),
-    }
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(node: &Node, who: &Login) -> Ws {
-    let url = format!(
-        "ws://{}/api/v1/ws/{}?token={}",
-        node.addr, who.user_id, who.access
-    );
-    // A small read buffer: tungstenite zero-fills the whole buffer before
-    // each read, and at the default 128 KiB that memset would dominate the
-    // clients' CPU (the node uses 4 KiB for the same reason).
+/// A session with a small read buffer: tungstenite zero-fills the whole
+/// buffer before each read, and at the default 128 KiB that memset would
+/// dominate the clients' CPU (the node uses 4 KiB for the same reason).
+async fn connect(node: &TestNode, who: &Account) -> Client {
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-        .await
-        .unwrap();
-    let first = ws.next().await.unwrap().unwrap();
-    assert!(first.to_text().unwrap().contains("\"connected\""));
-    ws
-}
-
-/// Sends one request and returns its reply (no other traffic is expected
-/// during setup except pushed frames, which are skipped).
-async fn request(ws: &mut Ws, mut v: Value) -> Value {
-    v["request_id"] = json!("setup");
-    ws.send(Message::text(v.to_string())).await.unwrap();
-    loop {
-        let msg = ws.next().await.unwrap().unwrap();
-        if let Message::Text(t) = msg {
-            let reply: Value = serde_json::from_str(&t).unwrap();
-            if reply["request_id"] == "setup" {
-                return reply;
-            }
-        }
-    }
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(
+        node.ws_url(&who.user_id, &who.access),
+        Some(config),
+        true,
+    )
+    .await
+    .unwrap();
+    Client::from_ws(ws).await
 }
 
 /// Latency recorders per phase: [through Redis, local].
@@ -237,24 +155,16 @@ async fn run_topology(redis_url: &str, topology: BusTopology) -> Figures {
     for i in 0..riders {
         let rider_node = i % NODES;
         let guardian_node = (i / NODES) % NODES;
-        let rider = login(&http, &nodes[rider_node], i).await;
-        let guardian = login(&http, &nodes[guardian_node], i).await;
+        let rider = register_and_login(&http, &nodes[rider_node].http(""), None).await;
+        let guardian = register_and_login(&http, &nodes[guardian_node].http(""), None).await;
         let mut r = connect(&nodes[rider_node], &rider).await;
         let mut g = connect(&nodes[guardian_node], &guardian).await;
-        let shared = request(
-            &mut r,
-            json!({"type": "share_navigation", "guardian_id": guardian.user_id}),
-        )
-        .await;
-        assert_eq!(shared["type"], "shared", "{shared}");
-        let watching = request(&mut g, json!({"type": "watch", "user_id": rider.user_id})).await;
-        assert_eq!(watching["type"], "watching", "{watching}");
-        let calc = request(
-            &mut r,
-            json!({"type": "start_navigation", "origin": "서울", "destination": "잠실"}),
-        )
-        .await;
+        navcast::testing::share_and_watch(&mut r, &mut g, &rider.user_id, &guardian.user_id).await;
+        let calc = r
+            .request(json!({"type": "start_navigation", "origin": "서울", "destination": "잠실"}))
+            .await;
         assert_eq!(calc["type"], "route_calculated", "{calc}");
+        let (mut g, r) = (g.ws, r.ws);
 
         // The guardian: every peer_event's latency into the current phase.
         let remote = usize::from(rider_node == guardian_node);
@@ -372,11 +282,8 @@ async fn run_topology(redis_url: &str, topology: BusTopology) -> Figures {
         });
     }
     done.store(true, Ordering::Relaxed);
-    for node in &mut nodes {
-        if let Some(stop) = node.stop.take() {
-            let _ = stop.send(());
-        }
-    }
+    // Dropping a TestNode starts its drain.
+    drop(nodes);
     for t in tasks {
         t.abort();
     }
@@ -476,7 +383,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let redis = redis_server::RedisServer::start().await;
+        let redis = RedisServer::start().await;
         let mut figures = Vec::new();
         // `FANOUT_TOPOLOGIES=targeted,broadcast` changes the order or picks one.
         let topologies: Vec<BusTopology> = match std::env::var("FANOUT_TOPOLOGIES") {

@@ -600,16 +600,30 @@ fn field_error(e: &serde_json::Error) -> String {
         Some(i) => &text[..i],
         None => &text,
     };
-    // serde quotes unknown enum variants and invalid values; keep the
-    // message short and free of client-supplied text.
-    match text.find(": ") {
-        Some(_) if text.starts_with("invalid value") || text.starts_with("invalid type") => text
-            .split(',')
+    // serde describes what it found (the client's value, quoted) before
+    // ", expected …" (our types and names). Keep only the kind of what was
+    // found, so no client-supplied text is reflected; field names in
+    // "missing field `x`" / "duplicate field `x`" are our own.
+    let (found, expected) = match text.split_once(", expected ") {
+        Some((found, expected)) => (found, Some(expected)),
+        None => (text, None),
+    };
+    let mut message = if found.starts_with("missing field") || found.starts_with("duplicate field")
+    {
+        found.to_string()
+    } else {
+        found
+            .split([':', '`', '"'])
             .next()
             .unwrap_or("invalid value")
-            .to_string(),
-        _ => text.chars().take(120).collect(),
+            .trim()
+            .to_string()
+    };
+    if let Some(expected) = expected {
+        message.push_str(", expected ");
+        message.push_str(expected);
     }
+    message.chars().take(160).collect()
 }
 
 #[cfg(test)]
@@ -697,31 +711,171 @@ mod tests {
             ]
         }
 
+        /// A request id as a client may send it, and as it must come back.
+        fn request_id() -> impl Strategy<Value = RequestId> {
+            prop_oneof![
+                any::<i64>().prop_map(|n| RequestId::Num(n.into())),
+                "[a-zA-Z0-9-]{0,16}".prop_map(RequestId::Str),
+            ]
+        }
+
+        /// A string no reply may contain: the stand-in for client input.
+        const MARKER: &str = "XQZ-not-to-be-echoed";
+
+        /// Which of the three frame classes a JSON object falls into, by the
+        /// rules of `parse_request`'s documentation.
+        #[derive(Debug, Clone, PartialEq)]
+        enum Class {
+            /// No usable `type` (absent or null): PARSING_ERROR, id echoed.
+            NoType,
+            /// `type` or `request_id` of the wrong JSON kind: PARSING_ERROR,
+            /// nothing echoed (the head itself is malformed).
+            BadHead,
+            /// A `type` the contract does not know: UNKNOWN_MESSAGE_TYPE.
+            Unknown,
+            /// A known `type`: parsed, or INVALID_PARAMETERS, id echoed.
+            Known(&'static str),
+        }
+
+        /// JSON objects shaped like requests: every combination of a good,
+        /// missing, unknown or ill-typed `type` and `request_id`, plus
+        /// fields of real requests holding client text or numbers.
+        fn request_object() -> impl Strategy<Value = (serde_json::Value, Class, Option<RequestId>)>
+        {
+            let known = proptest::sample::select(
+                RequestKind::ALL
+                    .iter()
+                    .filter(|k| **k != RequestKind::Invalid)
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>(),
+            );
+            let type_field = prop_oneof![
+                Just((None, Class::NoType)),
+                Just((Some(serde_json::Value::Null), Class::NoType)),
+                known.prop_map(|t| (Some(t.into()), Class::Known(t))),
+                "[a-z_]{0,12}"
+                    .prop_filter("not a known type", |t| RequestKind::from_type(t).is_none())
+                    .prop_map(|t| (Some(t.into()), Class::Unknown)),
+                any::<i32>().prop_map(|n| (Some(n.into()), Class::BadHead)),
+            ];
+            let id_field = prop_oneof![
+                Just((None, true)),
+                request_id().prop_map(|id| (Some(id), true)),
+                // A boolean id is not a string or number: a bad head.
+                Just((None, false)),
+            ];
+            let value = prop_oneof![
+                Just(serde_json::Value::from(MARKER)),
+                (-200.0f64..200.0).prop_map(serde_json::Value::from),
+                any::<u8>().prop_map(serde_json::Value::from),
+                Just(serde_json::json!({ "nested": MARKER })),
+            ];
+            let field = proptest::sample::select(vec![
+                "origin",
+                "destination",
+                "disability_type",
+                "latitude",
+                "longitude",
+                "accuracy",
+                "route_id",
+                "target_rank",
+                "guardian_id",
+                "user_id",
+                "token",
+                "pad",
+            ]);
+            (
+                type_field,
+                id_field,
+                proptest::collection::btree_map(field, value, 0..6),
+            )
+                .prop_map(|((t, class), (id, id_ok), fields)| {
+                    let mut obj: serde_json::Map<String, serde_json::Value> = fields
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect();
+                    if let Some(t) = t {
+                        obj.insert("type".into(), t);
+                    }
+                    if let Some(id) = &id {
+                        obj.insert("request_id".into(), serde_json::to_value(id).unwrap());
+                    } else if !id_ok {
+                        obj.insert("request_id".into(), true.into());
+                    }
+                    let class = if !id_ok { Class::BadHead } else { class };
+                    let echoed = if class == Class::BadHead { None } else { id };
+                    (serde_json::Value::Object(obj), class, echoed)
+                })
+        }
+
         proptest! {
             #[test]
-            fn every_request_round_trips_with_its_id(msg in client_message(), id in any::<i64>()) {
+            fn every_request_round_trips_with_its_id(msg in client_message(), id in request_id()) {
                 let mut v = serde_json::to_value(&msg).unwrap();
-                v["request_id"] = id.into();
+                v["request_id"] = serde_json::to_value(&id).unwrap();
                 let (back, rid) = parse_request(&v.to_string()).unwrap();
                 prop_assert_eq!(back, msg);
-                prop_assert_eq!(rid, Some(RequestId::Num(id.into())));
+                prop_assert_eq!(rid, Some(id));
             }
 
             #[test]
-            fn arbitrary_text_never_panics_and_gets_a_code(text in ".{0,200}") {
-                if let Err(e) = parse_request(&text) {
-                    prop_assert!(!e.message.contains(&text) || text.len() < 3, "input reflected: {}", e.message);
+            fn each_request_shape_gets_the_code_of_its_class(
+                (obj, class, echoed) in request_object()
+            ) {
+                let text = obj.to_string();
+                match (parse_request(&text), &class) {
+                    (Ok((msg, id)), Class::Known(t)) => {
+                        prop_assert_eq!(msg.kind().as_str(), *t);
+                        prop_assert_eq!(id, echoed);
+                    }
+                    (Ok((msg, _)), _) => {
+                        prop_assert!(false, "{:?} parsed as {:?}: {}", class, msg, text);
+                    }
+                    (Err(e), _) => {
+                        let code = match class {
+                            Class::NoType | Class::BadHead => ErrorCode::ParsingError,
+                            Class::Unknown => ErrorCode::UnknownMessageType,
+                            Class::Known(_) => ErrorCode::InvalidParameters,
+                        };
+                        prop_assert_eq!(e.code, code, "{:?}: {}", class, text);
+                        prop_assert_eq!(e.request_id, echoed, "{}", text);
+                        let kind = match class {
+                            Class::Known(t) => RequestKind::from_type(t).unwrap(),
+                            _ => RequestKind::Invalid,
+                        };
+                        prop_assert_eq!(e.kind, kind);
+                    }
                 }
             }
 
             #[test]
-            fn mutated_requests_get_a_documented_code(msg in client_message(), cut in 0usize..200) {
-                let text = serde_json::to_string(&msg).unwrap();
-                let cut = cut.min(text.len());
-                if let Some(prefix) = text.get(..cut)
-                    && let Err(e) = parse_request(prefix)
-                {
-                    prop_assert!(matches!(e.code, ErrorCode::ParsingError | ErrorCode::UnknownMessageType | ErrorCode::InvalidParameters));
+            fn a_truncated_request_is_a_parsing_error_without_an_id(
+                msg in client_message(),
+                id in request_id(),
+                cut in 0usize..400,
+            ) {
+                let mut v = serde_json::to_value(&msg).unwrap();
+                v["request_id"] = serde_json::to_value(&id).unwrap();
+                let text = v.to_string();
+                // A strict prefix of an object is never a whole JSON value.
+                let cut = cut % text.len();
+                let Some(prefix) = text.get(..cut) else {
+                    return Ok(()); // inside a UTF-8 character
+                };
+                let e = parse_request(prefix).unwrap_err();
+                prop_assert_eq!(e.code, ErrorCode::ParsingError, "{}", prefix);
+                prop_assert_eq!(e.request_id, None);
+                prop_assert_eq!(e.kind, RequestKind::Invalid);
+            }
+        }
+
+        proptest! {
+            /// The contract of `parse_request`: messages never include the
+            /// offending input.
+            #[test]
+            fn error_messages_never_reflect_client_text((obj, _, _) in request_object()) {
+                if let Err(e) = parse_request(&obj.to_string()) {
+                    prop_assert!(!e.message.contains(MARKER), "reflected: {}", e.message);
                 }
             }
         }

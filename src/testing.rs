@@ -1,19 +1,30 @@
-//! Real nodes inside a test process, for this crate's integration tests and
-//! for navcast-load's (feature `test-support`; never in a release build).
+//! The test toolkit: real nodes, a real Redis, real HTTP and WebSocket
+//! clients inside a test process, for this crate's integration tests, its
+//! benches and navcast-load's tests (feature `test-support`; never in a
+//! release build).
 //!
-//! Both test suites need the same thing: a node on port 0 with cheap
-//! argon2 and a known secret, several nodes sharing one in-process bus and
-//! one set of stores, `/stats` read over real HTTP, and a drain on stop.
-//! Keeping it here means one definition of "a node in a test".
+//! Every suite needs the same things: a node on port 0 with cheap argon2
+//! and a known secret, several nodes sharing one in-process bus and one set
+//! of stores, a `redis-server` on a free port, an account to log in with, a
+//! WebSocket client that pairs replies with requests, and `/stats` read over
+//! real HTTP. Keeping them here means one definition of each.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::bus::Bus;
 use crate::bus::local::{LocalBus, LocalHub};
@@ -46,6 +57,29 @@ pub fn require_tool(tool: &str, install: &str) {
     let on_path = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|dir| dir.join(tool).is_file()));
     assert!(on_path, "{tool} is required: {install}");
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `check` every 20 ms until it holds; fails the test, naming `what`,
+/// if it does not within `limit`. For state that has no event to await
+/// (`/stats` counters, `/ready`); `limit` is a bound on a hang, not a
+/// latency target.
+pub async fn poll_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A node serving on a loopback port until [`TestNode::stop`] or drop.
@@ -166,14 +200,29 @@ impl TestNode {
     /// [`wait_sessions`](Self::wait_sessions) with its own time limit, for
     /// load-client runs that ramp their riders up over seconds.
     pub async fn wait_sessions_within(&self, n: u64, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.stats().await["sessions"] != n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "node never reached {n} sessions in {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        poll_until(&format!("node reaches {n} sessions"), limit, async || {
+            self.stats().await["sessions"] == n
+        })
+        .await
+    }
+
+    /// The HTTP status of `GET /ready`.
+    pub async fn ready_status(&self) -> u16 {
+        reqwest::get(self.http("/ready"))
+            .await
+            .expect("node answers /ready")
+            .status()
+            .as_u16()
+    }
+
+    /// Polls `/ready` until it answers 200 (`true`) or 503 (`false`).
+    pub async fn wait_ready(&self, ready: bool) {
+        let want = if ready { 200 } else { 503 };
+        let what = format!("{} answers /ready {want}", self.state.node_id);
+        poll_until(&what, Duration::from_secs(15), async || {
+            self.ready_status().await == want
+        })
+        .await
     }
 
     /// Starts the drain (sessions get 1001) and waits for the node to stop.
@@ -194,4 +243,422 @@ impl Drop for TestNode {
             let _ = stop.send(());
         }
     }
+}
+
+/// A registered, logged-in account.
+pub struct Account {
+    pub email: String,
+    pub password: String,
+    pub user_id: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+/// Registers an account with a unique email at `base` (`http://host:port`
+/// or an https URL through a proxy) and logs in with the form body, as the
+/// reference clients do.
+pub async fn register_and_login(
+    http: &reqwest::Client,
+    base: &str,
+    disability_type: Option<&str>,
+) -> Account {
+    let email = format!("rider-{}@example.com", uuid::Uuid::new_v4().simple());
+    let password = "correct horse battery".to_string();
+    let mut body = json!({ "email": email, "password": password });
+    if let Some(t) = disability_type {
+        body["disability_type"] = json!(t);
+    }
+    let r = http
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&body)
+        .send()
+        .await
+        .expect("register answers");
+    let status = r.status();
+    assert_eq!(
+        status,
+        201,
+        "register: {}",
+        r.text().await.unwrap_or_default()
+    );
+    let login: Value = http
+        .post(format!("{base}/api/v1/auth/login"))
+        .form(&[
+            ("username", email.as_str()),
+            ("password", password.as_str()),
+        ])
+        .send()
+        .await
+        .expect("login answers")
+        .json()
+        .await
+        .expect("login answers JSON");
+    let field = |name: &str| {
+        login[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("login without {name}: {login}"))
+            .to_string()
+    };
+    Account {
+        user_id: field("user_id"),
+        access: field("access_token"),
+        refresh: field("refresh_token"),
+        email,
+        password,
+    }
+}
+
+/// [`register_and_login`] on `node` directly.
+pub async fn account(node: &TestNode, disability_type: Option<&str>) -> Account {
+    register_and_login(&reqwest::Client::new(), &node.http(""), disability_type).await
+}
+
+/// `POST /api/v1/auth/refresh` on `node`: the new token pair.
+pub async fn refresh(node: &TestNode, refresh_token: &str) -> Value {
+    reqwest::Client::new()
+        .post(node.http("/api/v1/auth/refresh"))
+        .json(&json!({"refresh_token": refresh_token}))
+        .send()
+        .await
+        .expect("refresh answers")
+        .json()
+        .await
+        .expect("refresh answers JSON")
+}
+
+/// A WebSocket client that pairs replies by `request_id` and keeps pushed
+/// frames (peer events, token warnings) aside. Generic over the stream, so
+/// the same client speaks plain `ws://` to a test node and wss through
+/// nginx ([`Client::from_ws`]).
+pub struct Client<S = MaybeTlsStream<TcpStream>> {
+    pub ws: WebSocketStream<S>,
+    /// The `connected` frame the session began with.
+    pub connected: Value,
+    /// Frames that answered no request, oldest first.
+    pub pushed: VecDeque<Value>,
+    next_id: u64,
+}
+
+impl Client {
+    pub async fn connect(node: &TestNode, acct: &Account) -> Client {
+        Client::connect_url(&node.ws_url(&acct.user_id, &acct.access)).await
+    }
+
+    pub async fn connect_url(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect");
+        Client::from_ws(ws).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// Wraps an upgraded socket; reads and checks its `connected` frame.
+    pub async fn from_ws(ws: WebSocketStream<S>) -> Client<S> {
+        let mut c = Client {
+            ws,
+            connected: Value::Null,
+            pushed: VecDeque::new(),
+            next_id: 0,
+        };
+        let first = c.next_frame().await.expect("connected frame");
+        assert_eq!(first["type"], "connected", "{first}");
+        c.connected = first;
+        c
+    }
+
+    /// The `node_id` of the `connected` frame: the node serving this session.
+    pub fn node_id(&self) -> &str {
+        self.connected["node_id"].as_str().expect("node_id")
+    }
+
+    /// The next text frame as JSON; `None` when the connection closed.
+    pub async fn next_frame(&mut self) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("frame in time")
+            {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(&t).expect("JSON frame"));
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(v.to_string()).await
+    }
+
+    /// Sends `text` as it is, valid JSON or not.
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws
+            .send(Message::text(text.into()))
+            .await
+            .expect("frame sent");
+    }
+
+    /// Sends with a fresh request id and returns the reply to it.
+    pub async fn request(&mut self, mut v: Value) -> Value {
+        self.next_id += 1;
+        let id = format!("r{}", self.next_id);
+        v["request_id"] = json!(id);
+        self.send(v).await;
+        loop {
+            let frame = self.next_frame().await.expect("reply before close");
+            if frame["request_id"] == json!(id) {
+                return frame;
+            }
+            assert!(
+                frame.get("request_id").is_none(),
+                "reply to another request: {frame}"
+            );
+            self.pushed.push_back(frame);
+        }
+    }
+
+    /// The next pushed frame of `type`, waiting for it if needed.
+    pub async fn pushed_of(&mut self, kind: &str) -> Value {
+        if let Some(i) = self.pushed.iter().position(|f| f["type"] == kind) {
+            return self.pushed.remove(i).expect("position is in range");
+        }
+        loop {
+            let frame = self.next_frame().await.expect("pushed frame before close");
+            if frame["type"] == kind {
+                return frame;
+            }
+            self.pushed.push_back(frame);
+        }
+    }
+
+    /// Fails unless no frame of `kind` is pending after a ping round trip:
+    /// whatever the node sent before its pong has arrived by then, so
+    /// duplicates or extra events already sent would show here.
+    pub async fn assert_none_pending(&mut self, kind: &str) {
+        let pong = self.request(json!({"type": "ping"})).await;
+        assert_eq!(pong["type"], "pong", "{pong}");
+        assert!(
+            self.pushed.iter().all(|f| f["type"] != kind),
+            "{kind} pending: {:?}",
+            self.pushed
+        );
+    }
+
+    /// Reads until the server closes; returns the close code. Keeps polling
+    /// after the close frame so the client's close reply is flushed and the
+    /// handshake completes.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        let code = loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close in time")
+            {
+                Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                None | Some(Err(_)) => return None,
+            }
+        };
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
+        code
+    }
+}
+
+/// Attempts an upgrade and returns the HTTP status of a refusal (or 101)
+/// and its `Retry-After`.
+pub async fn handshake_status(url: &str, headers: &[(&str, &str)]) -> (u16, Option<String>) {
+    let mut req = url.into_client_request().expect("a ws URL");
+    for (k, v) in headers {
+        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+            .expect("header name");
+        req.headers_mut()
+            .insert(name, v.parse().expect("header value"));
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => (101, None),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => (
+            resp.status().as_u16(),
+            resp.headers()
+                .get("retry-after")
+                .map(|v| v.to_str().expect("ASCII Retry-After").to_string()),
+        ),
+        Err(e) => panic!("unexpected handshake error: {e}"),
+    }
+}
+
+/// The handshake status of `user`'s WebSocket URL on `node` with `token`.
+pub async fn token_status(node: &TestNode, user: &str, token: &str) -> u16 {
+    handshake_status(&node.ws_url(user, token), &[]).await.0
+}
+
+/// The rider shares its navigation with the guardian, who then watches.
+pub async fn share_and_watch(
+    rider: &mut Client,
+    guardian: &mut Client,
+    rider_id: &str,
+    guardian_id: &str,
+) {
+    let r = rider
+        .request(json!({"type": "share_navigation", "guardian_id": guardian_id}))
+        .await;
+    assert_eq!(r["type"], "shared", "{r}");
+    let w = guardian
+        .request(json!({"type": "watch", "user_id": rider_id}))
+        .await;
+    assert_eq!(w["type"], "watching", "{w}");
+}
+
+/// A rider and a guardian watching the rider's navigation, each with a
+/// session ([`watched_rider`]).
+pub struct Watched {
+    pub rider: Account,
+    pub guardian: Account,
+    /// The rider's session.
+    pub r: Client,
+    /// The guardian's session, watching the rider.
+    pub g: Client,
+}
+
+/// Registers a rider on `rider_node` and a guardian on `guardian_node`
+/// (the same node or another of one cluster), connects both there, and has
+/// the rider share with the guardian, who then watches.
+pub async fn watched_rider(rider_node: &TestNode, guardian_node: &TestNode) -> Watched {
+    let rider = account(rider_node, None).await;
+    let guardian = account(guardian_node, None).await;
+    let mut r = Client::connect(rider_node, &rider).await;
+    let mut g = Client::connect(guardian_node, &guardian).await;
+    share_and_watch(&mut r, &mut g, &rider.user_id, &guardian.user_id).await;
+    Watched {
+        rider,
+        guardian,
+        r,
+        g,
+    }
+}
+
+/// Coordinates of a few stations, for location updates.
+pub const YEOKSAM: (f64, f64) = (37.5006, 127.0364);
+pub const GANGNAM: (f64, f64) = (37.4979, 127.0276);
+pub const HONGDAE: (f64, f64) = (37.5579, 126.9227);
+pub const SEOUL_STATION: (f64, f64) = (37.5547, 126.9707);
+
+const REDIS_MISSING: &str = "apt-get install -y redis-server";
+
+/// Fails the test with the install hint unless `redis-server` is on `PATH`.
+pub fn require_redis_server() {
+    require_tool("redis-server", REDIS_MISSING);
+}
+
+/// A real `redis-server` for a test: started on a free loopback port in
+/// its own temporary directory, without persistence, and killed on drop.
+///
+/// Tests that need Redis fail loudly when `redis-server` is missing; they
+/// never skip, because a skipped cluster test hides exactly the failures it
+/// exists to catch.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers PING.
+    pub async fn start() -> RedisServer {
+        RedisServer::start_on(free_port()).await
+    }
+
+    /// Starts a server on `port` and waits until it answers PING.
+    pub async fn start_on(port: u16) -> RedisServer {
+        require_redis_server();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = RedisServer {
+            port,
+            dir,
+            child: None,
+        };
+        server.restart().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server with SIGKILL (no shutdown, no goodbye to clients)
+    /// and waits until it is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (after [`kill`](Self::kill)),
+    /// empty.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "server already running");
+        self.child = Some(spawn_redis(self.port, self.dir.path()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if redis_ping(self.port).await {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("redis-server exited with {status} on port {}", self.port);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server on port {} did not answer PING in 10 s",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_redis(port: u16, dir: &Path) -> Child {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            dir.to_str().expect("utf-8 temp dir"),
+            "--loglevel",
+            "warning",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start redis-server ({e}); {REDIS_MISSING}"))
+}
+
+/// Whether a Redis server on `port` answers PING.
+async fn redis_ping(port: u16) -> bool {
+    let attempt = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"PING\r\n").await?;
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).await?;
+        Ok::<bool, std::io::Error>(buf[..n].starts_with(b"+PONG"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), attempt).await,
+        Ok(Ok(true))
+    )
 }

@@ -1,38 +1,116 @@
 //! Session lifecycle: heartbeat, token expiry and in-band refresh, slow
 //! consumers, graceful drain, and the auth endpoints.
 
-mod common;
-
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use common::*;
+use futures_util::StreamExt;
+use navcast::clock::unix_s;
+use navcast::testing::*;
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A client's TCP stream whose outgoing direction can be cut: once muted,
+/// what the client writes (its automatic pongs, its close reply) is dropped
+/// instead of sent, as on a link that lost its upstream half. Reads pass
+/// through, so the client still sees everything the node sends.
+struct Muted {
+    inner: TcpStream,
+    muted: Arc<AtomicBool>,
+}
+
+impl AsyncRead for Muted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Muted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.muted.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.muted.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.muted.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 #[tokio::test]
-async fn heartbeat_timeout_closes_a_silent_client() {
+async fn heartbeat_timeout_closes_a_client_whose_pongs_stop() {
     let mut cfg = test_config();
     cfg.ws.ping_interval = Duration::from_millis(100);
-    cfg.ws.pong_timeout = Duration::from_millis(400);
+    cfg.ws.pong_timeout = Duration::from_secs(1);
     let node = TestNode::start(cfg).await;
     let acct = account(&node, None).await;
-    // Connect, then do not read: tungstenite answers pings only while the
-    // client polls the stream, so no pong goes back.
-    let mut c = Client::connect(&node, &acct).await;
-    // Wait for the node to give up on us: the session count drops to zero.
+
+    // The silent client keeps reading (so it sees the close frame), but its
+    // pongs never reach the node.
+    let muted = Arc::new(AtomicBool::new(false));
+    let stream = Muted {
+        inner: TcpStream::connect(node.addr).await.unwrap(),
+        muted: muted.clone(),
+    };
+    let (ws, _) = tokio_tungstenite::client_async(node.ws_url(&acct.user_id, &acct.access), stream)
+        .await
+        .unwrap();
+    let mut silent = Client::from_ws(ws).await;
+    muted.store(true, Ordering::Relaxed);
+    assert_eq!(
+        silent.close_code().await,
+        Some(1008),
+        "heartbeat timeout closes with 1008 (policy)"
+    );
     node.wait_sessions(0).await;
-    let stats = node.stats().await;
-    assert_eq!(stats["heartbeat_timeouts"], 1);
-    // Reading now makes the client answer the queued pings into a socket
-    // the node has closed, so the close frame may or may not be read first.
-    let code = c.close_code().await;
-    assert!(matches!(code, None | Some(1008)), "{code:?}");
-    // A client that keeps reading answers pings and stays.
+    assert_eq!(node.stats().await["heartbeat_timeouts"], 1);
+
+    // A client that sends nothing of its own but answers the node's pings
+    // (tungstenite pongs while it reads) stays: it reads 25 pings, 2.5
+    // pong timeouts' worth, and the session is still there.
     let mut live = Client::connect(&node, &acct).await;
-    for _ in 0..8 {
-        let r = live.request(json!({"type": "ping"})).await;
-        assert_eq!(r["type"], "pong");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut pings = 0;
+    while pings < 25 {
+        match tokio::time::timeout(WAIT, live.ws.next())
+            .await
+            .expect("the node keeps pinging")
+        {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("only pings expected, got {other:?}"),
+        }
     }
+    let r = live.request(json!({"type": "ping"})).await;
+    assert_eq!(r["type"], "pong", "{r}");
+    let stats = node.stats().await;
+    assert_eq!(
+        stats["heartbeat_timeouts"], 1,
+        "the live client never timed out"
+    );
+    assert_eq!(stats["sessions"], 1, "{stats}");
 }
 
 #[tokio::test]
@@ -73,12 +151,7 @@ async fn in_band_refresh_keeps_the_session() {
     let new_exp = r["token_expires_at"].as_i64().unwrap();
     assert!(new_exp >= old_exp + 3, "{new_exp} well after {old_exp}");
     // Past the old expiry, the session still answers.
-    while (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64)
-        <= old_exp
-    {
+    while unix_s() <= old_exp {
         let pong = c.request(json!({"type": "ping"})).await;
         assert_eq!(pong["type"], "pong");
         tokio::time::sleep(Duration::from_millis(200)).await;

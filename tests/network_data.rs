@@ -266,14 +266,144 @@ fn same_named_stations_are_linked_unless_excluded() {
     }
 }
 
-#[test]
-fn load_dir_reads_the_shipped_files_like_the_embedded_copy() {
-    let n = Network::load_dir(&data_dir().join("seoul")).unwrap();
-    let e = Network::embedded();
-    assert_eq!(n.stations(), e.stations());
-    assert_eq!(n.lines(), e.lines());
-    assert_eq!(n.transfers(), e.transfers());
+/// Rows of a shipped CSV file, counted as text (header excluded), not by
+/// the loader under test.
+fn csv_rows(file: &str) -> usize {
+    let text = std::fs::read_to_string(data_dir().join("seoul").join(file)).unwrap();
+    text.lines().filter(|l| !l.trim().is_empty()).count() - 1
+}
+
+/// The line-station `name` on `line`.
+fn on_line(n: &Network, name: &str, line: &str) -> StationId {
+    n.stations()
+        .iter()
+        .find(|s| s.name == name && s.line == line)
+        .unwrap_or_else(|| panic!("no {name} on {line}"))
+        .id
+}
+
+/// The transfer between `name` on `line_a` and on `line_b`.
+fn transfer_at(n: &Network, name: &str, line_a: &str, line_b: &str) -> navcast::transit::Transfer {
+    let (a, b) = (on_line(n, name, line_a), on_line(n, name, line_b));
+    n.transfers()
+        .iter()
+        .find(|t| (t.a, t.b) == (a, b) || (t.a, t.b) == (b, a))
+        .unwrap_or_else(|| panic!("no transfer at {name} {line_a}↔{line_b}"))
+        .clone()
+}
+
+/// What data/README.md and KindMap say about the shipped network, checked
+/// against a loaded copy: counts taken from the files as text and from
+/// KindMap's list, and facts a rider of the Seoul subway knows.
+fn assert_documented_facts(n: &Network) {
+    // Sizes: every row became one item.
+    assert_eq!(n.stations().len(), csv_rows("stations.csv"));
     assert_eq!(n.stations().len(), 602);
+    assert_eq!(n.lines().len(), csv_rows("lines.csv"));
+    assert_eq!(n.lines().len(), 21);
+    assert_eq!(n.transfers().len(), csv_rows("transfers.csv"));
+    assert_eq!(n.transfers().len(), 115);
+
+    // Stations per line: as many as KindMap lists for that line.
+    let mut kindmap_per_line: HashMap<&str, usize> = HashMap::new();
+    let km = kindmap();
+    for k in km.iter().filter(|k| LINES.contains(&k.line.as_str())) {
+        *kindmap_per_line.entry(k.line.as_str()).or_default() += 1;
+    }
+    let mut per_line: HashMap<&str, usize> = HashMap::new();
+    for s in n.stations() {
+        *per_line.entry(s.line.as_str()).or_default() += 1;
+    }
+    assert_eq!(per_line, kindmap_per_line);
+    // 2호선: 43 stations on the loop, 성수지선 and 신정지선 apart from it.
+    assert_eq!(per_line["2호선"], 51);
+    let line2: Vec<_> = n.lines().iter().filter(|s| s.line == "2호선").collect();
+    let loops: Vec<_> = line2.iter().filter(|s| s.is_loop).collect();
+    assert_eq!((line2.len(), loops.len()), (3, 1));
+    assert_eq!(loops[0].stations.len(), 43);
+    let on_loop = |name: &str| {
+        loops[0]
+            .stations
+            .iter()
+            .any(|id| n.station(*id).name == name)
+    };
+    for name in [
+        "시청",
+        "강남",
+        "잠실",
+        "홍대입구",
+        "신도림",
+        "성수",
+        "충정로",
+    ] {
+        assert!(on_loop(name), "{name} is on the 2호선 loop");
+    }
+    for name in ["용답", "도림천", "까치산"] {
+        assert!(!on_loop(name), "{name} is on a branch, not the loop");
+    }
+    // 6호선's 응암순환 is the one one-way loop.
+    let oneway: Vec<&str> = n
+        .lines()
+        .iter()
+        .filter(|s| s.oneway)
+        .map(|s| s.line.as_str())
+        .collect();
+    assert_eq!(oneway, ["6호선"]);
+
+    // Known transfers and their riders' walking figures.
+    for (name, a, b, walk_m) in [
+        ("고속터미널", "3호선", "9호선", 420.0),
+        ("서울", "4호선", "공항철도", 450.0),
+        ("김포공항", "5호선", "공항철도", 350.0),
+        ("충무로", "3호선", "4호선", 30.0),
+        ("금정", "1호선", "4호선", 20.0),
+    ] {
+        let t = transfer_at(n, name, a, b);
+        assert_eq!(t.walk_m, walk_m, "{name} {a}↔{b}");
+        assert!(!t.estimated, "{name} {a}↔{b} is a riders' figure");
+    }
+    assert_eq!(n.transfers().iter().filter(|t| !t.estimated).count(), 44);
+    // The four transfers with stairs only, and no other.
+    let stairs: BTreeSet<String> = n
+        .transfers()
+        .iter()
+        .filter(|t| !t.step_free)
+        .map(|t| n.station(t.a).name.clone())
+        .collect();
+    assert_eq!(
+        stairs,
+        ["신길", "종로3가", "노원", "동묘앞"]
+            .map(String::from)
+            .into_iter()
+            .collect()
+    );
+    assert!(!transfer_at(n, "신길", "1호선", "5호선").step_free);
+    assert!(transfer_at(n, "강남", "2호선", "신분당선").step_free);
+
+    // Estimated facilities, as the README counts them.
+    let lacking = |f: fn(&navcast::transit::Facilities) -> bool| {
+        n.stations().iter().filter(|s| !f(&s.facilities)).count()
+    };
+    assert_eq!(lacking(|f| f.escalator), 81);
+    assert_eq!(lacking(|f| f.staff_help), 22);
+    assert_eq!(lacking(|f| f.elevator), 15);
+    assert_eq!(lacking(|f| f.visual_display), 15);
+    assert_eq!(lacking(|f| f.audio_guide), 15);
+    assert_eq!(lacking(|f| f.tactile_paving), 0);
+    assert!(n.stations().iter().all(|s| s.facilities_estimated));
+    let recollected = n
+        .stations()
+        .iter()
+        .filter(|s| s.coord_source == "recollection")
+        .count();
+    assert_eq!(recollected, 36);
+}
+
+#[test]
+fn the_shipped_files_and_the_embedded_copy_hold_the_documented_network() {
+    let loaded = Network::load_dir(&data_dir().join("seoul")).unwrap();
+    assert_documented_facts(&loaded);
+    assert_documented_facts(&Network::embedded());
     let p = Profiles::load(&data_dir().join("profiles.toml")).unwrap();
     assert_eq!(p, Profiles::embedded());
 }

@@ -1,23 +1,29 @@
 //! The WebSocket contract against a real node on port 0: handshake
 //! rejections, the happy path, every error code, and frame-level abuse.
 
-mod common;
-
-use common::*;
 use futures_util::SinkExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use navcast::clock::unix_s;
+use navcast::config::JwtAlgorithm;
+use navcast::testing::*;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// A node config signing with the key pair `{kind}_private.pem` /
+/// `{kind}_public.pem` of the test fixtures.
+fn key_pair_config(algorithm: JwtAlgorithm, kind: &str) -> navcast::Config {
+    let mut c = test_config();
+    c.jwt.algorithm = algorithm;
+    c.jwt.secret = None;
+    c.jwt.public_key_file = Some(format!("{FIXTURES}/{kind}_public.pem").into());
+    c.jwt.private_key_file = Some(format!("{FIXTURES}/{kind}_private.pem").into());
+    c
 }
 
 fn claims(sub: &str, kind: &str, exp: i64) -> Value {
-    json!({"sub": sub, "exp": exp, "iat": now(), "jti": "t1", "type": kind})
+    json!({"sub": sub, "exp": exp, "iat": unix_s(), "jti": "t1", "type": kind})
 }
 
 fn hs256(claims: &Value, secret: &str) -> String {
@@ -52,7 +58,7 @@ async fn handshake_rejections_are_plain_http() {
 
     assert_eq!(handshake_status(&base, &[]).await.0, 401, "no token");
     let forged = hs256(
-        &claims(&acct.user_id, "access", now() + 600),
+        &claims(&acct.user_id, "access", unix_s() + 600),
         "another-secret-0123456789",
     );
     assert_eq!(
@@ -63,14 +69,17 @@ async fn handshake_rejections_are_plain_http() {
     let none_token = format!(
         "{}.{}.",
         b64(&json!({"alg": "none", "typ": "JWT"})),
-        b64(&claims(&acct.user_id, "access", now() + 600))
+        b64(&claims(&acct.user_id, "access", unix_s() + 600))
     );
     assert_eq!(
         handshake_status(&url(&none_token), &[]).await.0,
         401,
         "alg none"
     );
-    let expired = hs256(&claims(&acct.user_id, "access", now() - 120), SECRET);
+    let expired = hs256(
+        &claims(&acct.user_id, "access", unix_s() - 120),
+        TEST_SECRET,
+    );
     assert_eq!(
         handshake_status(&url(&expired), &[]).await.0,
         401,
@@ -110,21 +119,16 @@ async fn handshake_rejections_are_plain_http() {
 
 #[tokio::test]
 async fn hs_rs_confusion_is_rejected() {
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let mut c = test_config();
-    c.jwt.algorithm = navcast::config::JwtAlgorithm::RS256;
-    c.jwt.secret = None;
-    c.jwt.public_key_file = Some(format!("{fixtures}/rsa_public.pem").into());
-    c.jwt.private_key_file = Some(format!("{fixtures}/rsa_private.pem").into());
+    let c = key_pair_config(JwtAlgorithm::RS256, "rsa");
     let node = TestNode::start(c).await;
     let acct = account(&node, None).await;
     // A real RS256 token from the node works.
     assert_eq!(token_status(&node, &acct.user_id, &acct.access).await, 101);
     // An HS256 token "signed" with the public key as an HMAC secret does not.
-    let public = std::fs::read(format!("{fixtures}/rsa_public.pem")).unwrap();
+    let public = std::fs::read(format!("{FIXTURES}/rsa_public.pem")).unwrap();
     let forged = encode(
         &Header::new(Algorithm::HS256),
-        &claims(&acct.user_id, "access", now() + 600),
+        &claims(&acct.user_id, "access", unix_s() + 600),
         &EncodingKey::from_secret(&public),
     )
     .unwrap();
@@ -229,20 +233,35 @@ async fn every_error_code_keeps_the_connection_open() {
     let mut c = Client::connect(&node, &acct).await;
 
     // PARSING_ERROR: not JSON, no request id to echo.
-    c.ws.send(Message::text("{not json")).await.unwrap();
+    c.send_text("{not json").await;
     let e = c.next_frame().await.unwrap();
     assert_eq!(e["code"], "PARSING_ERROR");
     // NaN is not JSON either.
-    c.ws.send(Message::text(
-        r#"{"type":"location_update","latitude":NaN,"longitude":1}"#,
-    ))
-    .await
-    .unwrap();
+    c.send_text(r#"{"type":"location_update","latitude":NaN,"longitude":1}"#)
+        .await;
     assert_eq!(c.next_frame().await.unwrap()["code"], "PARSING_ERROR");
-    // Deeply nested JSON hits serde's recursion limit, not the stack.
-    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-    c.ws.send(Message::text(deep)).await.unwrap();
-    assert_eq!(c.next_frame().await.unwrap()["code"], "PARSING_ERROR");
+    // An object nested deeper than serde_json's recursion limit (128), in
+    // a field of an otherwise valid request: the field check hits the limit
+    // (not the stack) and the request is refused as INVALID_PARAMETERS,
+    // naming its request id.
+    for depth in [129, 200, 10_000] {
+        let nested = format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+        let id = format!("deep-{depth}");
+        c.send_text(format!(
+            r#"{{"type":"ping","request_id":"{id}","pad":{nested}}}"#
+        ))
+        .await;
+        let e = c.next_frame().await.expect("an answer, not a close");
+        assert_eq!(e["type"], "error", "depth {depth}: {e}");
+        assert_eq!(e["code"], "INVALID_PARAMETERS", "depth {depth}: {e}");
+        assert_eq!(e["request_id"], id.as_str(), "depth {depth}: {e}");
+    }
+    // The same nesting a level short of the limit is an ordinary ping.
+    let shallow = format!("{}1{}", r#"{"a":"#.repeat(120), "}".repeat(120));
+    let pong = c
+        .request(serde_json::from_str(&format!(r#"{{"type":"ping","pad":{shallow}}}"#)).unwrap())
+        .await;
+    assert_eq!(pong["type"], "pong", "{pong}");
 
     // A huge (but in-limit) frame with an absurd field: refused, not echoed.
     let huge = "가".repeat(20_000);
@@ -313,11 +332,10 @@ async fn every_error_code_keeps_the_connection_open() {
     )
     .await;
     // A number beyond f64 (1e400) is refused, naming the request.
-    c.ws.send(Message::text(
+    c.send_text(
         r#"{"type":"location_update","latitude":1e400,"longitude":127.0,"request_id":"big"}"#,
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let big = c.next_frame().await.unwrap();
     assert_eq!(big["code"], "INVALID_PARAMETERS", "{big}");
     assert_eq!(big["request_id"], "big");
@@ -343,15 +361,15 @@ async fn every_error_code_keeps_the_connection_open() {
     let pong = c.request(json!({"type": "ping"})).await;
     assert_eq!(pong["type"], "pong", "still open after every error");
     let stats = node.stats().await;
-    assert!(stats["errors"]["PARSING_ERROR"].as_u64().unwrap() >= 4);
+    // Not JSON, NaN, and the binary frame.
+    assert_eq!(stats["errors"]["PARSING_ERROR"], 3, "{stats}");
     assert_eq!(stats["errors"]["FORBIDDEN"], 1);
 }
 
 #[tokio::test]
 async fn route_not_found_on_a_disconnected_network() {
     let mut cfg = test_config();
-    cfg.data_dir =
-        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/split-network").into());
+    cfg.data_dir = Some(format!("{FIXTURES}/split-network").into());
     let node = TestNode::start(cfg).await;
     let acct = account(&node, None).await;
     let mut c = Client::connect(&node, &acct).await;
@@ -366,25 +384,31 @@ async fn route_not_found_on_a_disconnected_network() {
 
 #[tokio::test]
 async fn rate_limit_answers_each_request() {
+    // A burst of 5 and a refill of one token per 1000 s: the refill cannot
+    // add a token during the test however slowly it runs, so exactly the
+    // first 5 requests pass.
     let mut cfg = test_config();
-    cfg.ws.rate_per_s = 1.0;
+    cfg.ws.rate_per_s = 0.001;
     cfg.ws.rate_burst = 5.0;
     let node = TestNode::start(cfg).await;
     let acct = account(&node, None).await;
     let mut c = Client::connect(&node, &acct).await;
-    let mut limited = 0;
+    let mut answers = Vec::new();
     for _ in 0..12 {
         let r = c.request(json!({"type": "ping"})).await;
-        if r["code"] == "RATE_LIMITED" {
-            limited += 1;
-        } else {
-            assert_eq!(r["type"], "pong");
-        }
+        answers.push(match r["type"].as_str() {
+            Some("pong") => "pong",
+            Some("error") if r["code"] == "RATE_LIMITED" => "RATE_LIMITED",
+            _ => panic!("neither pong nor RATE_LIMITED: {r}"),
+        });
     }
-    assert!(
-        limited >= 6,
-        "burst of 5 then limited, got {limited} limited"
-    );
+    let mut expected = vec!["pong"; 5];
+    expected.extend(["RATE_LIMITED"; 7]);
+    assert_eq!(answers, expected, "burst of 5, then each request refused");
+    // Being limited is not a protocol error: the session stays open.
+    let stats = node.stats().await;
+    assert_eq!(stats["errors"]["RATE_LIMITED"], 7, "{stats}");
+    assert_eq!(stats["sessions"], 1, "{stats}");
 }
 
 #[tokio::test]
@@ -432,7 +456,7 @@ async fn repeated_protocol_errors_close_with_1008_and_spare_others() {
     let mut b = Client::connect(&node, &bad).await;
     let mut g = Client::connect(&node, &good).await;
     for _ in 0..5 {
-        b.ws.send(Message::text("garbage")).await.unwrap();
+        b.send_text("garbage").await;
     }
     assert_eq!(b.close_code().await, Some(1008));
     let r = g.request(json!({"type": "ping"})).await;
@@ -480,20 +504,15 @@ async fn station_search_over_http() {
 
 #[tokio::test]
 async fn es256_tokens_from_a_pem_key_pair() {
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let mut c = test_config();
-    c.jwt.algorithm = navcast::config::JwtAlgorithm::ES256;
-    c.jwt.secret = None;
-    c.jwt.public_key_file = Some(format!("{fixtures}/ec_public.pem").into());
-    c.jwt.private_key_file = Some(format!("{fixtures}/ec_private.pem").into());
+    let mut c = key_pair_config(JwtAlgorithm::ES256, "ec");
     c.jwt.issuer = Some("navcast-test".into());
     c.jwt.audience = Some("riders".into());
     let node = TestNode::start(c).await;
     let acct = account(&node, None).await;
     assert_eq!(token_status(&node, &acct.user_id, &acct.access).await, 101);
     // Same key, wrong audience: refused.
-    let key = std::fs::read(format!("{fixtures}/ec_private.pem")).unwrap();
-    let mut cl = claims(&acct.user_id, "access", now() + 600);
+    let key = std::fs::read(format!("{FIXTURES}/ec_private.pem")).unwrap();
+    let mut cl = claims(&acct.user_id, "access", unix_s() + 600);
     cl["iss"] = json!("navcast-test");
     cl["aud"] = json!("someone-else");
     let wrong_aud = es256(&cl, &key);

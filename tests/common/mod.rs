@@ -1,228 +1,79 @@
-//! Helpers shared by the integration tests: real nodes on port 0, real
-//! HTTP and WebSocket clients.
-#![allow(dead_code)]
+//! Small synthetic networks written to a tempdir, so engine behaviour can be
+//! tested independently of the shipped (partly estimated) data.
 
-pub mod redis;
-pub mod synthetic;
-#[allow(unused_imports)]
-pub use synthetic::*;
+use navcast::transit::Network;
 
-use std::collections::VecDeque;
-
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-// Not every test binary uses every helper.
-#[allow(unused_imports)]
-pub use navcast::testing::{TEST_SECRET as SECRET, TestNode, WAIT, test_config};
-
-pub struct Account {
-    pub email: String,
-    pub password: String,
-    pub user_id: String,
-    pub access: String,
-    pub refresh: String,
+/// A station row with every facility present.
+pub fn station(code: &str, name: &str, line: &str, lat: f64, lon: f64) -> String {
+    format!("{code},{name},{line},{lat},{lon},test,Y,Y,Y,Y,Y,Y,test")
 }
 
-/// Registers (with a unique email) and logs in.
-pub async fn account(node: &TestNode, disability_type: Option<&str>) -> Account {
-    let email = format!("rider-{}@example.com", uuid::Uuid::new_v4().simple());
-    let password = "correct horse battery".to_string();
-    let http = reqwest::Client::new();
-    let mut body = json!({ "email": email, "password": password });
-    if let Some(t) = disability_type {
-        body["disability_type"] = json!(t);
-    }
-    let r = http
-        .post(node.http("/api/v1/auth/register"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "register: {}", r.text().await.unwrap());
-    let login: Value = http
-        .post(node.http("/api/v1/auth/login"))
-        .form(&[
-            ("username", email.as_str()),
-            ("password", password.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    Account {
-        email,
-        password,
-        user_id: login["user_id"].as_str().unwrap().to_string(),
-        access: login["access_token"].as_str().unwrap().to_string(),
-        refresh: login["refresh_token"].as_str().unwrap().to_string(),
-    }
+/// A station row with explicit facility flags (`"YYYYYY"` order: elevator,
+/// escalator, tactile_paving, staff_help, visual_display, audio_guide).
+pub fn station_with(code: &str, name: &str, line: &str, lat: f64, lon: f64, flags: &str) -> String {
+    let f: Vec<String> = flags.chars().map(|c| c.to_string()).collect();
+    format!("{code},{name},{line},{lat},{lon},test,{},test", f.join(","))
 }
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// A WebSocket client that pairs replies by `request_id` and keeps pushed
-/// frames (peer events, token warnings) aside.
-pub struct Client {
-    pub ws: Ws,
-    pub connected: Value,
-    pub pushed: VecDeque<Value>,
-    next_id: u64,
-}
-
-impl Client {
-    pub async fn connect(node: &TestNode, acct: &Account) -> Client {
-        Client::connect_url(&node.ws_url(&acct.user_id, &acct.access)).await
-    }
-
-    pub async fn connect_url(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("ws connect");
-        let mut c = Client {
-            ws,
-            connected: Value::Null,
-            pushed: VecDeque::new(),
-            next_id: 0,
-        };
-        let first = c.next_frame().await.expect("connected frame");
-        assert_eq!(first["type"], "connected", "{first}");
-        c.connected = first;
-        c
-    }
-
-    /// The next text frame as JSON; `None` when the connection closed.
-    pub async fn next_frame(&mut self) -> Option<Value> {
-        loop {
-            match tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("frame in time")
-            {
-                Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-                Some(Ok(_)) => continue,
-            }
-        }
-    }
-
-    pub async fn send(&mut self, v: Value) {
-        self.ws.send(Message::text(v.to_string())).await.unwrap();
-    }
-
-    /// Sends with a fresh request id and returns the reply to it.
-    pub async fn request(&mut self, mut v: Value) -> Value {
-        self.next_id += 1;
-        let id = format!("r{}", self.next_id);
-        v["request_id"] = json!(id);
-        self.send(v).await;
-        loop {
-            let frame = self.next_frame().await.expect("reply before close");
-            if frame["request_id"] == json!(id) {
-                return frame;
-            }
-            assert!(
-                frame.get("request_id").is_none(),
-                "reply to another request: {frame}"
-            );
-            self.pushed.push_back(frame);
-        }
-    }
-
-    /// The next pushed frame of `type`, waiting for it if needed.
-    pub async fn pushed_of(&mut self, kind: &str) -> Value {
-        if let Some(i) = self.pushed.iter().position(|f| f["type"] == kind) {
-            return self.pushed.remove(i).unwrap();
-        }
-        loop {
-            let frame = self.next_frame().await.expect("pushed frame before close");
-            if frame["type"] == kind {
-                return frame;
-            }
-            self.pushed.push_back(frame);
-        }
-    }
-
-    /// Reads until the server closes; returns the close code. Keeps polling
-    /// after the close frame so the client's close reply is flushed and the
-    /// handshake completes.
-    pub async fn close_code(&mut self) -> Option<u16> {
-        let code = loop {
-            match tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("close in time")
-            {
-                Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => continue,
-                None | Some(Err(_)) => return None,
-            }
-        };
-        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
-        code
-    }
-}
-
-/// Attempts an upgrade and returns the HTTP status of a refusal (or 101).
-pub async fn handshake_status(url: &str, headers: &[(&str, &str)]) -> (u16, Option<String>) {
-    let mut req = url.into_client_request().unwrap();
-    for (k, v) in headers {
-        let name =
-            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap();
-        req.headers_mut().insert(name, v.parse().unwrap());
-    }
-    match tokio_tungstenite::connect_async(req).await {
-        Ok(_) => (101, None),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => (
-            resp.status().as_u16(),
-            resp.headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_string()),
+/// Writes the three files and loads them.
+pub fn network(stations: &[String], lines: &[&str], transfers: &[&str]) -> Network {
+    let dir = tempfile::tempdir().unwrap();
+    let head = "code,name,line,lat,lon,coord_source,elevator,escalator,tactile_paving,staff_help,visual_display,audio_guide,facilities_source";
+    std::fs::write(
+        dir.path().join("stations.csv"),
+        format!("{head}\n{}\n", stations.join("\n")),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("lines.csv"),
+        format!("sequence,line,loop,oneway,stations\n{}\n", lines.join("\n")),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("transfers.csv"),
+        format!(
+            "from_code,to_code,walk_m,step_free,source\n{}\n",
+            transfers.join("\n")
         ),
-        Err(e) => panic!("unexpected handshake error: {e}"),
-    }
+    )
+    .unwrap();
+    Network::load_dir(dir.path()).unwrap()
 }
 
-/// The rider shares its navigation with the guardian, who then watches.
-pub async fn share_and_watch(
-    rider: &mut Client,
-    guardian: &mut Client,
-    rider_id: &str,
-    guardian_id: &str,
-) {
-    let r = rider
-        .request(json!({"type": "share_navigation", "guardian_id": guardian_id}))
-        .await;
-    assert_eq!(r["type"], "shared", "{r}");
-    let w = guardian
-        .request(json!({"type": "watch", "user_id": rider_id}))
-        .await;
-    assert_eq!(w["type"], "watching", "{w}");
+/// Two parallel east–west lines A (south) and B (north) joined at two
+/// places: a short transfer at X (no step-free path) and a step-free one at
+/// Y farther east. Riding from A1 (west end of A) to B-only station BZ.
+///
+/// ```text
+///   B:  BW --- X(B) --- BM --- Y(B) --- BZ
+///   A:  A1 --- X(A) --------- Y(A)
+/// ```
+pub fn two_lines(x_step_free: bool, x_flags: &str) -> Network {
+    two_lines_with(x_step_free, x_flags, true)
 }
 
-/// `POST /api/v1/auth/refresh` on `node`: the new token pair.
-pub async fn refresh(node: &TestNode, refresh_token: &str) -> Value {
-    reqwest::Client::new()
-        .post(node.http("/api/v1/auth/refresh"))
-        .json(&json!({"refresh_token": refresh_token}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+/// [`two_lines`], optionally without the transfer at Y.
+pub fn two_lines_with(x_step_free: bool, x_flags: &str, with_y: bool) -> Network {
+    let lat_a = 37.50;
+    let lat_b = 37.501;
+    let stations = vec![
+        station("A1", "에이일", "A선", lat_a, 127.000),
+        station_with("A2", "엑스", "A선", lat_a, 127.010, x_flags),
+        station("A3", "와이", "A선", lat_a, 127.040),
+        station("B1", "비서", "B선", lat_b, 126.990),
+        station_with("B2", "엑스", "B선", lat_b, 127.010, x_flags),
+        station("B3", "비중", "B선", lat_b, 127.025),
+        station("B4", "와이", "B선", lat_b, 127.040),
+        station("B5", "비끝", "B선", lat_b, 127.060),
+    ];
+    let x = if x_step_free {
+        "A2,B2,100,Y,test"
+    } else {
+        "A2,B2,100,N,test"
+    };
+    network(
+        &stations,
+        &["A,A선,N,N,A1|A2|A3", "B,B선,N,N,B1|B2|B3|B4|B5"],
+        &[x, "A3,B4,150,Y,test"][..if with_y { 2 } else { 1 }],
+    )
 }
-
-/// The handshake status of `user`'s WebSocket URL on `node` with `token`.
-pub async fn token_status(node: &TestNode, user: &str, token: &str) -> u16 {
-    handshake_status(&node.ws_url(user, token), &[]).await.0
-}
-
-/// Coordinates of a few stations, for location updates.
-pub const YEOKSAM: (f64, f64) = (37.5006, 127.0364);
-pub const GANGNAM: (f64, f64) = (37.4979, 127.0276);
-pub const HONGDAE: (f64, f64) = (37.5579, 126.9227);
