@@ -17,16 +17,16 @@ pub enum Status {
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
     pub criterion: String,
-    pub target: String,
-    pub observed: String,
-    pub status: Status,
-    pub note: String,
+    pub(crate) target: String,
+    pub(crate) observed: String,
+    pub(crate) status: Status,
+    pub(crate) note: String,
 }
 
 /// Where a stress run broke.
 #[derive(Debug, Clone, Serialize)]
 pub struct Break {
-    pub stage: String,
+    pub(crate) stage: String,
     pub users: u64,
     pub criteria: Vec<String>,
 }
@@ -143,7 +143,7 @@ fn error_verdict(cells: &[(Metric, Cell)], max: f64) -> Verdict {
 }
 
 /// What `stopped_early` holds for a run stopped by SIGINT or SIGTERM.
-pub const INTERRUPTED: &str = "interrupted";
+pub(crate) const INTERRUPTED: &str = "interrupted";
 
 /// Judges a summary against its thresholds.
 pub fn evaluate(s: &Summary) -> Evaluation {

@@ -11,19 +11,19 @@ use nix::sys::resource::{UsageWho, getrusage};
 
 /// A second in which the client used this share of its worker threads'
 /// capacity is counted as saturated.
-pub const SATURATED_SHARE: f64 = 0.9;
+pub(crate) const SATURATED_SHARE: f64 = 0.9;
 
 /// CPU time (user + system) and peak resident memory of this process.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ProcessUsage {
-    pub cpu: Duration,
-    pub peak_rss_bytes: u64,
+pub(crate) struct ProcessUsage {
+    pub(crate) cpu: Duration,
+    pub(crate) peak_rss_bytes: u64,
 }
 
 impl ProcessUsage {
     /// Reads the process's counters; zero when the kernel refuses (it
     /// does not for `RUSAGE_SELF`, but a report must not fail over it).
-    pub fn now() -> ProcessUsage {
+    pub(crate) fn now() -> ProcessUsage {
         let Ok(u) = getrusage(UsageWho::RUSAGE_SELF) else {
             return ProcessUsage::default();
         };
@@ -40,7 +40,7 @@ impl ProcessUsage {
 }
 
 /// Worker threads of the current Tokio runtime (1 for a current-thread one).
-pub fn runtime_threads() -> usize {
+pub(crate) fn runtime_threads() -> usize {
     tokio::runtime::Handle::try_current()
         .map(|h| h.metrics().num_workers())
         .unwrap_or(1)

@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
+use super::series::{Series, stat_rows};
 use crate::criteria::{Evaluation, Status};
-use crate::report::{Series, stat_rows};
 use crate::summary::{Cell, Metric, Summary};
 
 fn esc(s: &str) -> String {
@@ -172,7 +172,7 @@ fn stat_row(kind: &str, name: &str, c: &Cell, secs: f64) -> String {
     )
 }
 
-pub fn render(s: &Summary, eval: &Evaluation, series: &Series) -> String {
+pub(super) fn render(s: &Summary, eval: &Evaluation, series: &Series) -> String {
     let mut o = String::new();
     let passed = eval.passed();
     let _ = write!(
