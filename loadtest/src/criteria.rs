@@ -14,6 +14,7 @@ pub enum Status {
     Skipped,
 }
 
+/// The judgement of one criterion.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
     pub criterion: String,
@@ -21,6 +22,15 @@ pub struct Verdict {
     pub(crate) observed: String,
     pub(crate) status: Status,
     pub(crate) note: String,
+}
+
+impl Verdict {
+    /// A latency criterion (a p95, or the drift of p95s): it measures how
+    /// fast the machine answered as well as what the node did, so it
+    /// belongs to benchmarks on a quiet machine, not to behaviour tests.
+    pub fn is_latency(&self) -> bool {
+        self.criterion.ends_with(" p95") || self.criterion == "latency drift"
+    }
 }
 
 /// Where a stress run broke.

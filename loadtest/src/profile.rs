@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-/// The 12 stations of the reference's test config
-/// (`data/kindmap/websocket_test_config.json`).
+/// The 12 stations the reference system's WebSocket load test sends its
+/// riders between (its test configuration is not part of this repository;
+/// the list is the whole of what is taken from it).
 pub(crate) const KINDMAP_STATIONS: [&str; 12] = [
     "강남",
     "홍대입구",
@@ -77,7 +78,8 @@ fn yes() -> bool {
     true
 }
 
-/// How each virtual user behaves. Defaults follow LOADTEST.md.
+/// How each virtual user behaves. Defaults are the rider of the
+/// specification (README, "The rider").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RiderSpec {
@@ -152,7 +154,8 @@ impl Default for RiderSpec {
     }
 }
 
-/// Pass criteria. Defaults are the navcast column of LOADTEST.md.
+/// Pass criteria. Defaults are the navcast column of the specification
+/// (README, "Pass criteria").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Thresholds {

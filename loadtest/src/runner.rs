@@ -1,18 +1,18 @@
-//! `navcast-load run`: plans the test, provisions accounts, spawns riders
-//! on schedule, drains the recorder once a second into the summary, and
-//! writes the reports.
+//! `navcast-load run` in one process (the whole test or one segment):
+//! plans the test, provisions accounts, spawns riders on schedule, drains
+//! the recorder once a second into the summary, and writes the reports.
+//! `--processes` runs are `fleet`'s; each of their children runs here.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use navcast::clock::{unix_ms, unix_s};
 use navcast::protocol::DisabilityType;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-use navcast::clock::{unix_ms, unix_s};
 
 use crate::accounts::{self, Accounts, AccountsFile};
 use crate::cli::RunArgs;

@@ -16,7 +16,8 @@ use crate::profile::Thresholds;
 /// Version of the JSON layout.
 pub(crate) const FORMAT: u32 = 1;
 
-/// What is measured. Names and request types are those of LOADTEST.md.
+/// What is measured. Names and request types are those of the
+/// reference's reports (README, "Metrics").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Metric {
     Login,

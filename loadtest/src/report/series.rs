@@ -139,3 +139,33 @@ pub(super) fn series(s: &Summary) -> Series {
     }
     out
 }
+
+/// What the client cost, as the text and the HTML report both show it.
+pub(super) struct ClientCost {
+    pub(super) processes: u32,
+    pub(super) threads: u64,
+    pub(super) cpu_s: f64,
+    /// The CPU seconds over the run's duration, in % of one core.
+    pub(super) core_pct: f64,
+    pub(super) peak_rss_mib: f64,
+    pub(super) round_trips: u64,
+    /// CPU seconds per 1000 round trips, the figure load tools compare on.
+    pub(super) per_1000: Option<f64>,
+    /// Seconds in which the client was saturated.
+    pub(super) saturated_s: u64,
+}
+
+/// The client's cost; `None` for summaries that do not carry it.
+pub(super) fn client_cost(s: &Summary) -> Option<ClientCost> {
+    let c = &s.client;
+    (c.processes > 0).then(|| ClientCost {
+        processes: c.processes,
+        threads: c.threads,
+        cpu_s: c.cpu_s,
+        core_pct: c.cpu_s / s.duration_s().max(1e-9) * 100.0,
+        peak_rss_mib: c.peak_rss_bytes as f64 / 1048576.0,
+        round_trips: s.round_trips(),
+        per_1000: s.client_cpu_per_1000(),
+        saturated_s: c.saturated_s,
+    })
+}

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::series::stat_rows;
+use super::series::{client_cost, stat_rows};
 use crate::criteria::{Evaluation, Status};
 use crate::summary::{Cell, Summary};
 
@@ -118,21 +118,12 @@ pub fn text_report(s: &Summary, eval: &Evaluation) -> String {
 
 /// What the client cost, in one line (none for summaries without it).
 fn client_line(s: &Summary) -> Option<String> {
-    let c = &s.client;
-    if c.processes == 0 {
-        return None;
-    }
-    let secs = s.duration_s().max(1e-9);
+    let c = client_cost(s)?;
     let mut line = format!(
         "client: {} process(es), {} thread(s), {:.1} CPU s ({:.0} % of one core), peak RSS {:.0} MiB, {} round trips",
-        c.processes,
-        c.threads,
-        c.cpu_s,
-        c.cpu_s / secs * 100.0,
-        c.peak_rss_bytes as f64 / 1048576.0,
-        s.round_trips(),
+        c.processes, c.threads, c.cpu_s, c.core_pct, c.peak_rss_mib, c.round_trips,
     );
-    if let Some(per) = s.client_cpu_per_1000() {
+    if let Some(per) = c.per_1000 {
         let _ = write!(line, " → {per:.4} CPU s per 1000");
     }
     if c.saturated_s > 0 {

@@ -1,5 +1,5 @@
 //! Virtual users: a rider, and for the guardian share a guardian that
-//! watches it (README, "What a rider does").
+//! watches it (README, "The rider" and "The guardian").
 //!
 //! This module owns what every rider of a run shares — the [`RunCtx`], the
 //! tick grid, the plan of one incarnation — and the steps a rider and its
