@@ -67,7 +67,7 @@ impl Hist {
         self.0.as_ref().map(|h| h.len()).unwrap_or(0)
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
