@@ -73,26 +73,29 @@ pub(crate) enum Accounts {
 }
 
 impl Accounts {
+    /// How rider `k` logs in.
     pub(crate) fn rider(&self, k: u64) -> Option<Creds> {
         match self {
-            Accounts::Generated { prefix, password } => Some(Creds {
-                email: format!("{prefix}-r{k}@navcast-load.test"),
-                password: password.clone(),
-                user_id: None,
-            }),
+            Accounts::Generated { prefix, password } => Some(generated(prefix, password, 'r', k)),
             Accounts::File(f) => f.accounts.get(k as usize).map(|a| a.rider.clone()),
         }
     }
 
+    /// How the guardian of rider `k` logs in, if it has one.
     pub(crate) fn guardian(&self, k: u64) -> Option<Creds> {
         match self {
-            Accounts::Generated { prefix, password } => Some(Creds {
-                email: format!("{prefix}-g{k}@navcast-load.test"),
-                password: password.clone(),
-                user_id: None,
-            }),
+            Accounts::Generated { prefix, password } => Some(generated(prefix, password, 'g', k)),
             Accounts::File(f) => f.accounts.get(k as usize).and_then(|a| a.guardian.clone()),
         }
+    }
+}
+
+/// The generated account of user `k` in `role` (`r` rider, `g` guardian).
+fn generated(prefix: &str, password: &str, role: char, k: u64) -> Creds {
+    Creds {
+        email: format!("{prefix}-{role}{k}@navcast-load.test"),
+        password: password.to_string(),
+        user_id: None,
     }
 }
 

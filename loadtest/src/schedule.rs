@@ -75,15 +75,18 @@ pub(crate) fn plan(stages: &[Stage]) -> Vec<Incarnation> {
         }
         let from = live.len() as u64;
         let to = stage.users;
+        // When the `j`th start (or stop) of this stage is due; `None` past
+        // the stage's end.
+        let due = |j: u64| {
+            let t = match rate {
+                Some(r) => stage.start_s + j as f64 / r,
+                None => stage.start_s,
+            };
+            (t < stage.end_s).then_some(t)
+        };
         if to > from {
             for j in 0..(to - from) {
-                let t = match rate {
-                    Some(r) => stage.start_s + j as f64 / r,
-                    None => stage.start_s,
-                };
-                if t >= stage.end_s {
-                    break;
-                }
+                let Some(t) = due(j) else { break };
                 let user = from + j;
                 if lives.len() <= user as usize {
                     lives.resize(user as usize + 1, 0);
@@ -99,13 +102,7 @@ pub(crate) fn plan(stages: &[Stage]) -> Vec<Incarnation> {
             }
         } else if to < from {
             for j in 0..(from - to) {
-                let t = match rate {
-                    Some(r) => stage.start_s + j as f64 / r,
-                    None => stage.start_s,
-                };
-                if t >= stage.end_s {
-                    break;
-                }
+                let Some(t) = due(j) else { break };
                 let mut inc = live.pop().expect("more live users than the target");
                 inc.stop_s = t;
                 done.push(inc);
