@@ -1,4 +1,4 @@
-"""Locust version of the navcast-load rider (shared/LOADTEST.md, "Rider behaviour").
+"""Locust version of the navcast-load rider (loadtest/README.md, "The rider").
 
 For teams that already run Locust. navcast-load itself measures more (exact
 HDR latencies from scheduled send times, per-stage percentiles, fan-out loss
@@ -14,7 +14,9 @@ criteria as an exit code.
 Environment: TIME_SCALE (multiplies the step table's durations, default 1),
 USERS (peak riders, default 1000), INTERVAL_S ("lo,hi", default "3,5"),
 GUARDIAN_SHARE (0.1), DEVIATING_SHARE (0.02), PREFIX / PASSWORD (accounts
-PREFIX-r{n}@navcast-load.test, registered when missing).
+PREFIX-r{n}@navcast-load.test, registered when missing), LATENCY_TARGETS
+("off" drops the p95 criteria and keeps the others: tests on busy machines
+check behaviour, not latency).
 
 A rider: register-or-login over HTTP, connect with ?token=, read `connected`
 (node_id counted per node), share with its guardian and wait for the watch,
@@ -57,8 +59,10 @@ TYPES = ["PHY", "VIS", "ELD", "AUD"]
 TYPE_WEIGHTS = [40, 30, 20, 10]
 NAV_EVENTS = {"route_calculated", "navigation_update", "route_deviation", "arrival"}
 
-# The pass criteria (the navcast column of LOADTEST.md), checked at the end.
+# The pass criteria (the navcast column of loadtest/README.md), checked at the end.
 P95_LIMITS_MS = {"ws_connect": 50, "ws_start_navigation": 50, "ws_location_update": 20}
+if os.environ.get("LATENCY_TARGETS", "on") == "off":
+    P95_LIMITS_MS = {}
 
 _user_index = itertools.count()
 _nodes = {}

@@ -1,4 +1,4 @@
-// k6 version of the navcast-load rider (shared/LOADTEST.md, "Rider behaviour"),
+// k6 version of the navcast-load rider (loadtest/README.md, "The rider"),
 // for teams that already run k6. navcast-load itself measures more (exact HDR
 // latencies, per-stage percentiles, fan-out loss per seq, per-node spread,
 // mergeable segments); this script keeps the same behaviour and thresholds.
@@ -18,6 +18,8 @@
 //   DEVIATING_SHARE share of riders that wander off the route (default 0.02)
 //   START_WEIGHT, UPDATE_WEIGHT  request mix (default 1 : 10)
 //   PREFIX, PASSWORD account names k6-r{n}@navcast-load.test (registered if missing)
+//   LATENCY_TARGETS "off" drops the p95 thresholds and keeps the others (tests
+//                   on busy machines check behaviour, not latency)
 //
 // Rider: register-or-login over HTTP, connect with ?token=, read `connected`
 // (node_id counted per node), share with its guardian and wait for the watch,
@@ -46,6 +48,7 @@ const START_W = parseFloat(__ENV.START_WEIGHT || '1');
 const UPDATE_W = parseFloat(__ENV.UPDATE_WEIGHT || '10');
 const PREFIX = __ENV.PREFIX || 'k6';
 const PASSWORD = __ENV.PASSWORD || 'navcast-load-password';
+const LATENCY_TARGETS = (__ENV.LATENCY_TARGETS || 'on') !== 'off';
 const SPEED_MPS = 10;
 
 // The reference's table: cumulative end time, users, spawn rate.
@@ -83,15 +86,21 @@ export const options = {
       gracefulStop: '15s',
     },
   },
-  // The navcast column of LOADTEST.md's pass criteria.
-  thresholds: {
-    ws_connect: ['p(95)<50'],
-    ws_connect_failures: ['count==0'],
-    ws_start_navigation: ['p(95)<50'],
-    ws_location_update: ['p(95)<20'],
-    ws_errors: ['count==0'],
-    fanout_lost: ['count==0'],
-  },
+  // The navcast column of the pass criteria (loadtest/README.md).
+  thresholds: Object.assign(
+    {
+      ws_connect_failures: ['count==0'],
+      ws_errors: ['count==0'],
+      fanout_lost: ['count==0'],
+    },
+    LATENCY_TARGETS
+      ? {
+          ws_connect: ['p(95)<50'],
+          ws_start_navigation: ['p(95)<50'],
+          ws_location_update: ['p(95)<20'],
+        }
+      : {},
+  ),
   summaryTrendStats: ['min', 'med', 'avg', 'p(95)', 'p(99)', 'max', 'count'],
 };
 

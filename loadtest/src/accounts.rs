@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::net::Transport;
+use crate::schedule::in_share;
 
+/// How one account logs in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Creds {
     pub email: String,
@@ -53,7 +55,7 @@ impl AccountsFile {
         Ok(f)
     }
 
-    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+    pub(crate) fn write(&self, path: &Path) -> anyhow::Result<()> {
         let text = serde_json::to_vec_pretty(self)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     }
@@ -61,7 +63,7 @@ impl AccountsFile {
 
 /// Where credentials come from.
 #[derive(Debug, Clone)]
-pub enum Accounts {
+pub(crate) enum Accounts {
     /// Derived from a prefix and the index.
     Generated {
         prefix: String,
@@ -71,39 +73,42 @@ pub enum Accounts {
 }
 
 impl Accounts {
-    pub fn rider(&self, k: u64) -> Option<Creds> {
+    /// How rider `k` logs in.
+    pub(crate) fn rider(&self, k: u64) -> Option<Creds> {
         match self {
-            Accounts::Generated { prefix, password } => Some(Creds {
-                email: format!("{prefix}-r{k}@navcast-load.test"),
-                password: password.clone(),
-                user_id: None,
-            }),
+            Accounts::Generated { prefix, password } => Some(generated(prefix, password, 'r', k)),
             Accounts::File(f) => f.accounts.get(k as usize).map(|a| a.rider.clone()),
         }
     }
 
-    pub fn guardian(&self, k: u64) -> Option<Creds> {
+    /// How the guardian of rider `k` logs in, if it has one.
+    pub(crate) fn guardian(&self, k: u64) -> Option<Creds> {
         match self {
-            Accounts::Generated { prefix, password } => Some(Creds {
-                email: format!("{prefix}-g{k}@navcast-load.test"),
-                password: password.clone(),
-                user_id: None,
-            }),
+            Accounts::Generated { prefix, password } => Some(generated(prefix, password, 'g', k)),
             Accounts::File(f) => f.accounts.get(k as usize).and_then(|a| a.guardian.clone()),
         }
     }
 }
 
+/// The generated account of user `k` in `role` (`r` rider, `g` guardian).
+fn generated(prefix: &str, password: &str, role: char, k: u64) -> Creds {
+    Creds {
+        email: format!("{prefix}-{role}{k}@navcast-load.test"),
+        password: password.to_string(),
+        user_id: None,
+    }
+}
+
 /// Tokens of a logged-in account.
 #[derive(Debug, Clone)]
-pub struct Session {
-    pub user_id: String,
-    pub access: String,
-    pub refresh: String,
+pub(crate) struct Session {
+    pub(crate) user_id: String,
+    pub(crate) access: String,
+    pub(crate) refresh: String,
 }
 
 /// Why a login failed, as a short cause.
-pub type Cause = String;
+pub(crate) type Cause = String;
 
 fn http_cause(e: &reqwest::Error) -> Cause {
     if e.is_timeout() {
@@ -134,7 +139,7 @@ fn http_cause(e: &reqwest::Error) -> Cause {
 
 /// `POST /api/v1/auth/login` with the OAuth2 password form. Returns the
 /// session and the size of the answer.
-pub async fn login(
+pub(crate) async fn login(
     t: &Transport,
     host: usize,
     creds: &Creds,
@@ -181,7 +186,7 @@ fn tokens(body: &[u8]) -> Result<Session, Cause> {
 }
 
 /// `POST /api/v1/auth/refresh`: a new token pair.
-pub async fn refresh(
+pub(crate) async fn refresh(
     t: &Transport,
     host: usize,
     refresh_token: &str,
@@ -224,11 +229,54 @@ async fn register(t: &Transport, host: usize, creds: &Creds) -> anyhow::Result<(
     bail!("registering {}: {last}", creds.email)
 }
 
-/// Makes sure every account in `list` exists; with `login`, also logs each
-/// in to learn its user id (and to prove the password). Bounded
+/// The accounts of users `0..users`: a rider each, and a guardian for the
+/// users in the guardian share (the same users `run` gives a guardian).
+/// Users without a rider account (a short accounts file) are left out.
+pub(crate) fn plan(accounts: &Accounts, users: u64, guardian_share: f64) -> Vec<AccountEntry> {
+    (0..users)
+        .filter_map(|k| {
+            Some(AccountEntry {
+                index: k,
+                rider: accounts.rider(k)?,
+                guardian: in_share(k, guardian_share, 0)
+                    .then(|| accounts.guardian(k))
+                    .flatten(),
+            })
+        })
+        .collect()
+}
+
+/// Makes sure every account of `entries` exists; with `login`, also logs
+/// each in to learn its user id (and to prove the password). Bounded
 /// concurrency: argon2 makes every registration and login cost the server
-/// tens of milliseconds of CPU.
-pub async fn provision(
+/// tens of milliseconds of CPU. Returns the entries with what was learnt.
+pub(crate) async fn provision(
+    t: Arc<Transport>,
+    entries: Vec<AccountEntry>,
+    concurrency: usize,
+    with_login: bool,
+    quiet: bool,
+) -> anyhow::Result<Vec<AccountEntry>> {
+    let list = entries
+        .iter()
+        .flat_map(|e| std::iter::once(e.rider.clone()).chain(e.guardian.clone()))
+        .collect();
+    let mut done = provision_creds(t, list, concurrency, with_login, quiet)
+        .await?
+        .into_iter();
+    let mut next = || done.next().expect("one answer per account");
+    Ok(entries
+        .into_iter()
+        .map(|e| AccountEntry {
+            index: e.index,
+            rider: next(),
+            guardian: e.guardian.map(|_| next()),
+        })
+        .collect())
+}
+
+/// [`provision`] for a flat list, in its order.
+async fn provision_creds(
     t: Arc<Transport>,
     list: Vec<Creds>,
     concurrency: usize,

@@ -1,9 +1,17 @@
-//! The command line.
+//! The command line: every flag of `run`, `provision` and `merge`, and
+//! what a flag set builds (its transport, its accounts, its profile, the
+//! arguments of one `--processes` child), so no command assembles those
+//! from the fields itself.
 
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use clap::{Args, Parser, Subcommand};
 
+use crate::accounts::Accounts;
+use crate::net::Transport;
+use crate::profile::Profile;
 use crate::schedule::Segment;
 
 /// navcast-load: the companion WebSocket load client of navcast.
@@ -16,11 +24,11 @@ pub struct Cli {
     #[arg(long, global = true, default_value_t = 1)]
     pub threads: usize,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Clone, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run a load profile against one or more nodes.
     Run(RunArgs),
     /// Create (register-or-login) accounts for riders and guardians and
@@ -31,162 +39,195 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, Default, Args)]
-pub struct OutputArgs {
+pub(crate) struct OutputArgs {
     /// Write PREFIX_stats.csv, PREFIX_stats_history.csv,
     /// PREFIX_failures.csv and PREFIX_exceptions.csv (Locust's format).
     #[arg(long, value_name = "PREFIX")]
-    pub csv: Option<String>,
+    pub(crate) csv: Option<String>,
     /// Write a self-contained HTML report.
     #[arg(long, value_name = "FILE")]
-    pub html: Option<PathBuf>,
+    pub(crate) html: Option<PathBuf>,
     /// Write the JSON summary (with HDR histograms; input of `merge`).
     #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Args)]
-pub struct TlsArgs {
-    /// Extra PEM CA certificate(s) to trust for wss:// and https://.
-    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
-    pub ca_file: Option<PathBuf>,
-    /// Accept any server certificate (testing only).
-    #[arg(long)]
-    pub insecure: bool,
-}
-
+/// Where to connect and how: the flags `run` and `provision` share.
 #[derive(Debug, Clone, Args)]
-pub struct AccountArgs {
-    /// Account names are PREFIX-r{k}@navcast-load.test (riders) and
-    /// PREFIX-g{k}@… (guardians).
-    #[arg(long = "account-prefix", default_value = "navcast-load")]
-    pub prefix: String,
-    /// Password of the generated accounts.
-    #[arg(long = "account-password", default_value = "navcast-load-password")]
-    pub password: String,
-    /// Concurrent registrations/logins while provisioning (argon2 is
-    /// expensive on the server).
-    #[arg(long, default_value_t = 4)]
-    pub provision_concurrency: usize,
-    /// Assume the generated accounts exist (skip registration).
-    #[arg(long)]
-    pub no_provision: bool,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct RunArgs {
-    /// Target base URL(s), ws://host:port or wss://host; repeat or comma
-    /// separate to spread riders over several nodes round-robin.
+pub(crate) struct TargetArgs {
+    /// Base URL(s) of the nodes or the cluster, ws://host:port or
+    /// wss://host; repeat or comma separate to spread riders (and accounts)
+    /// over several nodes round-robin.
     #[arg(long, required = true, value_delimiter = ',')]
-    pub host: Vec<String>,
-    /// Profile file (TOML), e.g. config/loadtest/step-1000.toml.
-    #[arg(long)]
-    pub profile: PathBuf,
-    /// Multiply every duration by this (0.1 runs step-1000 in 150 s);
-    /// spawn rates and travel speed scale inversely.
-    #[arg(long)]
-    pub time_scale: Option<f64>,
-    /// Scale the profile so its peak is N riders.
-    #[arg(long)]
-    pub users: Option<u64>,
-    /// Override a threshold of the profile, e.g. `connect_p95_ms=200`
-    /// (`none` disables an optional one); repeatable.
-    #[arg(long = "threshold", value_name = "KEY=VALUE")]
-    pub thresholds: Vec<String>,
-    #[command(flatten)]
-    pub out: OutputArgs,
-    /// Accounts file from `provision`; without it the run registers the
-    /// accounts it needs itself.
-    #[arg(long)]
-    pub accounts: Option<PathBuf>,
-    #[command(flatten)]
-    pub account: AccountArgs,
-    /// Run segment i of n (1-based): users k with k % n == i-1.
-    #[arg(long, default_value = "1/1")]
-    pub segment: Segment,
-    /// Run as N local processes (segments 1/N … N/N) and merge them.
-    #[arg(long, default_value_t = 1)]
-    pub processes: u32,
+    pub(crate) host: Vec<String>,
     /// Bind client sockets to these local addresses, round-robin
     /// (e.g. 127.0.0.2-127.0.0.50).
     #[arg(long)]
-    pub source_ips: Option<String>,
+    pub(crate) source_ips: Option<String>,
     #[command(flatten)]
-    pub tls: TlsArgs,
+    pub(crate) tls: TlsArgs,
+}
+
+impl TargetArgs {
+    /// The connections of one command: every HTTP and WebSocket request
+    /// goes through this, so the TLS and source-address flags apply to all.
+    pub(crate) async fn transport(&self) -> anyhow::Result<Arc<Transport>> {
+        Ok(Arc::new(
+            Transport::new(&self.host, self.source_ips.as_deref(), &self.tls).await?,
+        ))
+    }
+}
+
+/// TLS settings from `--ca-file` / `--insecure`.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct TlsArgs {
+    /// Extra PEM CA certificate(s) to trust for wss:// and https://.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Accept any server certificate (testing only).
+    #[arg(long)]
+    pub(crate) insecure: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct AccountArgs {
+    /// Account names are PREFIX-r{k}@navcast-load.test (riders) and
+    /// PREFIX-g{k}@… (guardians).
+    #[arg(long = "account-prefix", default_value = "navcast-load")]
+    pub(crate) prefix: String,
+    /// Password of the generated accounts.
+    #[arg(long = "account-password", default_value = "navcast-load-password")]
+    pub(crate) password: String,
+    /// Concurrent registrations/logins while provisioning (argon2 is
+    /// expensive on the server).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) provision_concurrency: usize,
+    /// Assume the generated accounts exist (skip registration).
+    #[arg(long)]
+    pub(crate) no_provision: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    /// Profile file (TOML), e.g. config/loadtest/step-1000.toml.
+    #[arg(long)]
+    pub(crate) profile: PathBuf,
+    /// Multiply every duration by this (0.1 runs step-1000 in 150 s);
+    /// spawn rates and travel speed scale inversely.
+    #[arg(long)]
+    pub(crate) time_scale: Option<f64>,
+    /// Scale the profile so its peak is N riders.
+    #[arg(long)]
+    pub(crate) users: Option<u64>,
+    /// Override a threshold of the profile, e.g. `connect_p95_ms=200`
+    /// (`none` disables an optional one); repeatable.
+    #[arg(long = "threshold", value_name = "KEY=VALUE")]
+    pub(crate) thresholds: Vec<String>,
+    #[command(flatten)]
+    pub(crate) out: OutputArgs,
+    /// Accounts file from `provision`; without it the run registers the
+    /// accounts it needs itself.
+    #[arg(long)]
+    pub(crate) accounts: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) account: AccountArgs,
+    /// Run segment i of n (1-based): users k with k % n == i-1.
+    #[arg(long, default_value = "1/1")]
+    pub(crate) segment: Segment,
+    /// Run as N local processes (segments 1/N … N/N) and merge them.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) processes: u32,
     /// Seed of every random choice (same seed = same riders, stations,
     /// intervals and drift, whatever the segmentation).
     #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Start the test at this Unix time in ms (segments started apart).
     #[arg(long)]
-    pub start_at: Option<u64>,
+    pub(crate) start_at: Option<u64>,
     /// No progress lines; the closing report only on failure.
     #[arg(long)]
-    pub quiet: bool,
+    pub(crate) quiet: bool,
     /// Poll each host's /stats this often (s), for node memory and
     /// sessions in the report; 0 disables.
     #[arg(long, default_value_t = 10.0)]
-    pub server_stats_every: f64,
+    pub(crate) server_stats_every: f64,
     /// Read /stats from these base URLs (http://node:port, comma separated)
     /// instead of the hosts': behind nginx, /stats is not exposed and each
     /// node is polled directly.
     #[arg(long, value_delimiter = ',', value_name = "URL")]
-    pub stats_url: Vec<String>,
+    pub(crate) stats_url: Vec<String>,
     /// Largest grid (ms) timer-driven requests are aligned to, so riders
     /// share timer wake-ups; the grid adapts to hold about 4 requests per
     /// point and vanishes at high rates. 0 schedules each tick exactly.
     #[arg(long, default_value_t = 20.0)]
-    pub tick_grid_ms: f64,
+    pub(crate) tick_grid_ms: f64,
     /// The executable `--processes` starts (default: this one).
     #[arg(long, hide = true)]
-    pub self_exe: Option<PathBuf>,
+    pub(crate) self_exe: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct ProvisionArgs {
-    /// Node or cluster base URL(s), ws:// or wss:// (as for `run`);
-    /// accounts are spread over them round-robin.
-    #[arg(long, required = true, value_delimiter = ',')]
-    pub host: Vec<String>,
+pub(crate) struct ProvisionArgs {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
     /// Riders to provision (default: the profile's peak).
     #[arg(long)]
-    pub users: Option<u64>,
+    pub(crate) users: Option<u64>,
     /// Take the guardian share (and the user count) from this profile.
     #[arg(long)]
-    pub profile: Option<PathBuf>,
+    pub(crate) profile: Option<PathBuf>,
     /// Share of riders that get a guardian account (default 0.1).
     #[arg(long)]
-    pub guardian_share: Option<f64>,
+    pub(crate) guardian_share: Option<f64>,
     /// Where to write the accounts file.
     #[arg(long, value_name = "FILE")]
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
     #[command(flatten)]
-    pub account: AccountArgs,
-    #[command(flatten)]
-    pub tls: TlsArgs,
-    /// Bind client sockets to these local addresses, round-robin (e.g.
-    /// 127.0.0.2-127.0.0.50).
-    #[arg(long)]
-    pub source_ips: Option<String>,
+    pub(crate) account: AccountArgs,
     /// No progress lines.
     #[arg(long)]
-    pub quiet: bool,
+    pub(crate) quiet: bool,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct MergeArgs {
+pub(crate) struct MergeArgs {
     /// JSON summaries written by `run --json`.
     #[arg(required = true)]
-    pub inputs: Vec<PathBuf>,
+    pub(crate) inputs: Vec<PathBuf>,
     #[command(flatten)]
-    pub out: OutputArgs,
+    pub(crate) out: OutputArgs,
     /// No closing report on stdout unless a criterion failed.
     #[arg(long)]
-    pub quiet: bool,
+    pub(crate) quiet: bool,
+}
+
+impl AccountArgs {
+    /// The accounts named after `--account-prefix`.
+    pub(crate) fn generated(&self) -> Accounts {
+        Accounts::Generated {
+            prefix: self.prefix.clone(),
+            password: self.password.clone(),
+        }
+    }
 }
 
 impl RunArgs {
+    /// The profile with the command line's overrides applied.
+    pub(crate) fn load_profile(&self) -> anyhow::Result<Profile> {
+        let mut p = Profile::load(&self.profile)?;
+        if let Some(u) = self.users {
+            p = p.with_users(u)?;
+        }
+        if let Some(s) = self.time_scale {
+            p = p.with_time_scale(s)?;
+        }
+        p.with_thresholds(&self.thresholds)
+    }
+
     /// The arguments of one child of `--processes`.
-    pub fn child_args(
+    pub(crate) fn child_args(
         &self,
         segment: Segment,
         json: &std::path::Path,
@@ -198,7 +239,8 @@ impl RunArgs {
             a.push(k.into());
             a.push(v);
         };
-        push("--host", self.host.join(",").into());
+        let target = &self.target;
+        push("--host", target.host.join(",").into());
         push("--profile", self.profile.clone().into());
         if let Some(t) = self.time_scale {
             push("--time-scale", t.to_string().into());
@@ -212,10 +254,10 @@ impl RunArgs {
         push("--json", json.into());
         push("--accounts", accounts.into());
         push("--segment", segment.to_string().into());
-        if let Some(s) = &self.source_ips {
+        if let Some(s) = &target.source_ips {
             push("--source-ips", s.into());
         }
-        if let Some(c) = &self.tls.ca_file {
+        if let Some(c) = &target.tls.ca_file {
             push("--ca-file", c.into());
         }
         push("--seed", self.seed.to_string().into());
@@ -232,7 +274,7 @@ impl RunArgs {
         if !self.stats_url.is_empty() {
             push("--stats-url", self.stats_url.join(",").into());
         }
-        if self.tls.insecure {
+        if target.tls.insecure {
             a.push("--insecure".into());
         }
         if self.quiet {

@@ -14,19 +14,29 @@ pub enum Status {
     Skipped,
 }
 
+/// The judgement of one criterion.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
     pub criterion: String,
-    pub target: String,
-    pub observed: String,
-    pub status: Status,
-    pub note: String,
+    pub(crate) target: String,
+    pub(crate) observed: String,
+    pub(crate) status: Status,
+    pub(crate) note: String,
+}
+
+impl Verdict {
+    /// A latency criterion (a p95, or the drift of p95s): it measures how
+    /// fast the machine answered as well as what the node did, so it
+    /// belongs to benchmarks on a quiet machine, not to behaviour tests.
+    pub fn is_latency(&self) -> bool {
+        self.criterion.ends_with(" p95") || self.criterion == "latency drift"
+    }
 }
 
 /// Where a stress run broke.
 #[derive(Debug, Clone, Serialize)]
 pub struct Break {
-    pub stage: String,
+    pub(crate) stage: String,
     pub users: u64,
     pub criteria: Vec<String>,
 }
@@ -143,7 +153,7 @@ fn error_verdict(cells: &[(Metric, Cell)], max: f64) -> Verdict {
 }
 
 /// What `stopped_early` holds for a run stopped by SIGINT or SIGTERM.
-pub const INTERRUPTED: &str = "interrupted";
+pub(crate) const INTERRUPTED: &str = "interrupted";
 
 /// Judges a summary against its thresholds.
 pub fn evaluate(s: &Summary) -> Evaluation {

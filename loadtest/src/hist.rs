@@ -12,11 +12,11 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use serde::{Deserialize, Serialize};
 
 /// Largest latency kept, µs (60 s); larger samples are clamped to it.
-pub const HIGHEST_US: u64 = 60_000_000;
+pub(crate) const HIGHEST_US: u64 = 60_000_000;
 /// Significant digits: 3 keeps every value within 0.1 %.
-pub const SIGFIG: u8 = 3;
+pub(crate) const SIGFIG: u8 = 3;
 
-pub fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIGHEST_US, SIGFIG).expect("valid histogram bounds")
 }
 
@@ -31,13 +31,13 @@ impl std::fmt::Debug for Hist {
 }
 
 impl Hist {
-    pub fn record(&mut self, us: u64) {
+    pub(crate) fn record(&mut self, us: u64) {
         self.0
             .get_or_insert_with(|| Box::new(new_histogram()))
             .saturating_record(us.clamp(1, HIGHEST_US));
     }
 
-    pub fn add(&mut self, other: &Hist) {
+    pub(crate) fn add(&mut self, other: &Hist) {
         if let Some(o) = &other.0
             && !o.is_empty()
         {
@@ -57,7 +57,7 @@ impl Hist {
 
     /// Removes `other`'s samples (for sliding windows); `other` must have
     /// been added before.
-    pub fn subtract(&mut self, other: &Hist) {
+    pub(crate) fn subtract(&mut self, other: &Hist) {
         if let (Some(h), Some(o)) = (&mut self.0, &other.0) {
             let _ = h.subtract(o.as_ref());
         }
@@ -72,7 +72,7 @@ impl Hist {
     }
 
     /// The value at quantile `q` (0..=1), µs; `None` when empty.
-    pub fn quantile(&self, q: f64) -> Option<u64> {
+    pub(crate) fn quantile(&self, q: f64) -> Option<u64> {
         self.0
             .as_ref()
             .filter(|h| !h.is_empty())
@@ -83,18 +83,18 @@ impl Hist {
         self.0.as_ref().filter(|h| !h.is_empty()).map(|h| h.min())
     }
 
-    pub fn max(&self) -> Option<u64> {
+    pub(crate) fn max(&self) -> Option<u64> {
         self.0.as_ref().filter(|h| !h.is_empty()).map(|h| h.max())
     }
 
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         if let Some(h) = &mut self.0 {
             h.reset();
         }
     }
 
     /// V2 encoding; empty for an empty histogram.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         if let Some(h) = &self.0
             && !h.is_empty()
@@ -106,7 +106,7 @@ impl Hist {
         out
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<Hist> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> anyhow::Result<Hist> {
         if bytes.is_empty() {
             return Ok(Hist::default());
         }
@@ -136,7 +136,7 @@ impl<'de> Deserialize<'de> for Hist {
 /// A histogram kept in its encoded form (history rows: one per metric
 /// per second would be too big as live histograms).
 #[derive(Clone, Default, PartialEq)]
-pub struct PackedHist(pub Vec<u8>);
+pub(crate) struct PackedHist(pub(crate) Vec<u8>);
 
 impl std::fmt::Debug for PackedHist {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -145,7 +145,7 @@ impl std::fmt::Debug for PackedHist {
 }
 
 impl PackedHist {
-    pub fn unpack(&self) -> Hist {
+    pub(crate) fn unpack(&self) -> Hist {
         Hist::from_bytes(&self.0).unwrap_or_default()
     }
 }

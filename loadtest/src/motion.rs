@@ -10,7 +10,7 @@ use navcast::transit::geo::haversine_m;
 const M_PER_DEG: f64 = 111_320.0;
 
 /// Moves `(lat, lon)` by `dist_m` towards `bearing` (radians from north).
-pub fn offset(lat: f64, lon: f64, dist_m: f64, bearing: f64) -> (f64, f64) {
+pub(crate) fn offset(lat: f64, lon: f64, dist_m: f64, bearing: f64) -> (f64, f64) {
     let dlat = dist_m * bearing.cos() / M_PER_DEG;
     let dlon = dist_m * bearing.sin() / (M_PER_DEG * lat.to_radians().cos().max(0.01));
     (lat + dlat, lon + dlon)
@@ -18,14 +18,14 @@ pub fn offset(lat: f64, lon: f64, dist_m: f64, bearing: f64) -> (f64, f64) {
 
 /// A polyline through a route's stations, measured in metres.
 #[derive(Debug, Clone)]
-pub struct Walk {
+pub(crate) struct Walk {
     points: Vec<(f64, f64)>,
     /// Distance from the first point to each point.
     cum: Vec<f64>,
 }
 
 impl Walk {
-    pub fn new(points: Vec<(f64, f64)>) -> Walk {
+    pub(crate) fn new(points: Vec<(f64, f64)>) -> Walk {
         let mut cum = Vec::with_capacity(points.len());
         let mut d = 0.0;
         for (i, p) in points.iter().enumerate() {
@@ -38,12 +38,12 @@ impl Walk {
         Walk { points, cum }
     }
 
-    pub fn length_m(&self) -> f64 {
+    pub(crate) fn length_m(&self) -> f64 {
         self.cum.last().copied().unwrap_or(0.0)
     }
 
     /// The point `d` metres along (clamped to the ends).
-    pub fn at(&self, d: f64) -> (f64, f64) {
+    pub(crate) fn at(&self, d: f64) -> (f64, f64) {
         let Some(first) = self.points.first() else {
             return (0.0, 0.0);
         };
@@ -63,21 +63,17 @@ impl Walk {
         };
         (a.0 + (b.0 - a.0) * f, a.1 + (b.1 - a.1) * f)
     }
-
-    pub fn end(&self) -> (f64, f64) {
-        self.points.last().copied().unwrap_or((0.0, 0.0))
-    }
 }
 
 /// A recorded GPS trace: fixes with their time offsets, replayed in a loop.
 #[derive(Debug, Clone)]
-pub struct Trace {
+pub(crate) struct Trace {
     /// (seconds from the first fix, lat, lon), increasing in time.
     fixes: Vec<(f64, f64, f64)>,
 }
 
 impl Trace {
-    pub fn load(path: &Path) -> anyhow::Result<Trace> {
+    pub(crate) fn load(path: &Path) -> anyhow::Result<Trace> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading trace {}", path.display()))?;
         let is_gpx = path
@@ -94,7 +90,7 @@ impl Trace {
     }
 
     /// CSV `t,lat,lon` (a header line is skipped).
-    pub fn parse_csv(text: &str) -> anyhow::Result<Trace> {
+    pub(crate) fn parse_csv(text: &str) -> anyhow::Result<Trace> {
         let mut fixes = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -117,7 +113,7 @@ impl Trace {
 
     /// GPX: every `<trkpt lat=… lon=…>` (or `<rtept>`/`<wpt>`), timed by
     /// its `<time>` when present, one second apart otherwise.
-    pub fn parse_gpx(text: &str) -> anyhow::Result<Trace> {
+    pub(crate) fn parse_gpx(text: &str) -> anyhow::Result<Trace> {
         let mut fixes = Vec::new();
         let mut rest = text;
         let mut n = 0.0;
@@ -178,12 +174,12 @@ impl Trace {
         Ok(Trace { fixes })
     }
 
-    pub fn duration_s(&self) -> f64 {
+    pub(crate) fn duration_s(&self) -> f64 {
         self.fixes.last().map(|f| f.0).unwrap_or(0.0)
     }
 
     /// The position `t` seconds in, looping over the trace.
-    pub fn at(&self, t: f64) -> (f64, f64) {
+    pub(crate) fn at(&self, t: f64) -> (f64, f64) {
         let d = self.duration_s();
         let t = if d > 0.0 { t.rem_euclid(d) } else { 0.0 };
         let i = self.fixes.partition_point(|f| f.0 <= t).max(1);
@@ -198,15 +194,6 @@ impl Trace {
             0.0
         };
         (a.1 + (b.1 - a.1) * f, a.2 + (b.2 - a.2) * f)
-    }
-
-    pub fn start(&self) -> (f64, f64) {
-        (self.fixes[0].1, self.fixes[0].2)
-    }
-
-    pub fn end(&self) -> (f64, f64) {
-        let l = self.fixes[self.fixes.len() - 1];
-        (l.1, l.2)
     }
 }
 

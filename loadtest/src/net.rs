@@ -15,22 +15,24 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use crate::cli::TlsArgs;
+
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// One target given with `--host`.
 #[derive(Debug, Clone)]
-pub struct Host {
+pub(crate) struct Host {
     /// `ws://h:p[/prefix]` without a trailing slash.
-    pub ws_base: String,
+    pub(crate) ws_base: String,
     /// The same with `http`/`https`.
-    pub http_base: String,
-    pub tls: bool,
+    pub(crate) http_base: String,
+    pub(crate) tls: bool,
     /// Resolved once at start.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Host {
-    pub async fn parse(text: &str) -> anyhow::Result<Host> {
+    pub(crate) async fn parse(text: &str) -> anyhow::Result<Host> {
         let text = text.trim().trim_end_matches('/');
         let (scheme, rest) = text
             .split_once("://")
@@ -75,11 +77,9 @@ impl Host {
     }
 }
 
-/// Parses `--source-ips`: ranges `a.b.c.d-a.b.c.e` and single addresses,
-/// comma separated.
 /// The kernel's ephemeral port range (`ip_local_port_range`), Linux's
 /// default when it cannot be read.
-pub fn ephemeral_ports() -> u64 {
+pub(crate) fn ephemeral_ports() -> u64 {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|t| {
@@ -95,7 +95,7 @@ pub fn ephemeral_ports() -> u64 {
 /// client burns CPU there instead of on its riders (measured: a 15 000-rider
 /// ramp from one address used a full core in its last seconds, 35 % of one
 /// with eight addresses).
-pub fn port_pressure(connections: u64, targets: usize, sources: usize) -> Option<String> {
+pub(crate) fn port_pressure(connections: u64, targets: usize, sources: usize) -> Option<String> {
     let per_pair = connections / (targets.max(1) * sources.max(1)) as u64;
     let ports = ephemeral_ports();
     (per_pair > ports / 2).then(|| {
@@ -106,7 +106,9 @@ pub fn port_pressure(connections: u64, targets: usize, sources: usize) -> Option
     })
 }
 
-pub fn parse_source_ips(text: &str) -> anyhow::Result<Vec<IpAddr>> {
+/// Parses `--source-ips`: ranges `a.b.c.d-a.b.c.e` and single addresses,
+/// comma separated.
+pub(crate) fn parse_source_ips(text: &str) -> anyhow::Result<Vec<IpAddr>> {
     let mut out = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.split_once('-') {
@@ -129,7 +131,7 @@ pub fn parse_source_ips(text: &str) -> anyhow::Result<Vec<IpAddr>> {
 }
 
 /// Why a WebSocket connect failed, as a short cause for the failure table.
-pub fn cause_of(e: &tokio_tungstenite::tungstenite::Error) -> String {
+pub(crate) fn cause_of(e: &tokio_tungstenite::tungstenite::Error) -> String {
     use tokio_tungstenite::tungstenite::Error as E;
     match e {
         E::Http(resp) => format!("HTTP {}", resp.status().as_u16()),
@@ -141,7 +143,7 @@ pub fn cause_of(e: &tokio_tungstenite::tungstenite::Error) -> String {
     }
 }
 
-pub fn io_cause(e: &std::io::Error) -> String {
+pub(crate) fn io_cause(e: &std::io::Error) -> String {
     use std::io::ErrorKind as K;
     match e.kind() {
         K::ConnectionRefused => "connection refused".into(),
@@ -194,14 +196,7 @@ impl ServerCertVerifier for AcceptAny {
     }
 }
 
-/// TLS settings from `--ca-file` / `--insecure`.
-#[derive(Debug, Clone, Default)]
-pub struct TlsOptions {
-    pub ca_file: Option<std::path::PathBuf>,
-    pub insecure: bool,
-}
-
-fn rustls_config(opts: &TlsOptions) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+fn rustls_config(opts: &TlsArgs) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -238,8 +233,8 @@ fn read_pem_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 }
 
 /// Everything needed to reach the targets.
-pub struct Transport {
-    pub hosts: Vec<Host>,
+pub(crate) struct Transport {
+    pub(crate) hosts: Vec<Host>,
     source_ips: Vec<IpAddr>,
     next_ip: AtomicUsize,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -249,10 +244,10 @@ pub struct Transport {
 }
 
 impl Transport {
-    pub async fn new(
+    pub(crate) async fn new(
         hosts: &[String],
         source_ips: Option<&str>,
-        tls: &TlsOptions,
+        tls: &TlsArgs,
     ) -> anyhow::Result<Transport> {
         if hosts.is_empty() {
             bail!("--host is required");
@@ -298,7 +293,7 @@ impl Transport {
         };
         // 4 KiB read buffers: tungstenite zero-fills its whole read buffer
         // before each read, so the 128 KiB default costs memory and CPU per
-        // connection (shared/BASELINES.md). Frames are written at once.
+        // connection (docs/BASELINES.md). Frames are written at once.
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(0);
@@ -313,17 +308,17 @@ impl Transport {
     }
 
     /// The HTTP client to use for the `n`th request.
-    pub fn http(&self, n: usize) -> &reqwest::Client {
+    pub(crate) fn http(&self, n: usize) -> &reqwest::Client {
         &self.http[n % self.http.len()]
     }
 
-    pub fn host(&self, i: usize) -> &Host {
+    pub(crate) fn host(&self, i: usize) -> &Host {
         &self.hosts[i % self.hosts.len()]
     }
 
     /// Opens a WebSocket to `host`'s `path` (e.g. `/api/v1/ws/u?token=…`),
     /// from the next source address when `--source-ips` is set.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         host: usize,
         path: &str,

@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-/// The 12 stations of the reference's test config
-/// (`data/kindmap/websocket_test_config.json`).
-pub const KINDMAP_STATIONS: [&str; 12] = [
+/// The 12 stations the reference system's WebSocket load test sends its
+/// riders between (its test configuration is not part of this repository;
+/// the list is the whole of what is taken from it).
+pub(crate) const KINDMAP_STATIONS: [&str; 12] = [
     "강남",
     "홍대입구",
     "잠실",
@@ -62,65 +63,66 @@ struct StageSpec {
 /// until `max_users` or until a threshold breaks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StressSpec {
-    pub start_users: u64,
-    pub step_users: u64,
-    pub step_interval_s: f64,
-    pub max_users: u64,
-    pub spawn_rate: f64,
+pub(crate) struct StressSpec {
+    pub(crate) start_users: u64,
+    pub(crate) step_users: u64,
+    pub(crate) step_interval_s: f64,
+    pub(crate) max_users: u64,
+    pub(crate) spawn_rate: f64,
     /// Stop the run at the end of the first step whose thresholds fail.
     #[serde(default = "yes")]
-    pub stop_on_break: bool,
+    pub(crate) stop_on_break: bool,
 }
 
 fn yes() -> bool {
     true
 }
 
-/// How each virtual user behaves. Defaults follow LOADTEST.md.
+/// How each virtual user behaves. Defaults are the rider of the
+/// specification (README, "The rider").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct RiderSpec {
+pub(crate) struct RiderSpec {
     /// Seconds between two timer-driven requests, uniform in [lo, hi].
-    pub update_interval_s: [f64; 2],
-    pub start_timeout_s: f64,
-    pub update_timeout_s: f64,
-    pub connect_timeout_s: f64,
-    pub login_timeout_s: f64,
+    pub(crate) update_interval_s: [f64; 2],
+    pub(crate) start_timeout_s: f64,
+    pub(crate) update_timeout_s: f64,
+    pub(crate) connect_timeout_s: f64,
+    pub(crate) login_timeout_s: f64,
     /// Share of riders with a guardian session that watches them.
-    pub guardian_share: f64,
+    pub(crate) guardian_share: f64,
     /// Share of riders that drift far off their route.
-    pub deviating_share: f64,
+    pub(crate) deviating_share: f64,
     /// Relative weights of the timer-driven requests.
-    pub mix: Mix,
+    pub(crate) mix: Mix,
     /// Travel speed along the route in m/s before the time scale
     /// (about a Seoul subway train's average, stops included).
-    pub speed_mps: f64,
+    pub(crate) speed_mps: f64,
     /// GPS drift added to every fix, metres, uniform in [lo, hi], in a
     /// uniform random direction.
-    pub gps_drift_m: [f64; 2],
+    pub(crate) gps_drift_m: [f64; 2],
     /// `accuracy` field of every fix, uniform in [lo, hi].
-    pub accuracy_m: [f64; 2],
+    pub(crate) accuracy_m: [f64; 2],
     /// How far a deviating rider wanders off the route, metres.
-    pub deviation_m: [f64; 2],
+    pub(crate) deviation_m: [f64; 2],
     /// Weights of the disability types sent with `start_navigation`.
-    pub disability_weights: BTreeMap<String, f64>,
+    pub(crate) disability_weights: BTreeMap<String, f64>,
     /// Stations origins and destinations are drawn from.
-    pub stations: Vec<String>,
+    pub(crate) stations: Vec<String>,
     /// A GPS trace (CSV `t,lat,lon` or GPX) replacing the synthetic walk;
     /// relative paths are relative to the profile file.
-    pub trace: Option<PathBuf>,
+    pub(crate) trace: Option<PathBuf>,
     /// How long a guardian waits after its rider stopped for the last
     /// peer events still in flight.
-    pub fanout_grace_s: f64,
+    pub(crate) fanout_grace_s: f64,
 }
 
 /// Relative weights of `start_navigation` and `location_update` ticks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Mix {
-    pub start_navigation: f64,
-    pub location_update: f64,
+pub(crate) struct Mix {
+    pub(crate) start_navigation: f64,
+    pub(crate) location_update: f64,
 }
 
 impl Default for RiderSpec {
@@ -152,30 +154,31 @@ impl Default for RiderSpec {
     }
 }
 
-/// Pass criteria. Defaults are the navcast column of LOADTEST.md.
+/// Pass criteria. Defaults are the navcast column of the specification
+/// (README, "Pass criteria").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Thresholds {
+pub(crate) struct Thresholds {
     /// Share of WebSocket connects that must succeed (1.0 = all).
-    pub connect_success_min: f64,
-    pub connect_p95_ms: Option<f64>,
-    pub start_navigation_p95_ms: Option<f64>,
-    pub location_update_p95_ms: Option<f64>,
-    pub login_p95_ms: Option<f64>,
-    pub fanout_p95_ms: Option<f64>,
+    pub(crate) connect_success_min: f64,
+    pub(crate) connect_p95_ms: Option<f64>,
+    pub(crate) start_navigation_p95_ms: Option<f64>,
+    pub(crate) location_update_p95_ms: Option<f64>,
+    pub(crate) login_p95_ms: Option<f64>,
+    pub(crate) fanout_p95_ms: Option<f64>,
     /// Failed requests / requests; 0 means no failure at all.
-    pub error_rate_max: f64,
+    pub(crate) error_rate_max: f64,
     /// Lost peer events (gaps in `seq`, or fewer received than published).
-    pub lost_peer_events_max: u64,
+    pub(crate) lost_peer_events_max: u64,
     /// Each node's share of the connections may differ from an even share
     /// by at most this fraction; `None` disables the criterion.
-    pub spread_tolerance: Option<f64>,
+    pub(crate) spread_tolerance: Option<f64>,
     /// The spread is judged only when an even share is at least this many
     /// connections: with fewer, ±15 % is less than a handful of users.
-    pub spread_min_share: f64,
+    pub(crate) spread_min_share: f64,
     /// Soak: the last stage's p95 may be at most this multiple of the
     /// first stage's (location_update and start_navigation).
-    pub latency_drift_max: Option<f64>,
+    pub(crate) latency_drift_max: Option<f64>,
 }
 
 impl Default for Thresholds {
@@ -198,38 +201,38 @@ impl Default for Thresholds {
 
 /// One stage after time scaling: seconds of wall-clock time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Stage {
-    pub name: String,
-    pub start_s: f64,
-    pub end_s: f64,
-    pub users: u64,
+pub(crate) struct Stage {
+    pub(crate) name: String,
+    pub(crate) start_s: f64,
+    pub(crate) end_s: f64,
+    pub(crate) users: u64,
     /// Users per second; `None` = all at once.
-    pub spawn_rate: Option<f64>,
+    pub(crate) spawn_rate: Option<f64>,
 }
 
 /// A profile ready to run.
 #[derive(Debug, Clone)]
-pub struct Profile {
-    pub name: String,
-    pub description: String,
-    pub stages: Vec<Stage>,
-    pub rider: RiderSpec,
-    pub thresholds: Thresholds,
-    pub stress: Option<StressSpec>,
-    pub time_scale: f64,
+pub(crate) struct Profile {
+    pub(crate) name: String,
+    pub(crate) description: String,
+    pub(crate) stages: Vec<Stage>,
+    pub(crate) rider: RiderSpec,
+    pub(crate) thresholds: Thresholds,
+    pub(crate) stress: Option<StressSpec>,
+    pub(crate) time_scale: f64,
     /// Where the profile was read from (for relative paths).
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 impl Profile {
-    pub fn load(path: &Path) -> anyhow::Result<Profile> {
+    pub(crate) fn load(path: &Path) -> anyhow::Result<Profile> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading profile {}", path.display()))?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Profile::parse(&text, dir).with_context(|| format!("profile {}", path.display()))
     }
 
-    pub fn parse(text: &str, dir: PathBuf) -> anyhow::Result<Profile> {
+    pub(crate) fn parse(text: &str, dir: PathBuf) -> anyhow::Result<Profile> {
         let file: ProfileFile = toml::from_str(text)?;
         let stages = match (&file.stress, file.stage.is_empty()) {
             (Some(_), false) => bail!("a profile has either [[stage]] rows or a [stress] table"),
@@ -287,7 +290,7 @@ impl Profile {
 
     /// Applies `KEY=VALUE` overrides to the thresholds (`none` unsets an
     /// optional one).
-    pub fn with_thresholds(mut self, overrides: &[String]) -> anyhow::Result<Profile> {
+    pub(crate) fn with_thresholds(mut self, overrides: &[String]) -> anyhow::Result<Profile> {
         for o in overrides {
             let Some((k, v)) = o.split_once('=') else {
                 bail!("--threshold {o:?}: expected KEY=VALUE");
@@ -322,13 +325,13 @@ impl Profile {
     }
 
     /// The most users any stage asks for.
-    pub fn peak_users(&self) -> u64 {
+    pub(crate) fn peak_users(&self) -> u64 {
         self.stages.iter().map(|s| s.users).max().unwrap_or(0)
     }
 
     /// Rescales the stages so that the peak is `users` (spawn rates in
     /// proportion). A stress profile's staircase is cut at `users`.
-    pub fn with_users(mut self, users: u64) -> anyhow::Result<Profile> {
+    pub(crate) fn with_users(mut self, users: u64) -> anyhow::Result<Profile> {
         if let Some(stress) = &mut self.stress {
             stress.max_users = users;
             self.stages = stress_stages(stress)?;
@@ -345,7 +348,7 @@ impl Profile {
 
     /// Compresses (or stretches) time: durations times `scale`, spawn
     /// rates divided by it, so every stage still reaches its users.
-    pub fn with_time_scale(mut self, scale: f64) -> anyhow::Result<Profile> {
+    pub(crate) fn with_time_scale(mut self, scale: f64) -> anyhow::Result<Profile> {
         if !(scale > 0.0 && scale.is_finite()) {
             bail!("--time-scale must be a positive number");
         }
@@ -358,12 +361,12 @@ impl Profile {
         Ok(self)
     }
 
-    pub fn duration_s(&self) -> f64 {
+    pub(crate) fn duration_s(&self) -> f64 {
         self.stages.last().map(|s| s.end_s).unwrap_or(0.0)
     }
 
     /// The stage running at `t` seconds (the last one after the end).
-    pub fn stage_at(&self, t: f64) -> usize {
+    pub(crate) fn stage_at(&self, t: f64) -> usize {
         self.stages
             .iter()
             .position(|s| t < s.end_s)
@@ -371,7 +374,7 @@ impl Profile {
     }
 
     /// The trace file, resolved against the profile's directory.
-    pub fn trace_path(&self) -> Option<PathBuf> {
+    pub(crate) fn trace_path(&self) -> Option<PathBuf> {
         self.rider.trace.as_ref().map(|p| {
             if p.is_absolute() {
                 p.clone()

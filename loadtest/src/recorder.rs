@@ -34,24 +34,24 @@ struct NodeLive {
 
 /// Fan-out counters, updated by guardians and riders.
 #[derive(Default)]
-pub struct FanoutLive {
-    pub expected: AtomicU64,
-    pub received: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub reorders: AtomicU64,
-    pub gaps: AtomicU64,
-    pub lost: AtomicU64,
+pub(crate) struct FanoutLive {
+    pub(crate) expected: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) reorders: AtomicU64,
+    pub(crate) gaps: AtomicU64,
+    pub(crate) lost: AtomicU64,
 }
 
-pub struct Recorder {
+pub(crate) struct Recorder {
     shards: Box<[Mutex<Shard>]>,
     failures: Mutex<HashMap<(Metric, String), FailureLive>>,
     exceptions: Mutex<BTreeMap<String, u64>>,
     closes: Mutex<BTreeMap<u16, u64>>,
     nodes: Mutex<BTreeMap<String, NodeLive>>,
-    pub fanout: FanoutLive,
+    pub(crate) fanout: FanoutLive,
     /// Riders between their start and stop.
-    pub users: AtomicU64,
+    pub(crate) users: AtomicU64,
 }
 
 impl Default for Recorder {
@@ -68,15 +68,8 @@ fn shard_index() -> usize {
     INDEX.with(|i| *i)
 }
 
-pub fn unix_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl Recorder {
-    pub fn new() -> Recorder {
+    pub(crate) fn new() -> Recorder {
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
@@ -103,7 +96,7 @@ impl Recorder {
     }
 
     /// A request that got its answer.
-    pub fn success(&self, m: Metric, latency: Duration, bytes: usize) {
+    pub(crate) fn success(&self, m: Metric, latency: Duration, bytes: usize) {
         let us = latency.as_micros() as u64;
         self.with_cell(m, |c| {
             c.count += 1;
@@ -115,7 +108,7 @@ impl Recorder {
 
     /// A request that failed; `latency` when the failure has one (an error
     /// reply, a timeout), none when nothing was measured (a refused connection).
-    pub fn failure(&self, m: Metric, latency: Option<Duration>, cause: &str) {
+    pub(crate) fn failure(&self, m: Metric, latency: Option<Duration>, cause: &str) {
         self.with_cell(m, |c| {
             c.count += 1;
             c.failures += 1;
@@ -125,7 +118,7 @@ impl Recorder {
                 c.hist.record(us);
             }
         });
-        let now = unix_s();
+        let now = navcast::clock::unix_s() as u64;
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let e = f.entry((m, cause.to_string())).or_insert(FailureLive {
             occurrences: 0,
@@ -138,7 +131,7 @@ impl Recorder {
 
     /// Something the client did not expect (unparseable frame, reply to
     /// nothing); kept with a count, like Locust's exceptions.
-    pub fn exception(&self, message: &str) {
+    pub(crate) fn exception(&self, message: &str) {
         *self
             .exceptions
             .lock()
@@ -147,7 +140,7 @@ impl Recorder {
             .or_default() += 1;
     }
 
-    pub fn closed(&self, code: u16) {
+    pub(crate) fn closed(&self, code: u16) {
         *self
             .closes
             .lock()
@@ -156,14 +149,14 @@ impl Recorder {
             .or_default() += 1;
     }
 
-    pub fn node_open(&self, node: &str) {
+    pub(crate) fn node_open(&self, node: &str) {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         let n = nodes.entry(node.to_string()).or_default();
         n.connects += 1;
         n.open += 1;
     }
 
-    pub fn node_close(&self, node: &str) {
+    pub(crate) fn node_close(&self, node: &str) {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = nodes.get_mut(node) {
             n.open = n.open.saturating_sub(1);
@@ -171,7 +164,7 @@ impl Recorder {
     }
 
     /// Moves every sample recorded since the last call into `into`.
-    pub fn drain(&self, into: &mut [Cell]) {
+    pub(crate) fn drain(&self, into: &mut [Cell]) {
         for shard in self.shards.iter() {
             let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
             for (dst, src) in into.iter_mut().zip(s.cells.iter_mut()) {
@@ -188,7 +181,7 @@ impl Recorder {
     }
 
     /// Open sessions per node now, and connects so far.
-    pub fn nodes(&self) -> BTreeMap<String, NodeCounts> {
+    pub(crate) fn nodes(&self) -> BTreeMap<String, NodeCounts> {
         self.nodes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -205,7 +198,7 @@ impl Recorder {
             .collect()
     }
 
-    pub fn failures(&self) -> Vec<FailureRow> {
+    pub(crate) fn failures(&self) -> Vec<FailureRow> {
         let f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let mut rows: Vec<FailureRow> = f
             .iter()
@@ -222,14 +215,14 @@ impl Recorder {
         rows
     }
 
-    pub fn exceptions(&self) -> BTreeMap<String, u64> {
+    pub(crate) fn exceptions(&self) -> BTreeMap<String, u64> {
         self.exceptions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    pub fn close_codes(&self) -> BTreeMap<u16, u64> {
+    pub(crate) fn close_codes(&self) -> BTreeMap<u16, u64> {
         self.closes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -237,7 +230,7 @@ impl Recorder {
     }
 
     /// Failures so far, all metrics (for the progress line).
-    pub fn failure_total(&self) -> u64 {
+    pub(crate) fn failure_total(&self) -> u64 {
         self.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -7,15 +7,11 @@
 
 /// SplitMix64: tiny, fast and good enough for load shaping (not for crypto).
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
     /// A generator for one incarnation of one rider.
-    pub fn for_rider(seed: u64, index: u64, incarnation: u32, stream: u64) -> Rng {
+    pub(crate) fn for_rider(seed: u64, index: u64, incarnation: u32, stream: u64) -> Rng {
         let mut mix = Rng(seed ^ 0x9E37_79B9_7F4A_7C15);
         let a = mix.next_u64() ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03);
         let mut mix = Rng(a);
@@ -24,7 +20,7 @@ impl Rng {
         Rng(mix.next_u64())
     }
 
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -33,22 +29,22 @@ impl Rng {
     }
 
     /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
     /// Uniform in [lo, hi].
-    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
+    pub(crate) fn range(&mut self, lo: f64, hi: f64) -> f64 {
         lo + (hi - lo) * self.unit()
     }
 
     /// Uniform in 0..n (n > 0).
-    pub fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         ((self.unit() * n as f64) as usize).min(n.saturating_sub(1))
     }
 
     /// An index drawn with the given non-negative weights.
-    pub fn weighted(&mut self, weights: &[f64]) -> usize {
+    pub(crate) fn weighted(&mut self, weights: &[f64]) -> usize {
         let total: f64 = weights.iter().sum();
         let mut x = self.unit() * total;
         for (i, w) in weights.iter().enumerate() {
@@ -79,7 +75,7 @@ mod tests {
 
     #[test]
     fn weighted_follows_weights() {
-        let mut r = Rng::new(1);
+        let mut r = Rng(1);
         let mut counts = [0u32; 4];
         for _ in 0..100_000 {
             counts[r.weighted(&[40.0, 30.0, 20.0, 10.0])] += 1;

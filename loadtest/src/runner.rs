@@ -1,12 +1,14 @@
-//! `navcast-load run`: plans the test, provisions accounts, spawns riders
-//! on schedule, drains the recorder once a second into the summary, and
-//! writes the reports.
+//! `navcast-load run` in one process (the whole test or one segment):
+//! plans the test, provisions accounts, spawns riders on schedule, drains
+//! the recorder once a second into the summary, and writes the reports.
+//! `--processes` runs are `fleet`'s; each of their children runs here.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use navcast::clock::{unix_ms, unix_s};
 use navcast::protocol::DisabilityType;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,11 +19,12 @@ use crate::cli::RunArgs;
 use crate::criteria;
 use crate::hist::{Hist, PackedHist};
 use crate::motion::Trace;
-use crate::net::Transport;
+use crate::net::{self, Transport};
 use crate::profile::Profile;
-use crate::recorder::{Recorder, unix_s};
+use crate::recorder::Recorder;
 use crate::rider::{RiderPlan, RunCtx, StationPoint, rider};
 use crate::schedule::{self, in_share};
+use crate::signal::stop_signal;
 use crate::summary::{
     Cell, ClientUsage, FORMAT, FanoutCounts, HistoryRow, Metric, RowCell, ServerSample,
     StageSummary, Summary,
@@ -33,27 +36,8 @@ use crate::{Outcome, report};
 /// two do not pick the same riders.
 const DEVIATING_PHASE: u64 = 37;
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// The profile with the command line's overrides applied.
-pub fn load_profile(args: &RunArgs) -> anyhow::Result<Profile> {
-    let mut p = Profile::load(&args.profile)?;
-    if let Some(u) = args.users {
-        p = p.with_users(u)?;
-    }
-    if let Some(s) = args.time_scale {
-        p = p.with_time_scale(s)?;
-    }
-    p.with_thresholds(&args.thresholds)
-}
-
 /// Coordinates of the profile's stations, from the embedded network.
-pub fn resolve_stations(names: &[String]) -> anyhow::Result<Vec<StationPoint>> {
+fn resolve_stations(names: &[String]) -> anyhow::Result<Vec<StationPoint>> {
     let network = navcast::transit::Network::embedded();
     names
         .iter()
@@ -89,28 +73,20 @@ async fn ensure_accounts(
         }
         return Ok(Accounts::File(Arc::new(file)));
     }
-    let accounts = Accounts::Generated {
-        prefix: args.account.prefix.clone(),
-        password: args.account.password.clone(),
-    };
+    let generated = args.account.generated();
     if !args.account.no_provision {
-        let mut list = Vec::new();
-        for k in (0..users).filter(|k| args.segment.owns(*k)) {
-            list.extend(accounts.rider(k));
-            if in_share(k, profile.rider.guardian_share, 0) {
-                list.extend(accounts.guardian(k));
-            }
-        }
+        let mut entries = accounts::plan(&generated, users, profile.rider.guardian_share);
+        entries.retain(|e| args.segment.owns(e.index));
         accounts::provision(
             transport.clone(),
-            list,
+            entries,
             args.account.provision_concurrency,
             false,
             args.quiet,
         )
         .await?;
     }
-    Ok(accounts)
+    Ok(generated)
 }
 
 /// Drains the recorder once a second into the summary, prints progress,
@@ -118,7 +94,6 @@ async fn ensure_accounts(
 struct Reporter {
     summary: Summary,
     profile: Profile,
-    started: Instant,
     start_unix: u64,
     tick: u64,
     /// The last 10 one-second histograms per metric (Locust's window).
@@ -321,7 +296,7 @@ async fn sample_servers(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(ServerSample {
-                        t: unix_s(),
+                        t: unix_s() as u64,
                         host: base.clone(),
                         node_id: v["node_id"].as_str().unwrap_or("").to_string(),
                         sessions: v["sessions"].as_u64().unwrap_or(0),
@@ -346,44 +321,37 @@ async fn sample_servers(
 
 /// Warns (once, for the whole test) when one source address would need
 /// too many ephemeral ports.
-fn warn_port_pressure(args: &RunArgs) -> anyhow::Result<()> {
+pub(crate) fn warn_port_pressure(args: &RunArgs) -> anyhow::Result<()> {
     if args.segment.count > 1 {
         return Ok(());
     }
-    let profile = load_profile(args)?;
+    let profile = args.load_profile()?;
     let users = schedule::user_count(&schedule::plan(&profile.stages));
     let peak = profile.peak_users();
     let guardians = (0..peak)
         .filter(|k| in_share(*k, profile.rider.guardian_share, 0))
         .count() as u64;
-    let sources = match &args.source_ips {
-        Some(s) => crate::net::parse_source_ips(s)?.len(),
+    let target = &args.target;
+    let sources = match &target.source_ips {
+        Some(s) => net::parse_source_ips(s)?.len(),
         None => 1,
     };
-    if let Some(w) =
-        crate::net::port_pressure(peak.min(users) + guardians, args.host.len(), sources)
-    {
+    if let Some(w) = net::port_pressure(peak.min(users) + guardians, target.host.len(), sources) {
         eprintln!("navcast-load: warning: {w}");
     }
     Ok(())
 }
 
-pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
-    warn_port_pressure(args)?;
-    if args.processes > 1 {
-        return crate::procs::run_processes(args).await;
-    }
-    let profile = load_profile(args)?;
+/// Runs `args` in this process: the whole test, or the segment
+/// `--segment` names.
+pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
+    let profile = args.load_profile()?;
     let label = if args.segment.count > 1 {
         format!(" {}", args.segment)
     } else {
         String::new()
     };
-    let tls = crate::net::TlsOptions {
-        ca_file: args.tls.ca_file.clone(),
-        insecure: args.tls.insecure,
-    };
-    let transport = Arc::new(Transport::new(&args.host, args.source_ips.as_deref(), &tls).await?);
+    let transport = args.target.transport().await?;
     let stations = resolve_stations(&profile.rider.stations)?;
     let mut types = Vec::new();
     let mut type_weights = Vec::new();
@@ -399,7 +367,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     let users = schedule::user_count(&plan);
     let accounts = ensure_accounts(args, &profile, &transport, users).await?;
 
-    let now_ms = unix_ms();
+    let now_ms = unix_ms() as u64;
     let start_ms = args.start_at.unwrap_or(now_ms).max(now_ms);
     let start = Instant::now() + Duration::from_millis(start_ms - now_ms);
     let abort = CancellationToken::new();
@@ -426,7 +394,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         tool: format!("navcast-load {}", env!("CARGO_PKG_VERSION")),
         profile: profile.name.clone(),
         description: profile.description.clone(),
-        hosts: args.host.clone(),
+        hosts: args.target.host.clone(),
         seed: args.seed,
         time_scale: profile.time_scale,
         segments: vec![args.segment.to_string()],
@@ -449,7 +417,6 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     let reporter = Arc::new(Mutex::new(Reporter {
         summary,
         profile: profile.clone(),
-        started: start,
         start_unix: start_ms / 1000,
         tick: 0,
         window: vec![VecDeque::new(); Metric::COUNT],
@@ -577,7 +544,6 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     // The samples of the last (partial) second.
     rep.quiet = true;
     rep.step(&ctx.rec, &ctx.abort);
-    let _ = rep.started;
     let usage = ProcessUsage::now();
     rep.summary.client = ClientUsage {
         processes: 1,
@@ -588,7 +554,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     };
     let mut summary = rep.summary;
     let rec = &ctx.rec;
-    summary.ended_unix_ms = unix_ms();
+    summary.ended_unix_ms = unix_ms() as u64;
     summary.failures = rec.failures();
     let node_label = if args.segment.count > 1 {
         format!("segment {}", args.segment)
@@ -631,23 +597,4 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
             .push(crate::criteria::INTERRUPTED.into());
     }
     report::finish(summary, &args.out, args.quiet)
-}
-
-/// Resolves on the first SIGINT (ctrl-c) or SIGTERM: both stop a run the
-/// same way, riders closed and reports written. A signal that cannot be
-/// listened for never fires (it must not stop the run at once).
-pub(crate) async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let int = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = int => {}
-            _ = term.recv() => {}
-        },
-        Err(_) => int.await,
-    }
 }

@@ -16,15 +16,13 @@ use crate::profile::Stage;
 /// This process's share of the test: `index` of `count` (1-based on the
 /// command line, 0-based here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Segment {
-    pub index: u32,
-    pub count: u32,
+pub(crate) struct Segment {
+    pub(crate) index: u32,
+    pub(crate) count: u32,
 }
 
 impl Segment {
-    pub const WHOLE: Segment = Segment { index: 0, count: 1 };
-
-    pub fn owns(&self, user: u64) -> bool {
+    pub(crate) fn owns(&self, user: u64) -> bool {
         user % u64::from(self.count) == u64::from(self.index)
     }
 }
@@ -56,17 +54,17 @@ impl std::fmt::Display for Segment {
 
 /// One life of one user: from `start_s` to `stop_s` after the test start.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Incarnation {
-    pub user: u64,
+pub(crate) struct Incarnation {
+    pub(crate) user: u64,
     /// How many earlier lives this user index had (spike and stress
     /// profiles stop users and start them again).
-    pub incarnation: u32,
-    pub start_s: f64,
-    pub stop_s: f64,
+    pub(crate) incarnation: u32,
+    pub(crate) start_s: f64,
+    pub(crate) stop_s: f64,
 }
 
 /// Every incarnation of the whole test, ordered by start time.
-pub fn plan(stages: &[Stage]) -> Vec<Incarnation> {
+pub(crate) fn plan(stages: &[Stage]) -> Vec<Incarnation> {
     let mut live: Vec<Incarnation> = Vec::new();
     let mut done: Vec<Incarnation> = Vec::new();
     let mut lives: Vec<u32> = Vec::new();
@@ -77,15 +75,18 @@ pub fn plan(stages: &[Stage]) -> Vec<Incarnation> {
         }
         let from = live.len() as u64;
         let to = stage.users;
+        // When the `j`th start (or stop) of this stage is due; `None` past
+        // the stage's end.
+        let due = |j: u64| {
+            let t = match rate {
+                Some(r) => stage.start_s + j as f64 / r,
+                None => stage.start_s,
+            };
+            (t < stage.end_s).then_some(t)
+        };
         if to > from {
             for j in 0..(to - from) {
-                let t = match rate {
-                    Some(r) => stage.start_s + j as f64 / r,
-                    None => stage.start_s,
-                };
-                if t >= stage.end_s {
-                    break;
-                }
+                let Some(t) = due(j) else { break };
                 let user = from + j;
                 if lives.len() <= user as usize {
                     lives.resize(user as usize + 1, 0);
@@ -101,13 +102,7 @@ pub fn plan(stages: &[Stage]) -> Vec<Incarnation> {
             }
         } else if to < from {
             for j in 0..(from - to) {
-                let t = match rate {
-                    Some(r) => stage.start_s + j as f64 / r,
-                    None => stage.start_s,
-                };
-                if t >= stage.end_s {
-                    break;
-                }
+                let Some(t) = due(j) else { break };
                 let mut inc = live.pop().expect("more live users than the target");
                 inc.stop_s = t;
                 done.push(inc);
@@ -124,14 +119,14 @@ pub fn plan(stages: &[Stage]) -> Vec<Incarnation> {
 }
 
 /// How many user indices the test uses (accounts to provision).
-pub fn user_count(plan: &[Incarnation]) -> u64 {
+pub(crate) fn user_count(plan: &[Incarnation]) -> u64 {
     plan.iter().map(|i| i.user + 1).max().unwrap_or(0)
 }
 
 /// Whether user `k` belongs to a share (guardians, deviating riders).
 /// Spread evenly over the indices, so any prefix of users has the share
 /// to within one user; `phase` decorrelates two shares.
-pub fn in_share(user: u64, share: f64, phase: u64) -> bool {
+pub(crate) fn in_share(user: u64, share: f64, phase: u64) -> bool {
     if share <= 0.0 {
         return false;
     }

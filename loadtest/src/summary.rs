@@ -7,15 +7,17 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::hist::{Hist, PackedHist};
 use crate::profile::Thresholds;
 
 /// Version of the JSON layout.
-pub const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 1;
 
-/// What is measured. Names and request types are those of LOADTEST.md.
+/// What is measured. Names and request types are those of the
+/// reference's reports (README, "Metrics").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Metric {
     Login,
@@ -39,7 +41,7 @@ impl Metric {
         Metric::WsWatch,
         Metric::FanoutDelivery,
     ];
-    pub const COUNT: usize = Metric::ALL.len();
+    pub(crate) const COUNT: usize = Metric::ALL.len();
 
     pub fn name(self) -> &'static str {
         match self {
@@ -55,24 +57,24 @@ impl Metric {
     }
 
     /// Locust's request type column.
-    pub fn kind(self) -> &'static str {
+    pub(crate) fn kind(self) -> &'static str {
         match self {
             Metric::Login | Metric::Refresh => "HTTP",
             _ => "WebSocket",
         }
     }
 
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 
-    pub fn from_name(name: &str) -> Option<Metric> {
+    pub(crate) fn from_name(name: &str) -> Option<Metric> {
         Metric::ALL.into_iter().find(|m| m.name() == name)
     }
 
     /// Requests the client made (fan-out deliveries are received, not
     /// requested, and have their own criterion).
-    pub fn is_request(self) -> bool {
+    pub(crate) fn is_request(self) -> bool {
         self != Metric::FanoutDelivery
     }
 }
@@ -83,14 +85,14 @@ pub struct Cell {
     pub count: u64,
     pub failures: u64,
     /// Sum of reply sizes, bytes (Locust's content size).
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Sum of the latencies recorded in `hist`, µs (an exact mean).
-    pub sum_us: u64,
+    pub(crate) sum_us: u64,
     pub hist: Hist,
 }
 
 impl Cell {
-    pub fn add(&mut self, o: &Cell) {
+    pub(crate) fn add(&mut self, o: &Cell) {
         self.count += o.count;
         self.failures += o.failures;
         self.bytes += o.bytes;
@@ -98,7 +100,7 @@ impl Cell {
         self.hist.add(&o.hist);
     }
 
-    pub fn mean_us(&self) -> Option<f64> {
+    pub(crate) fn mean_us(&self) -> Option<f64> {
         let n = self.hist.len();
         (n > 0).then(|| self.sum_us as f64 / n as f64)
     }
@@ -106,24 +108,24 @@ impl Cell {
 
 /// One metric in one second, with its histogram kept encoded.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RowCell {
-    pub count: u64,
-    pub failures: u64,
-    pub bytes: u64,
-    pub sum_us: u64,
-    pub hist: PackedHist,
+pub(crate) struct RowCell {
+    pub(crate) count: u64,
+    pub(crate) failures: u64,
+    pub(crate) bytes: u64,
+    pub(crate) sum_us: u64,
+    pub(crate) hist: PackedHist,
 }
 
 /// One second of the run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HistoryRow {
     /// Unix seconds.
-    pub t: u64,
+    pub(crate) t: u64,
     /// Riders running.
-    pub users: u64,
+    pub(crate) users: u64,
     /// Index of the stage at that second.
-    pub stage: usize,
-    pub cells: BTreeMap<String, RowCell>,
+    pub(crate) stage: usize,
+    pub(crate) cells: BTreeMap<String, RowCell>,
     /// CPU time the client's process(es) used in this second, ms.
     #[serde(default)]
     pub client_cpu_ms: u64,
@@ -131,34 +133,34 @@ pub struct HistoryRow {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StageSummary {
-    pub name: String,
+    pub(crate) name: String,
     /// Seconds from the test start (after time scaling).
-    pub start_s: f64,
-    pub end_s: f64,
+    pub(crate) start_s: f64,
+    pub(crate) end_s: f64,
     /// The profile's target.
-    pub users: u64,
+    pub(crate) users: u64,
     /// Most riders seen running in the stage.
-    pub peak_users: u64,
-    pub cells: BTreeMap<String, Cell>,
+    pub(crate) peak_users: u64,
+    pub(crate) cells: BTreeMap<String, Cell>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FailureRow {
-    pub method: String,
+    pub(crate) method: String,
     pub name: String,
     pub error: String,
-    pub occurrences: u64,
+    pub(crate) occurrences: u64,
     /// Unix seconds.
-    pub first_seen: u64,
-    pub last_seen: u64,
+    pub(crate) first_seen: u64,
+    pub(crate) last_seen: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExceptionRow {
-    pub count: u64,
-    pub message: String,
-    pub traceback: String,
-    pub nodes: String,
+    pub(crate) count: u64,
+    pub(crate) message: String,
+    pub(crate) traceback: String,
+    pub(crate) nodes: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -178,7 +180,7 @@ pub struct FanoutCounts {
     pub received: u64,
     pub duplicates: u64,
     /// A `seq` lower than one already seen (not a restart at 1).
-    pub reorders: u64,
+    pub(crate) reorders: u64,
     /// Sequence numbers skipped.
     pub gaps: u64,
     /// Per rider/guardian pair, the larger of the gaps and the shortfall
@@ -189,10 +191,10 @@ pub struct FanoutCounts {
 /// A sample of a node's `/stats`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ServerSample {
-    pub t: u64,
+    pub(crate) t: u64,
     pub host: String,
     pub node_id: String,
-    pub sessions: u64,
+    pub(crate) sessions: u64,
     pub rss_bytes: u64,
 }
 
@@ -210,32 +212,32 @@ pub struct ClientUsage {
     pub peak_rss_bytes: u64,
     /// Seconds in which a process used ≥ 90 % of its threads: the client,
     /// not the server, may have limited the figures of those seconds.
-    pub saturated_s: u64,
+    pub(crate) saturated_s: u64,
 }
 
 /// The summary of a run (or of merged runs).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {
-    pub format: u32,
-    pub tool: String,
-    pub profile: String,
-    pub description: String,
-    pub hosts: Vec<String>,
-    pub seed: u64,
-    pub time_scale: f64,
+    pub(crate) format: u32,
+    pub(crate) tool: String,
+    pub(crate) profile: String,
+    pub(crate) description: String,
+    pub(crate) hosts: Vec<String>,
+    pub(crate) seed: u64,
+    pub(crate) time_scale: f64,
     /// The segments this summary covers (`1/1` for a whole run).
     pub segments: Vec<String>,
-    pub started_unix_ms: u64,
-    pub ended_unix_ms: u64,
-    pub thresholds: Thresholds,
+    pub(crate) started_unix_ms: u64,
+    pub(crate) ended_unix_ms: u64,
+    pub(crate) thresholds: Thresholds,
     /// A stress profile: the report names the step that broke.
     #[serde(default)]
-    pub stress: bool,
+    pub(crate) stress: bool,
     pub metrics: BTreeMap<String, Cell>,
-    pub stages: Vec<StageSummary>,
+    pub(crate) stages: Vec<StageSummary>,
     pub history: Vec<HistoryRow>,
     pub failures: Vec<FailureRow>,
-    pub exceptions: Vec<ExceptionRow>,
+    pub(crate) exceptions: Vec<ExceptionRow>,
     /// Connection ends by close code (`1000` includes the client's own
     /// closes at stop; `1006` = closed without a close frame).
     pub close_codes: BTreeMap<String, u64>,
@@ -273,12 +275,12 @@ impl Summary {
         (n > 0 && self.client.processes > 0).then(|| self.client.cpu_s * 1000.0 / n as f64)
     }
 
-    pub fn duration_s(&self) -> f64 {
+    pub(crate) fn duration_s(&self) -> f64 {
         (self.ended_unix_ms.saturating_sub(self.started_unix_ms)) as f64 / 1000.0
     }
 
     /// Adds another summary of the same test (another segment).
-    pub fn merge(&mut self, o: &Summary) -> anyhow::Result<()> {
+    pub(crate) fn merge(&mut self, o: &Summary) -> anyhow::Result<()> {
         if self.stages.len() != o.stages.len()
             || self
                 .stages
@@ -405,7 +407,6 @@ impl Summary {
     }
 
     pub fn read(path: &std::path::Path) -> anyhow::Result<Summary> {
-        use anyhow::Context;
         let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let s: Summary = serde_json::from_slice(&text)
             .with_context(|| format!("{} is not a navcast-load JSON summary", path.display()))?;
@@ -419,8 +420,17 @@ impl Summary {
         Ok(s)
     }
 
-    pub fn write(&self, path: &std::path::Path) -> anyhow::Result<()> {
-        use anyhow::Context;
+    /// Reads and merges the summaries of the segments of one test.
+    pub(crate) fn read_merged(paths: &[std::path::PathBuf]) -> anyhow::Result<Summary> {
+        let (first, rest) = paths.split_first().context("no summary to merge")?;
+        let mut s = Summary::read(first)?;
+        for p in rest {
+            s.merge(&Summary::read(p)?)?;
+        }
+        Ok(s)
+    }
+
+    pub(crate) fn write(&self, path: &std::path::Path) -> anyhow::Result<()> {
         let text = serde_json::to_vec(self)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     }

@@ -60,11 +60,7 @@ async fn slow_proxy(backend: SocketAddr, delay: Duration) -> u16 {
 async fn rate_limited_node_fails_the_error_rate_criterion() {
     // Two requests of burst, then one every 100 s: most requests get
     // RATE_LIMITED errors.
-    let node = Node::single(|c| {
-        c.ws.rate_per_s = 0.01;
-        c.ws.rate_burst = 2.0;
-    })
-    .await;
+    let node = rate_limited_node(0.01, 2.0).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("limited").display().to_string();
     let out = run(
@@ -111,12 +107,7 @@ async fn unreachable_node_fails_connect_success() {
         n = logins.count
     );
     assert!(text.contains(&why), "{text}");
-    assert!(
-        out.summary
-            .failures
-            .iter()
-            .any(|f| f.name == "login" && f.error == "connection refused")
-    );
+    assert_failure_row(&out, "login", "connection refused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

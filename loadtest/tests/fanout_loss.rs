@@ -83,12 +83,7 @@ async fn dropped_bus_messages_fail_the_lost_peer_events_criterion() {
     assert!(f.gaps > 0, "{f:?}");
     assert!(f.lost > 0 && f.received < f.expected, "{f:?}");
     assert_failed(&out, "lost peer_events", true);
-    assert!(
-        out.summary
-            .failures
-            .iter()
-            .any(|x| x.name == "fanout_delivery" && x.error == "peer_event lost")
-    );
+    assert_failure_row(&out, "fanout_delivery", "peer_event lost");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

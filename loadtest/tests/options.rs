@@ -29,7 +29,7 @@ async fn source_ips_and_a_gps_trace() {
         ],
     )
     .await;
-    assert!(out.passed, "{:?} {:?}", out.failed, out.summary.failures);
+    assert_passed_but_latency(&out);
     assert!(out.summary.cell(Metric::WsLocationUpdate).count >= 16);
     assert_eq!(out.summary.cell(Metric::WsConnect).count, 4);
 }
@@ -39,11 +39,7 @@ async fn stress_stops_at_the_step_that_breaks() {
     // Riders send every 1.2 s; the node allows a burst of 3, then one
     // request every 2 s per session: within a few seconds every session
     // gets RATE_LIMITED errors, and the step running then breaks.
-    let node = Node::single(|c| {
-        c.ws.rate_per_s = 0.5;
-        c.ws.rate_burst = 3.0;
-    })
-    .await;
+    let node = rate_limited_node(0.5, 3.0).await;
     let dir = tempfile::tempdir().unwrap();
     let file = write_profile(
         &dir,
@@ -59,13 +55,25 @@ spawn_rate = 20
 [rider]
 update_interval_s = [1.2, 1.2]
 guardian_share = 0.0
-[thresholds]
-connect_p95_ms = 1000
-start_navigation_p95_ms = 1000
-location_update_p95_ms = 1000
 "#,
     );
-    let out = run(&node.ws(), &file, &["--server-stats-every", "0"]).await;
+    // Without latency thresholds a step breaks on what the node did (its
+    // errors), never on how busy the machine running the test is.
+    let out = run(
+        &node.ws(),
+        &file,
+        &[
+            "--server-stats-every",
+            "0",
+            "--threshold",
+            "connect_p95_ms=none",
+            "--threshold",
+            "start_navigation_p95_ms=none",
+            "--threshold",
+            "location_update_p95_ms=none",
+        ],
+    )
+    .await;
     let b = out.evaluation.stress_break.clone().expect("a step broke");
     assert!(b.criteria.contains(&"error rate".to_string()), "{b:?}");
     assert!(
@@ -100,7 +108,7 @@ async fn sessions_outlive_their_tokens_by_refreshing_in_band() {
         ],
     )
     .await;
-    assert!(out.passed, "{:?} {:?}", out.failed, out.summary.failures);
+    assert_passed_but_latency(&out);
     assert!(
         out.summary.cell(Metric::Refresh).count >= 4,
         "{:?}",
@@ -135,7 +143,7 @@ async fn stats_url_reads_node_stats_elsewhere_and_a_dead_one_is_not_a_failure() 
         }
     };
     let out = smoke_with_stats(stats.clone(), "10").await;
-    assert!(out.passed, "{:?}", out.failed);
+    assert_passed_but_latency(&out);
     let samples = &out.summary.server;
     assert!(samples.len() >= 3, "{samples:?}");
     let other_id = other.stats().await["node_id"].as_str().unwrap().to_string();
@@ -148,6 +156,6 @@ async fn stats_url_reads_node_stats_elsewhere_and_a_dead_one_is_not_a_failure() 
 
     // Nothing listens there: no samples, and the run still passes.
     let out = smoke_with_stats(format!("http://{}", unused_addr()), "2").await;
-    assert!(out.passed, "{:?}", out.failed);
+    assert_passed_but_latency(&out);
     assert!(out.summary.server.is_empty());
 }

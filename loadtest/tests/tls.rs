@@ -71,21 +71,18 @@ async fn wss_with_ca_file_insecure_and_untrusted() {
         "--quiet",
         "--server-stats-every",
         "0",
-        // TLS handshakes in an unoptimised test build take tens of ms.
-        "--threshold",
-        "connect_p95_ms=1000",
     ];
 
     let mut args = base.to_vec();
     args.extend(["--ca-file", ca.as_str()]);
     let out = cli(&args).await.unwrap().unwrap();
-    assert!(out.passed, "{:?} {:?}", out.failed, out.summary.failures);
+    assert_passed_but_latency(&out);
     assert_eq!(out.summary.cell(Metric::WsConnect).count, 11);
 
     let mut args = base.to_vec();
     args.extend(["--insecure", "--users", "2", "--account-prefix", "insecure"]);
     let out = cli(&args).await.unwrap().unwrap();
-    assert!(out.passed, "{:?} {:?}", out.failed, out.summary.failures);
+    assert_passed_but_latency(&out);
 
     // Untrusted: provisioning itself fails on the certificate.
     let mut args = base.to_vec();

@@ -68,10 +68,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn token(secret: &str, sub: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = navcast::clock::unix_s();
     let claims = json!({"sub": sub, "exp": now + 3600, "iat": now, "jti": uuid::Uuid::new_v4().to_string(), "type": "access"});
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),

@@ -67,6 +67,47 @@ pub fn assert_failed(out: &Outcome, criterion: &str, failed: bool) {
     );
 }
 
+/// Asserts that every criterion except the latency ones passed. The
+/// profiles' latency targets are benchmarks for a quiet machine (README,
+/// "Performance"); on a busy CI machine a p95 can miss them while the
+/// client and the node behaved exactly right, and behaviour — counts,
+/// codes, order, loss — is what these tests check.
+pub fn assert_passed_but_latency(out: &Outcome) {
+    let failed: Vec<&str> = out
+        .evaluation
+        .failed()
+        .into_iter()
+        .filter(|v| !v.is_latency())
+        .map(|v| v.criterion.as_str())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "failed: {failed:?}\n{:?}\n{:#?}",
+        out.summary.failures,
+        out.evaluation.verdicts
+    );
+}
+
+/// A node that allows each session a burst of `burst` requests, then
+/// `per_s` a second: past that its replies are RATE_LIMITED errors.
+pub async fn rate_limited_node(per_s: f64, burst: f64) -> Node {
+    Node::single(|c| {
+        c.ws.rate_per_s = per_s;
+        c.ws.rate_burst = burst;
+    })
+    .await
+}
+
+/// Asserts that the summary's failure table has a row for `metric` with
+/// this cause.
+pub fn assert_failure_row(out: &Outcome, metric: &str, error: &str) {
+    let rows = &out.summary.failures;
+    assert!(
+        rows.iter().any(|f| f.name == metric && f.error == error),
+        "no {metric:?} failure {error:?} in {rows:?}"
+    );
+}
+
 /// A loopback address nothing listens on (bound, then released).
 pub fn unused_addr() -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
+use super::series::{Series, client_cost, stat_rows};
 use crate::criteria::{Evaluation, Status};
-use crate::report::{Series, stat_rows};
 use crate::summary::{Cell, Metric, Summary};
 
 fn esc(s: &str) -> String {
@@ -172,7 +172,7 @@ fn stat_row(kind: &str, name: &str, c: &Cell, secs: f64) -> String {
     )
 }
 
-pub fn render(s: &Summary, eval: &Evaluation, series: &Series) -> String {
+pub(super) fn render(s: &Summary, eval: &Evaluation, series: &Series) -> String {
     let mut o = String::new();
     let passed = eval.passed();
     let _ = write!(
@@ -453,19 +453,17 @@ th{{background:#f6f6f6}}td:first-child,th:first-child,td.l,th.l{{text-align:left
         f.reorders
     );
 
-    let c = &s.client;
-    if c.processes > 0 {
-        let secs = s.duration_s().max(1e-9);
+    if let Some(c) = client_cost(s) {
         let _ = write!(
             o,
             "<h2>Load client</h2><table><tr><th>processes</th><th>threads</th><th>CPU s</th><th>of one core</th><th>peak RSS MiB</th><th>round trips</th><th>CPU s per 1000</th><th>saturated s</th></tr><tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.0} %</td><td>{:.0}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr></table>",
             c.processes,
             c.threads,
             c.cpu_s,
-            c.cpu_s / secs * 100.0,
-            c.peak_rss_bytes as f64 / 1048576.0,
-            s.round_trips(),
-            s.client_cpu_per_1000()
+            c.core_pct,
+            c.peak_rss_mib,
+            c.round_trips,
+            c.per_1000
                 .map(|v| format!("{v:.4}"))
                 .unwrap_or_else(|| "-".into()),
             if c.saturated_s == 0 { "pass" } else { "fail" },

@@ -2,22 +2,32 @@
 //! segment (`--segment k/N`), merged at the end. One process may hold at
 //! most the open-file limit in sockets (20 000 here); N processes hold N
 //! times that.
+//!
+//! The accounts are provisioned once, here, and handed to every segment as
+//! an accounts file, so the segments start together instead of each
+//! registering its own.
 
 use std::process::Stdio;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
+use navcast::clock::unix_ms;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::accounts::{AccountEntry, Accounts, AccountsFile};
+use crate::accounts::{self, AccountsFile};
 use crate::cli::RunArgs;
-use crate::schedule::{Segment, in_share};
+use crate::schedule::{self, Segment};
+use crate::signal::stop_signal;
 use crate::summary::Summary;
-use crate::{Outcome, accounts, report, runner, schedule};
+use crate::{Outcome, report};
 
-pub async fn run_processes(args: &RunArgs) -> anyhow::Result<Outcome> {
+/// How long after provisioning the segments start, so that every child
+/// has started and planned before the first rider is due.
+const START_DELAY_MS: u64 = 3000;
+
+/// Runs `args` as `args.processes` child processes and merges their
+/// summaries.
+pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     let n = args.processes;
     if args.segment.count != 1 {
         bail!("--processes and --segment do not combine");
@@ -26,51 +36,25 @@ pub async fn run_processes(args: &RunArgs) -> anyhow::Result<Outcome> {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("locating this executable")?,
     };
-    let profile = runner::load_profile(args)?;
+    let profile = args.load_profile()?;
     let users = schedule::user_count(&schedule::plan(&profile.stages));
-    let dir = std::env::temp_dir().join(format!(
-        "navcast-load-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0)
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("navcast-load-{}-{}", std::process::id(), unix_ms()));
     std::fs::create_dir_all(&dir)?;
 
     // One provisioning pass for all children, so they can start together.
     let accounts_path = match &args.accounts {
         Some(p) => p.clone(),
         None => {
-            let tls = crate::net::TlsOptions {
-                ca_file: args.tls.ca_file.clone(),
-                insecure: args.tls.insecure,
-            };
-            let transport = Arc::new(
-                crate::net::Transport::new(&args.host, args.source_ips.as_deref(), &tls).await?,
+            let mut entries = accounts::plan(
+                &args.account.generated(),
+                users,
+                profile.rider.guardian_share,
             );
-            let gen_ = Accounts::Generated {
-                prefix: args.account.prefix.clone(),
-                password: args.account.password.clone(),
-            };
-            let mut entries = Vec::new();
-            let mut list = Vec::new();
-            for k in 0..users {
-                let guardian = in_share(k, profile.rider.guardian_share, 0)
-                    .then(|| gen_.guardian(k))
-                    .flatten();
-                list.extend(gen_.rider(k));
-                list.extend(guardian.clone());
-                entries.push(AccountEntry {
-                    index: k,
-                    rider: gen_.rider(k).expect("generated"),
-                    guardian,
-                });
-            }
             if !args.account.no_provision {
-                accounts::provision(
-                    transport,
-                    list,
+                entries = accounts::provision(
+                    args.target.transport().await?,
+                    entries,
                     args.account.provision_concurrency,
                     false,
                     args.quiet,
@@ -83,10 +67,7 @@ pub async fn run_processes(args: &RunArgs) -> anyhow::Result<Outcome> {
         }
     };
 
-    let start_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as u64
-        + 3000;
+    let start_at = unix_ms() as u64 + START_DELAY_MS;
     let mut children = Vec::new();
     let mut outputs = Vec::new();
     for i in 0..n {
@@ -105,7 +86,7 @@ pub async fn run_processes(args: &RunArgs) -> anyhow::Result<Outcome> {
     // A stop signal to this process becomes SIGTERM to every segment, which
     // stops its riders and writes its summary; then they are merged as usual.
     let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
-    let stop = runner::stop_signal();
+    let stop = stop_signal();
     tokio::pin!(stop);
     let mut forwarded = false;
     let mut statuses = Vec::new();
@@ -135,15 +116,7 @@ pub async fn run_processes(args: &RunArgs) -> anyhow::Result<Outcome> {
             );
         }
     }
-    let mut merged: Option<Summary> = None;
-    for p in &outputs {
-        let s = Summary::read(p)?;
-        match &mut merged {
-            None => merged = Some(s),
-            Some(m) => m.merge(&s)?,
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {}).await;
+    let merged = Summary::read_merged(&outputs)?;
     let _ = std::fs::remove_dir_all(&dir);
-    report::finish(merged.context("no segment")?, &args.out, args.quiet)
+    report::finish(merged, &args.out, args.quiet)
 }

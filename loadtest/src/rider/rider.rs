@@ -1,151 +1,36 @@
-//! One virtual user: a rider, and for the guardian share a guardian that
-//! watches it (LOADTEST.md, "Rider behaviour").
+//! The rider task: one incarnation of one user, owning one socket.
 //!
-//! A rider is one task owning one socket: it logs in, connects, reads
-//! `connected`, shares with its guardian and waits until the guardian
-//! watches, starts a navigation, then sends a request on a timer every
-//! 3–5 s (start_navigation or location_update, 1:10) until its stop time.
-//! Replies are matched by `request_id`; latency of a timer-driven request
-//! is measured from its scheduled time, so a stalled client or server
-//! cannot hide latency. A guardian is a second task and account; every
-//! `peer_event` it gets is a fan-out latency sample and a `seq` to check.
+//! It logs in, connects, reads `connected`, shares with its guardian and
+//! waits until the guardian watches, starts a navigation, then sends a
+//! request on a timer every 3–5 s (start_navigation or location_update,
+//! 1:10) until its stop time. Replies are matched by `request_id`; latency
+//! of a timer-driven request is measured from its scheduled time, so a
+//! stalled client or server cannot hide latency.
 
-use std::collections::HashMap;
 use std::f64::consts::TAU;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use navcast::protocol::{ClientMessage, DisabilityType, Reply, RequestId, ServerMessage};
-use tokio::sync::watch;
+use navcast::protocol::{ClientMessage, Reply, ServerMessage};
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_util::sync::CancellationToken;
 
-use crate::accounts::{self, Accounts, Creds, Session};
-use crate::motion::{Trace, Walk, offset};
-use crate::net::{Transport, Ws, cause_of};
-use crate::profile::RiderSpec;
-use crate::recorder::Recorder;
+use super::guardian::guardian;
+use super::wire::{Head, encode, request_id};
+use super::{
+    End, Pair, RiderPlan, RunCtx, close_normal, connect, ending, finish_close, login_until,
+    sleep_or_abort, wait_true,
+};
+use crate::accounts::{self, Session};
+use crate::motion::{Walk, offset};
+use crate::net::{Ws, cause_of};
 use crate::rng::Rng;
 use crate::summary::Metric;
 
-/// A station riders travel between.
-#[derive(Debug, Clone)]
-pub struct StationPoint {
-    pub name: String,
-    pub lat: f64,
-    pub lon: f64,
-}
-
-/// What every rider of a run shares.
-pub struct RunCtx {
-    pub transport: Arc<Transport>,
-    pub rec: Recorder,
-    pub spec: RiderSpec,
-    pub time_scale: f64,
-    pub stations: Vec<StationPoint>,
-    pub types: Vec<DisabilityType>,
-    pub type_weights: Vec<f64>,
-    pub trace: Option<Trace>,
-    pub accounts: Accounts,
-    pub seed: u64,
-    /// Stops every rider now (ctrl-c, a stress run that broke).
-    pub abort: CancellationToken,
-    /// Timer-driven requests are due on a grid from `epoch`, so riders
-    /// whose ticks fall close together share one timer wake-up (at a few
-    /// hundred requests per second wake-ups cost more than the requests).
-    /// The step (ns) is set each second so that a grid point holds about
-    /// [`GRID_BURST`] requests: at high rates it shrinks to nothing, so the
-    /// client never bunches requests enough to change what it measures.
-    pub tick_grid_ns: AtomicU64,
-    /// The largest step (`--tick-grid-ms`); zero disables the grid.
-    pub max_tick_grid: Duration,
-    pub epoch: Instant,
-}
-
-/// Timer-driven requests per grid point the grid aims at.
-pub const GRID_BURST: f64 = 4.0;
-
-impl RunCtx {
-    /// `t` rounded up to the tick grid.
-    pub fn on_grid(&self, t: Instant) -> Instant {
-        let step = u128::from(self.tick_grid_ns.load(Ordering::Relaxed));
-        if step == 0 || t <= self.epoch {
-            return t;
-        }
-        let since = t.duration_since(self.epoch).as_nanos();
-        let k = since.div_ceil(step);
-        self.epoch + Duration::from_nanos((k * step) as u64)
-    }
-
-    /// Sets the grid for `riders` running riders.
-    pub fn set_grid(&self, riders: u64) {
-        let [lo, hi] = self.spec.update_interval_s;
-        let rate = riders as f64 * 2.0 / (lo + hi).max(1e-9);
-        let max = self.max_tick_grid.as_secs_f64();
-        let step = if rate > 0.0 {
-            max.min(GRID_BURST / rate)
-        } else {
-            max
-        };
-        // Below a millisecond the timer wheel groups ticks by itself.
-        let step = if step < 0.001 { 0.0 } else { step };
-        self.tick_grid_ns
-            .store((step * 1e9) as u64, Ordering::Relaxed);
-    }
-}
-
-/// One incarnation of one user, with absolute times.
-#[derive(Debug, Clone)]
-pub struct RiderPlan {
-    pub user: u64,
-    pub incarnation: u32,
-    pub start: Instant,
-    pub stop: Instant,
-    pub guardian: bool,
-    pub deviating: bool,
-}
-
-/// How a rider and its guardian coordinate.
-struct Pair {
-    /// Guardian → rider: the guardian's user id once logged in (`None`
-    /// inside means it gave up).
-    guardian_id: watch::Sender<Option<Option<String>>>,
-    /// Rider → guardian: the rider's user id once it shared.
-    shared: watch::Sender<Option<String>>,
-    /// Guardian → rider: a `watching` reply arrived (and the session lives).
-    watching: watch::Sender<bool>,
-    /// Rider → guardian: the rider stopped; drain and close.
-    rider_done: watch::Sender<bool>,
-    /// Navigation events the rider got while the guardian watched.
-    expected: std::sync::atomic::AtomicU64,
-}
-
-impl Pair {
-    fn new() -> Pair {
-        Pair {
-            guardian_id: watch::channel(None).0,
-            shared: watch::channel(None).0,
-            watching: watch::channel(false).0,
-            rider_done: watch::channel(false).0,
-            expected: Default::default(),
-        }
-    }
-}
-
-/// How a session ended.
-enum End {
-    /// Stop time or abort: closed with 1000.
-    Stopped,
-    /// The server or the network ended it, with this close code.
-    Lost(u16),
-}
-
+/// What a request in flight was, which decides its metric and timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Start,
@@ -155,6 +40,7 @@ enum Kind {
     Control,
 }
 
+/// A request sent and not yet answered or timed out.
 struct Pending {
     id: u64,
     kind: Kind,
@@ -162,6 +48,7 @@ struct Pending {
     deadline: Instant,
 }
 
+/// The metric a request of this kind is a sample of.
 fn metric_of(kind: Kind) -> Option<Metric> {
     match kind {
         Kind::Start => Some(Metric::WsStartNavigation),
@@ -171,190 +58,8 @@ fn metric_of(kind: Kind) -> Option<Metric> {
     }
 }
 
-/// A request as text, with its `request_id` appended (the wire type has
-/// no field for it: the id belongs to the envelope, not the request).
-fn encode(msg: &ClientMessage, id: u64) -> String {
-    let mut s = serde_json::to_string(msg).expect("client messages serialise");
-    debug_assert!(s.ends_with('}'));
-    s.pop();
-    s.push_str(",\"request_id\":");
-    s.push_str(itoa(id).as_str());
-    s.push('}');
-    s
-}
-
-fn itoa(n: u64) -> String {
-    n.to_string()
-}
-
-/// The two fields every frame is dispatched on. Most replies are
-/// `navigation_update`s, of which a rider needs nothing more; reading only
-/// these (the rest is skipped, not built) spares the full parse of the
-/// flattened, internally tagged [`Reply`], the client's largest CPU cost
-/// at saturation.
-#[derive(serde::Deserialize)]
-struct Head<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: std::borrow::Cow<'a, str>,
-    #[serde(default, borrow)]
-    request_id: Option<&'a serde_json::value::RawValue>,
-}
-
-impl Head<'_> {
-    /// The id as the rider sent it (a number; a string form is accepted).
-    fn id(&self) -> Option<u64> {
-        let raw = self.request_id?.get();
-        raw.trim_matches('"').parse().ok()
-    }
-}
-
-fn request_id(reply: &Reply) -> Option<u64> {
-    match reply.request_id.as_ref()? {
-        RequestId::Num(n) => n.as_u64(),
-        RequestId::Str(s) => s.parse().ok(),
-    }
-}
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-/// Waits until a flag turns true (or its sender is gone), holding no
-/// borrow of the channel across the caller's other awaits.
-async fn wait_true(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await;
-}
-
-/// Sleeps until `at`, or returns false early when `abort` fires.
-async fn sleep_or_abort(at: Instant, abort: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = sleep_until(at) => true,
-        _ = abort.cancelled() => false,
-    }
-}
-
-/// Logs in, retrying once a second until `stop`. Every attempt is a
-/// `login` sample or failure.
-async fn login_until(
-    ctx: &RunCtx,
-    host: usize,
-    creds: &Creds,
-    stop: Instant,
-    done: Option<&watch::Sender<bool>>,
-) -> Option<Session> {
-    let timeout = Duration::from_secs_f64(ctx.spec.login_timeout_s);
-    let mut host = host;
-    loop {
-        if Instant::now() >= stop || ctx.abort.is_cancelled() || done.is_some_and(|d| *d.borrow()) {
-            return None;
-        }
-        let t0 = Instant::now();
-        match accounts::login(&ctx.transport, host, creds, timeout).await {
-            Ok((session, bytes)) => {
-                ctx.rec.success(Metric::Login, t0.elapsed(), bytes);
-                return Some(session);
-            }
-            Err(cause) => {
-                let latency = (cause != "connection refused").then(|| t0.elapsed());
-                ctx.rec.failure(Metric::Login, latency, &cause);
-            }
-        }
-        host += 1;
-        let next = (Instant::now() + Duration::from_secs(1)).min(stop);
-        if !sleep_or_abort(next, &ctx.abort).await {
-            return None;
-        }
-    }
-}
-
-/// Opens a session and reads its `connected` frame. Records `ws_connect`.
-async fn connect(ctx: &RunCtx, host: usize, session: &Session) -> Option<(Ws, String)> {
-    let path = format!("/api/v1/ws/{}?token={}", session.user_id, session.access);
-    let t0 = Instant::now();
-    let timeout = Duration::from_secs_f64(ctx.spec.connect_timeout_s);
-    let attempt = async {
-        let mut ws = ctx
-            .transport
-            .connect(host, &path)
-            .await
-            .map_err(|e| cause_of(&e))?;
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    return match serde_json::from_str::<Reply>(&t) {
-                        Ok(Reply {
-                            message: ServerMessage::Connected { node_id, .. },
-                            ..
-                        }) => Ok((ws, node_id, t.len())),
-                        _ => Err("first frame is not connected".to_string()),
-                    };
-                }
-                Some(Ok(Message::Close(f))) => {
-                    return Err(format!(
-                        "closed before connected ({})",
-                        f.map(|f| u16::from(f.code)).unwrap_or(1005)
-                    ));
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(cause_of(&e)),
-                None => return Err("connection closed".into()),
-            }
-        }
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Err(_) => {
-            ctx.rec
-                .failure(Metric::WsConnect, Some(t0.elapsed()), "timeout");
-            None
-        }
-        Ok(Err(cause)) => {
-            ctx.rec.failure(Metric::WsConnect, None, &cause);
-            None
-        }
-        Ok(Ok((ws, node, bytes))) => {
-            ctx.rec.success(Metric::WsConnect, t0.elapsed(), bytes);
-            ctx.rec.node_open(&node);
-            Some((ws, node))
-        }
-    }
-}
-
-/// Closes with 1000 and waits (briefly) for the server's close reply.
-async fn close_normal(ws: &mut Ws) {
-    let _ = ws
-        .close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        }))
-        .await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
-}
-
-/// After the server's close frame: keep reading so the handshake completes.
-async fn finish_close(ws: &mut Ws) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
-}
-
-/// The close code of a frame that ended the stream, if this frame did.
-fn ending(frame: &Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Option<u16> {
-    match frame {
-        Some(Ok(Message::Close(f))) => Some(f.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005)),
-        None | Some(Err(_)) => Some(1006),
-        _ => None,
-    }
-}
-
 /// Runs one rider incarnation (and its guardian) to its stop time.
-pub async fn rider(ctx: Arc<RunCtx>, plan: RiderPlan) {
+pub(crate) async fn rider(ctx: Arc<RunCtx>, plan: RiderPlan) {
     let hosts = ctx.transport.hosts.len();
     let host = (plan.user as usize) % hosts;
     let pair = plan.guardian.then(|| Arc::new(Pair::new()));
@@ -912,242 +617,5 @@ impl<'a> Rider<'a> {
             }
             None => Ok(()),
         }
-    }
-}
-
-/// Per-origin sequence check of the peer events of one watched user.
-#[derive(Default)]
-struct SeqCheck {
-    last: HashMap<String, u64>,
-    received: u64,
-    duplicates: u64,
-    reorders: u64,
-    gaps: u64,
-}
-
-impl SeqCheck {
-    /// Returns false for a duplicate.
-    fn see(&mut self, origin: &str, seq: u64) -> bool {
-        if seq == 0 {
-            // The node could not number it (documented as "do not count").
-            self.received += 1;
-            return true;
-        }
-        match self.last.get_mut(origin) {
-            None => {
-                self.last.insert(origin.to_string(), seq);
-            }
-            Some(last) => {
-                if seq == *last + 1 {
-                    *last = seq;
-                } else if seq > *last + 1 {
-                    self.gaps += seq - *last - 1;
-                    *last = seq;
-                } else if seq == *last {
-                    self.duplicates += 1;
-                    return false;
-                } else if seq == 1 {
-                    // The origin's counter for this user started again: a
-                    // new stream (the rider reconnected there), not a reorder.
-                    *last = 1;
-                } else {
-                    self.reorders += 1;
-                }
-            }
-        }
-        self.received += 1;
-        true
-    }
-}
-
-/// The guardian of one rider: logs in, connects (to the next host), waits
-/// for the share, watches, and checks every peer event.
-async fn guardian(ctx: Arc<RunCtx>, plan: RiderPlan, pair: Arc<Pair>, host: usize) {
-    let mut done_rx = pair.rider_done.subscribe();
-    let Some(creds) = ctx.accounts.guardian(plan.user) else {
-        ctx.rec.exception("no account for a guardian index");
-        pair.guardian_id.send_replace(Some(None));
-        return;
-    };
-    let Some(session) = login_until(&ctx, host, &creds, plan.stop, Some(&pair.rider_done)).await
-    else {
-        pair.guardian_id.send_replace(Some(None));
-        return;
-    };
-    pair.guardian_id
-        .send_replace(Some(Some(session.user_id.clone())));
-    let mut shared_rx = pair.shared.subscribe();
-    let rider_id = tokio::select! {
-        r = shared_rx.wait_for(|s| s.is_some()) => r.ok().and_then(|s| s.clone()),
-        _ = wait_true(&mut done_rx) => None,
-    };
-    let Some(rider_id) = rider_id else { return };
-
-    let mut check = SeqCheck::default();
-    let grace = Duration::from_secs_f64(ctx.spec.fanout_grace_s);
-    let mut host = host;
-    let mut next_id = 0u64;
-    'connections: loop {
-        if *done_rx.borrow() {
-            break;
-        }
-        let Some((mut ws, node)) = connect(&ctx, host, &session).await else {
-            host += 1;
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = wait_true(&mut done_rx) => {}
-            }
-            continue;
-        };
-        next_id += 1;
-        let watch_id = next_id;
-        let msg = ClientMessage::Watch {
-            user_id: rider_id.clone(),
-        };
-        let watch_sent = Instant::now();
-        let mut watch_pending = true;
-        let watch_deadline = watch_sent + Duration::from_secs_f64(ctx.spec.start_timeout_s);
-        if ws
-            .send(Message::text(encode(&msg, watch_id)))
-            .await
-            .is_err()
-        {
-            ctx.rec.failure(Metric::WsWatch, None, "connection lost");
-            watch_pending = false;
-        }
-        let mut drain_until: Option<Instant> = None;
-        let far = Instant::now() + Duration::from_secs(86_400 * 365);
-        let end = loop {
-            if drain_until.is_some() && check.received >= pair.expected.load(Ordering::Relaxed) {
-                close_normal(&mut ws).await;
-                break End::Stopped;
-            }
-            tokio::select! {
-                _ = wait_true(&mut done_rx), if drain_until.is_none() => {
-                    drain_until = Some(Instant::now() + grace);
-                }
-                _ = sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => {
-                    close_normal(&mut ws).await;
-                    break End::Stopped;
-                }
-                _ = sleep_until(watch_deadline), if watch_pending => {
-                    watch_pending = false;
-                    ctx.rec.failure(Metric::WsWatch, Some(watch_sent.elapsed()), "timeout");
-                }
-                frame = ws.next() => {
-                    if let Some(code) = ending(&frame) {
-                        finish_close(&mut ws).await;
-                        break End::Lost(code);
-                    }
-                    let Some(Ok(Message::Text(t))) = frame else { continue };
-                    let Ok(reply) = serde_json::from_str::<Reply>(&t) else {
-                        ctx.rec.exception("unparseable frame from the server");
-                        continue;
-                    };
-                    if watch_pending && request_id(&reply) == Some(watch_id) {
-                        watch_pending = false;
-                        match reply.message {
-                            ServerMessage::Watching { .. } => {
-                                ctx.rec.success(Metric::WsWatch, watch_sent.elapsed(), t.len());
-                                pair.watching.send_replace(true);
-                            }
-                            ServerMessage::Error { code, .. } => ctx.rec.failure(
-                                Metric::WsWatch,
-                                Some(watch_sent.elapsed()),
-                                &format!("error {}", code.as_str()),
-                            ),
-                            _ => ctx.rec.exception("unexpected reply to watch"),
-                        }
-                        continue;
-                    }
-                    if let ServerMessage::PeerEvent { origin_node, seq, sent_at_us, .. } = reply.message {
-                        let latency = Duration::from_micros(now_us().saturating_sub(sent_at_us));
-                        if check.see(&origin_node, seq) {
-                            ctx.rec.success(Metric::FanoutDelivery, latency, t.len());
-                        }
-                    }
-                }
-            }
-        };
-        pair.watching.send_replace(false);
-        ctx.rec.node_close(&node);
-        match end {
-            End::Stopped => {
-                ctx.rec.closed(1000);
-                break 'connections;
-            }
-            End::Lost(code) => {
-                ctx.rec.closed(code);
-                if watch_pending {
-                    ctx.rec.failure(
-                        Metric::WsWatch,
-                        None,
-                        &format!("connection closed ({code})"),
-                    );
-                }
-                host += 1;
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = wait_true(&mut done_rx) => {}
-                }
-            }
-        }
-    }
-    let expected = pair.expected.load(Ordering::Relaxed);
-    let shortfall = expected.saturating_sub(check.received);
-    let lost = shortfall.max(check.gaps);
-    let f = &ctx.rec.fanout;
-    f.expected.fetch_add(expected, Ordering::Relaxed);
-    f.received.fetch_add(check.received, Ordering::Relaxed);
-    f.duplicates.fetch_add(check.duplicates, Ordering::Relaxed);
-    f.reorders.fetch_add(check.reorders, Ordering::Relaxed);
-    f.gaps.fetch_add(check.gaps, Ordering::Relaxed);
-    f.lost.fetch_add(lost, Ordering::Relaxed);
-    for _ in 0..lost {
-        ctx.rec
-            .failure(Metric::FanoutDelivery, None, "peer_event lost");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn heads_read_type_and_request_id_only() {
-        let h: Head = serde_json::from_str(
-            r#"{"type":"navigation_update","progress":{"a":[1,2]},"request_id":42}"#,
-        )
-        .unwrap();
-        assert_eq!(h.kind, "navigation_update");
-        assert_eq!(h.id(), Some(42));
-        let h: Head = serde_json::from_str(r#"{"request_id":"7","type":"arrival"}"#).unwrap();
-        assert_eq!((h.kind.as_ref(), h.id()), ("arrival", Some(7)));
-        let h: Head = serde_json::from_str(r#"{"type":"peer_event","seq":3}"#).unwrap();
-        assert_eq!(h.id(), None);
-        assert!(serde_json::from_str::<Head>(r#"{"request_id":1}"#).is_err());
-    }
-
-    #[test]
-    fn request_ids_are_appended() {
-        let s = encode(&ClientMessage::Ping {}, 7);
-        assert_eq!(s, r#"{"type":"ping","request_id":7}"#);
-        let (msg, id) = navcast::protocol::parse_request(&s).unwrap();
-        assert_eq!(msg, ClientMessage::Ping {});
-        assert_eq!(id, Some(RequestId::Num(7.into())));
-    }
-
-    #[test]
-    fn seq_check_counts_gaps_duplicates_reorders_and_restarts() {
-        let mut c = SeqCheck::default();
-        for s in [1, 2, 3, 5, 5, 4, 6, 1, 2] {
-            c.see("a", s);
-        }
-        assert_eq!(c.gaps, 1);
-        assert_eq!(c.duplicates, 1);
-        assert_eq!(c.reorders, 1);
-        assert_eq!(c.received, 8);
-        c.see("b", 10);
-        assert_eq!(c.gaps, 1, "first event of an origin starts its stream");
     }
 }

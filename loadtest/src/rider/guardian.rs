@@ -1,0 +1,268 @@
+//! The guardian of one rider: a second account that logs in, connects (to
+//! the next host, so fan-out crosses nodes when there are several), waits
+//! for the rider's share, watches, and checks every `peer_event` it gets.
+//!
+//! Each peer event is a fan-out latency sample (from the node's
+//! `sent_at_us`) and a `seq` to check. When the rider stops, the guardian
+//! waits up to `fanout_grace_s` for the events still in flight; whatever
+//! the rider's replies promised and never arrived is counted lost.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use navcast::clock::unix_us;
+use navcast::protocol::{ClientMessage, Reply, ServerMessage};
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::seq::SeqCheck;
+use super::wire::{encode, request_id};
+use super::{
+    End, Pair, RiderPlan, RunCtx, close_normal, connect, ending, finish_close, login_until,
+    wait_true,
+};
+use crate::accounts::Session;
+use crate::net::Ws;
+use crate::summary::Metric;
+
+/// Runs the guardian of `plan`'s rider until the rider is done.
+pub(super) async fn guardian(ctx: Arc<RunCtx>, plan: RiderPlan, pair: Arc<Pair>, host: usize) {
+    let mut done_rx = pair.rider_done.subscribe();
+    let Some(session) = log_in(&ctx, &plan, &pair, host).await else {
+        return;
+    };
+    let Some(rider_id) = wait_for_share(&pair, &mut done_rx).await else {
+        return;
+    };
+    let mut g = Guardian {
+        ctx: &ctx,
+        pair: &pair,
+        session,
+        rider_id,
+        check: SeqCheck::default(),
+        next_id: 0,
+        done_rx,
+    };
+    g.watch_until_done(host).await;
+    g.tally();
+}
+
+/// Logs in and tells the rider whom to share with, or that nobody will
+/// watch it (no account, or the login never succeeded).
+async fn log_in(ctx: &RunCtx, plan: &RiderPlan, pair: &Pair, host: usize) -> Option<Session> {
+    let session = match ctx.accounts.guardian(plan.user) {
+        Some(creds) => login_until(ctx, host, &creds, plan.stop, Some(&pair.rider_done)).await,
+        None => {
+            ctx.rec.exception("no account for a guardian index");
+            None
+        }
+    };
+    pair.guardian_id
+        .send_replace(Some(session.as_ref().map(|s| s.user_id.clone())));
+    session
+}
+
+/// The rider's user id once it shared; `None` when it stopped first.
+async fn wait_for_share(pair: &Pair, done_rx: &mut watch::Receiver<bool>) -> Option<String> {
+    let mut shared_rx = pair.shared.subscribe();
+    tokio::select! {
+        r = shared_rx.wait_for(|s| s.is_some()) => r.ok().and_then(|s| s.clone()),
+        _ = wait_true(done_rx) => None,
+    }
+}
+
+/// The `watch` request of one session, until its reply.
+struct WatchRequest {
+    id: u64,
+    sent: Instant,
+    deadline: Instant,
+    /// Sent, and neither answered nor timed out yet.
+    pending: bool,
+}
+
+/// A guardian once logged in and shared with.
+struct Guardian<'a> {
+    ctx: &'a RunCtx,
+    pair: &'a Pair,
+    session: Session,
+    rider_id: String,
+    /// Over all of its sessions: a reconnect continues the same check.
+    check: SeqCheck,
+    next_id: u64,
+    /// Turns true when the rider stopped.
+    done_rx: watch::Receiver<bool>,
+}
+
+impl Guardian<'_> {
+    /// Connects, watches and reads, reconnecting (to the next host) after
+    /// a lost connection, until the rider is done.
+    async fn watch_until_done(&mut self, mut host: usize) {
+        let rec = &self.ctx.rec;
+        loop {
+            if *self.done_rx.borrow() {
+                return;
+            }
+            let Some((mut ws, node)) = connect(self.ctx, host, &self.session).await else {
+                host += 1;
+                self.back_off().await;
+                continue;
+            };
+            let mut watch = self.send_watch(&mut ws).await;
+            let end = self.read_session(&mut ws, &mut watch).await;
+            self.pair.watching.send_replace(false);
+            rec.node_close(&node);
+            match end {
+                End::Stopped => {
+                    rec.closed(1000);
+                    return;
+                }
+                End::Lost(code) => {
+                    rec.closed(code);
+                    if watch.pending {
+                        rec.failure(
+                            Metric::WsWatch,
+                            None,
+                            &format!("connection closed ({code})"),
+                        );
+                    }
+                    host += 1;
+                    self.back_off().await;
+                }
+            }
+        }
+    }
+
+    /// A second before the next attempt, cut short when the rider stops.
+    async fn back_off(&mut self) {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = wait_true(&mut self.done_rx) => {}
+        }
+    }
+
+    async fn send_watch(&mut self, ws: &mut Ws) -> WatchRequest {
+        self.next_id += 1;
+        let msg = ClientMessage::Watch {
+            user_id: self.rider_id.clone(),
+        };
+        let sent = Instant::now();
+        let mut watch = WatchRequest {
+            id: self.next_id,
+            sent,
+            deadline: sent + Duration::from_secs_f64(self.ctx.spec.start_timeout_s),
+            pending: true,
+        };
+        if ws
+            .send(Message::text(encode(&msg, watch.id)))
+            .await
+            .is_err()
+        {
+            self.ctx
+                .rec
+                .failure(Metric::WsWatch, None, "connection lost");
+            watch.pending = false;
+        }
+        watch
+    }
+
+    /// Reads one session until the connection ends, or the rider is done
+    /// and every expected event arrived (or the grace ran out): then it
+    /// closes with 1000.
+    async fn read_session(&mut self, ws: &mut Ws, watch: &mut WatchRequest) -> End {
+        let grace = Duration::from_secs_f64(self.ctx.spec.fanout_grace_s);
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            if drain_until.is_some()
+                && self.check.received >= self.pair.expected.load(Ordering::Relaxed)
+            {
+                close_normal(ws).await;
+                return End::Stopped;
+            }
+            tokio::select! {
+                _ = wait_true(&mut self.done_rx), if drain_until.is_none() => {
+                    drain_until = Some(Instant::now() + grace);
+                }
+                _ = sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => {
+                    close_normal(ws).await;
+                    return End::Stopped;
+                }
+                _ = sleep_until(watch.deadline), if watch.pending => {
+                    watch.pending = false;
+                    self.ctx.rec.failure(Metric::WsWatch, Some(watch.sent.elapsed()), "timeout");
+                }
+                frame = ws.next() => {
+                    if let Some(code) = ending(&frame) {
+                        finish_close(ws).await;
+                        return End::Lost(code);
+                    }
+                    if let Some(Ok(Message::Text(t))) = frame {
+                        self.on_text(&t, watch);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A frame: the reply to `watch`, or a peer event to time and check.
+    fn on_text(&mut self, text: &str, watch: &mut WatchRequest) {
+        let rec = &self.ctx.rec;
+        let Ok(reply) = serde_json::from_str::<Reply>(text) else {
+            rec.exception("unparseable frame from the server");
+            return;
+        };
+        if watch.pending && request_id(&reply) == Some(watch.id) {
+            watch.pending = false;
+            match reply.message {
+                ServerMessage::Watching { .. } => {
+                    rec.success(Metric::WsWatch, watch.sent.elapsed(), text.len());
+                    self.pair.watching.send_replace(true);
+                }
+                ServerMessage::Error { code, .. } => rec.failure(
+                    Metric::WsWatch,
+                    Some(watch.sent.elapsed()),
+                    &format!("error {}", code.as_str()),
+                ),
+                _ => rec.exception("unexpected reply to watch"),
+            }
+            return;
+        }
+        if let ServerMessage::PeerEvent {
+            origin_node,
+            seq,
+            sent_at_us,
+            ..
+        } = reply.message
+        {
+            let latency = Duration::from_micros(unix_us().saturating_sub(sent_at_us));
+            if self.check.see(&origin_node, seq) {
+                rec.success(Metric::FanoutDelivery, latency, text.len());
+            }
+        }
+    }
+
+    /// Adds this guardian's fan-out counts to the run's. An event is lost
+    /// when `seq` skipped it or when fewer arrived than the rider's
+    /// replies announced, whichever finds more.
+    fn tally(&self) {
+        let check = &self.check;
+        let expected = self.pair.expected.load(Ordering::Relaxed);
+        let shortfall = expected.saturating_sub(check.received);
+        let lost = shortfall.max(check.gaps);
+        let f = &self.ctx.rec.fanout;
+        f.expected.fetch_add(expected, Ordering::Relaxed);
+        f.received.fetch_add(check.received, Ordering::Relaxed);
+        f.duplicates.fetch_add(check.duplicates, Ordering::Relaxed);
+        f.reorders.fetch_add(check.reorders, Ordering::Relaxed);
+        f.gaps.fetch_add(check.gaps, Ordering::Relaxed);
+        f.lost.fetch_add(lost, Ordering::Relaxed);
+        for _ in 0..lost {
+            self.ctx
+                .rec
+                .failure(Metric::FanoutDelivery, None, "peer_event lost");
+        }
+    }
+}
