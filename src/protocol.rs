@@ -421,10 +421,6 @@ impl ServerMessage {
             ServerMessage::PeerEvent { .. } => OutKind::PeerEvent,
         }
     }
-
-    pub fn type_name(&self) -> &'static str {
-        self.kind().as_str()
-    }
 }
 
 /// The `type` of every frame the server sends (`peer_event` included),

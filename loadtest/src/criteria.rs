@@ -22,6 +22,9 @@ pub struct Verdict {
     pub(crate) observed: String,
     pub(crate) status: Status,
     pub(crate) note: String,
+    /// Set by the latency judgements (p95s, drift); see [`Verdict::is_latency`].
+    #[serde(skip)]
+    latency: bool,
 }
 
 impl Verdict {
@@ -29,7 +32,14 @@ impl Verdict {
     /// fast the machine answered as well as what the node did, so it
     /// belongs to benchmarks on a quiet machine, not to behaviour tests.
     pub fn is_latency(&self) -> bool {
-        self.criterion.ends_with(" p95") || self.criterion == "latency drift"
+        self.latency
+    }
+
+    fn of_latency(self) -> Verdict {
+        Verdict {
+            latency: true,
+            ..self
+        }
     }
 }
 
@@ -72,6 +82,7 @@ fn verdict(criterion: &str, target: String, observed: String, ok: bool) -> Verdi
         observed,
         status: if ok { Status::Pass } else { Status::Fail },
         note: String::new(),
+        latency: false,
     }
 }
 
@@ -88,6 +99,7 @@ fn p95_verdict(criterion: &str, cell: &Cell, limit_ms: f64) -> Verdict {
             ..verdict(criterion, format!("< {limit_ms} ms"), "–".into(), false)
         },
     }
+    .of_latency()
 }
 
 /// `login` explains a run that never got as far as connecting.
@@ -203,7 +215,7 @@ pub fn evaluate(s: &Summary) -> Evaluation {
             out.push(Verdict {
                 status: Status::Skipped,
                 note: "no guardian received events in this run".into(),
-                ..verdict("fanout p95", format!("< {l} ms"), "–".into(), true)
+                ..verdict("fanout p95", format!("< {l} ms"), "–".into(), true).of_latency()
             });
         } else {
             out.push(p95_verdict("fanout p95", &c, l));
@@ -312,10 +324,10 @@ fn drift_verdict(s: &Summary, max: f64) -> Verdict {
         return Verdict {
             status: Status::Skipped,
             note: "needs samples in at least two stages".into(),
-            ..verdict("latency drift", target, "–".into(), true)
+            ..verdict("latency drift", target, "–".into(), true).of_latency()
         };
     }
-    verdict("latency drift", target, parts.join("; "), ok)
+    verdict("latency drift", target, parts.join("; "), ok).of_latency()
 }
 
 /// The first stage whose own numbers break a threshold.

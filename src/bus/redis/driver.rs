@@ -3,7 +3,6 @@
 //! Redis and against the stub of its unit tests.
 
 use std::future::Future;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
@@ -28,22 +27,33 @@ pub(crate) trait PubSubConn: Send {
         &mut self,
         channels: Vec<String>,
     ) -> impl Future<Output = Result<(), String>> + Send;
-    /// The next message's payload; `None` once the connection is gone.
+    /// A received message, read in place (no copy per message).
+    type Message: AsRef<[u8]> + Send;
+    /// The next message; `None` once the connection is gone.
     /// Cancel-safe: the subscriber polls it in a `select!`.
-    fn next_payload(&mut self) -> impl Future<Output = Option<Vec<u8>>> + Send;
+    fn next_message(&mut self) -> impl Future<Output = Option<Self::Message>> + Send;
 }
 
-/// The real link: a dedicated RESP2 pub/sub connection to Redis.
+/// The real link: a dedicated RESP2 pub/sub connection to Redis. Time
+/// limits are the subscriber's, as for every other call of the trait.
 pub(crate) struct RedisDriver {
     client: redis::Client,
-    timeout: Duration,
 }
 
 impl RedisDriver {
     /// `client` with navcast's socket options (see `redis_conn::tuned`).
-    pub(crate) fn new(client: redis::Client, timeout: Duration) -> RedisDriver {
+    pub(crate) fn new(client: redis::Client) -> RedisDriver {
         let client = tuned(client.clone()).unwrap_or(client);
-        RedisDriver { client, timeout }
+        RedisDriver { client }
+    }
+}
+
+/// A message as Redis delivered it; its payload is read in place.
+pub(crate) struct RedisMessage(redis::Msg);
+
+impl AsRef<[u8]> for RedisMessage {
+    fn as_ref(&self) -> &[u8] {
+        self.0.get_payload_bytes()
     }
 }
 
@@ -56,18 +66,19 @@ impl PubSubDriver for RedisDriver {
     type Conn = RedisConn;
 
     async fn connect(&mut self) -> Result<RedisConn, String> {
-        match tokio::time::timeout(self.timeout, self.client.get_async_pubsub()).await {
-            Ok(Ok(pubsub)) => {
-                let (sink, stream) = pubsub.split();
-                Ok(RedisConn { sink, stream })
-            }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("connect timed out".into()),
-        }
+        let (sink, stream) = self
+            .client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| e.to_string())?
+            .split();
+        Ok(RedisConn { sink, stream })
     }
 }
 
 impl PubSubConn for RedisConn {
+    type Message = RedisMessage;
+
     async fn subscribe(&mut self, channels: Vec<String>) -> Result<(), String> {
         self.sink
             .subscribe(&channels)
@@ -82,8 +93,7 @@ impl PubSubConn for RedisConn {
             .map_err(|e| format!("UNSUBSCRIBE failed: {e}"))
     }
 
-    async fn next_payload(&mut self) -> Option<Vec<u8>> {
-        let msg = self.stream.next().await?;
-        Some(msg.get_payload_bytes().to_vec())
+    async fn next_message(&mut self) -> Option<RedisMessage> {
+        self.stream.next().await.map(RedisMessage)
     }
 }

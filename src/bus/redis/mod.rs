@@ -248,7 +248,7 @@ impl Bus for RedisBus {
         }
         tokio::spawn(subscriber::run(
             self.shared.clone(),
-            RedisDriver::new(self.client.clone(), IO_TIMEOUT),
+            RedisDriver::new(self.client.clone()),
             node_id.to_string(),
             commands_rx,
             deliver,

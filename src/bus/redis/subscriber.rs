@@ -199,8 +199,8 @@ async fn run_connected<C: PubSubConn>(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return "bus stopped".into(),
-            msg = conn.next_payload() => match msg {
-                Some(bytes) => on_message(node_id, &bytes, deliver),
+            msg = conn.next_message() => match msg {
+                Some(msg) => on_message(node_id, msg.as_ref(), deliver),
                 None => return "connection closed".into(),
             },
             cmd = commands.recv() => {
@@ -336,6 +336,7 @@ mod tests {
     }
 
     impl PubSubConn for StubConn {
+        type Message = Vec<u8>;
         async fn subscribe(&mut self, mut channels: Vec<String>) -> Result<(), String> {
             channels.sort();
             self.ops.lock().push(Op::Subscribe(channels));
@@ -346,7 +347,7 @@ mod tests {
             self.ops.lock().push(Op::Unsubscribe(channels));
             Ok(())
         }
-        async fn next_payload(&mut self) -> Option<Vec<u8>> {
+        async fn next_message(&mut self) -> Option<Vec<u8>> {
             self.messages.recv().await
         }
     }
