@@ -4,7 +4,8 @@
 //! codes, connect outcomes) are created once at start, so the per-message
 //! cost is one atomic add, not a label lookup. Close codes and auth
 //! outcomes are looked up per event: they happen once per session or
-//! request, not per frame. `/stats` reads the same counters, so the two never disagree.
+//! request, not per frame. `/stats` reads the same counters, so the two
+//! never disagree.
 
 use std::fmt::Write;
 
