@@ -228,6 +228,12 @@ impl Fanout {
         );
     }
 
+    /// A local session of or watching `user` now exists: the bus must
+    /// carry `user`'s events here. Paired with [`Fanout::release_interest`].
+    pub(crate) fn take_interest(&self, user: &str) {
+        self.bus.interest(user);
+    }
+
     /// A session of or watching `user` went away: if it was the last local
     /// one, the bus may stop listening for `user`.
     pub fn release_interest(&self, user: &str) {

@@ -60,7 +60,7 @@ async fn session(
         state.config.ws.queue_frames,
     );
     state.metrics.sessions.inc();
-    state.bus.interest(&user_id);
+    state.fanout.take_interest(&user_id);
     tracing::info!(event = "session_opened", "session opened");
 
     let (sink, stream) = socket.split();

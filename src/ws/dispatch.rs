@@ -365,7 +365,7 @@ impl SessionCtx {
                 if !self.watched.contains(&rider) {
                     self.watched.push(rider.clone());
                     if state.sessions.watch(rider.clone(), self.handle.key) {
-                        state.bus.interest(&rider);
+                        state.fanout.take_interest(&rider);
                         state.fanout.interest_settled().await;
                     }
                 }
