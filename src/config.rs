@@ -143,10 +143,29 @@ pub struct WsConfig {
     pub rate_burst: f64,
     /// Outbound frames queued per session before it is closed with 4008. Default 256.
     pub queue_frames: usize,
+    /// Outbound bytes queued per session before it is closed with 4008,
+    /// beside the frame cap. Default 1 MiB.
+    pub queue_bytes: usize,
+    /// A write to the socket that makes no progress for this long closes
+    /// the session with 4008 (the peer stopped reading). Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Bytes the WebSocket layer may hold unsent for one session (its
+    /// answers to the client's pings included); must be larger than the
+    /// largest outbound frame. Default 256 KiB.
+    pub write_buffer_bytes: usize,
+    /// Frames refused by the rate limit within `flood_window` that close
+    /// the session with 1008. Default 100.
+    pub flood_rejections: u32,
+    /// The window of `flood_rejections`. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub flood_window: Duration,
     /// WebSocket ping interval. Default 20 s.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
-    /// Close when nothing (pong or frame) arrived for this long. Default 60 s.
+    /// Close when no pong answering one of our pings arrived for this long:
+    /// a live client reads, so its WebSocket layer answers pings. Frames the
+    /// client sends do not count. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub pong_timeout: Duration,
     /// Sessions this node accepts before answering 503. Default 50 000.
@@ -272,6 +291,11 @@ impl Default for WsConfig {
             rate_per_s: 20.0,
             rate_burst: 40.0,
             queue_frames: 256,
+            queue_bytes: 1024 * 1024,
+            write_timeout: Duration::from_secs(10),
+            write_buffer_bytes: 256 * 1024,
+            flood_rejections: 100,
+            flood_window: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             pong_timeout: Duration::from_secs(60),
             max_connections: 50_000,
@@ -477,6 +501,17 @@ impl Config {
         }
         if self.ws.queue_frames == 0 || self.ws.max_connections == 0 {
             return rule("ws.queue_frames and ws.max_connections must be > 0");
+        }
+        if self.ws.queue_bytes == 0 || self.ws.write_timeout.is_zero() {
+            return rule("ws.queue_bytes and ws.write_timeout must be > 0");
+        }
+        if self.ws.write_buffer_bytes < 64 * 1024 {
+            return rule(
+                "ws.write_buffer_bytes must be at least 64 KiB (the largest reply must fit)",
+            );
+        }
+        if self.ws.flood_rejections == 0 || self.ws.flood_window.is_zero() {
+            return rule("ws.flood_rejections and ws.flood_window must be > 0");
         }
         if self.ws.pong_timeout <= self.ws.ping_interval {
             return rule("ws.pong_timeout must be longer than ws.ping_interval");

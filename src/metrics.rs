@@ -85,6 +85,8 @@ pub struct Metrics {
     auth: Family<AuthLabel, Counter>,
     pub queue_full: Counter,
     pub heartbeat_timeouts: Counter,
+    pub write_timeouts: Counter,
+    pub flood_closes: Counter,
     pub route_cache_hits: Counter,
     pub route_cache_misses: Counter,
     pub peer_events_delivered: Counter,
@@ -187,6 +189,14 @@ impl Metrics {
             "heartbeat_timeouts",
             "Sessions closed because no pong arrived in time",
         );
+        let write_timeouts = counter(
+            "write_timeouts",
+            "Sessions closed with 4008 because a write made no progress for ws.write_timeout",
+        );
+        let flood_closes = counter(
+            "flood_closes",
+            "Sessions closed with 1008 for staying over their rate limit",
+        );
         let route_cache_hits = counter(
             "route_cache_hits",
             "Route computations answered from the LRU cache",
@@ -230,6 +240,8 @@ impl Metrics {
             auth,
             queue_full,
             heartbeat_timeouts,
+            write_timeouts,
+            flood_closes,
             route_cache_hits,
             route_cache_misses,
             peer_events_delivered,

@@ -11,12 +11,110 @@ use serde_json::value::RawValue;
 
 pub use crate::transit::DisabilityType;
 
-/// The request id a client attached to a request; echoed verbatim in the reply.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+/// The longest `request_id` the node accepts, in bytes of its JSON text
+/// (a number's digits, a string's content). Every reply echoes it, so it
+/// must be small; a longer one is refused with `INVALID_PARAMETERS`.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// The request id a client attached to a request; echoed verbatim in the
+/// reply. A number is kept as the client wrote it (its JSON text), so
+/// `123456789012345678901234567890` comes back as those digits, not as a
+/// rounded float.
+#[derive(Debug, Clone)]
 pub enum RequestId {
-    Num(serde_json::Number),
+    Num(Box<RawValue>),
     Str(String),
+}
+
+impl RequestId {
+    /// The id as an unsigned integer, if it is one (a number or digits).
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            RequestId::Num(n) => n.get().parse().ok(),
+            RequestId::Str(s) => s.parse().ok(),
+        }
+    }
+
+    /// Reads the id the client wrote: a string or a number, else `None`.
+    fn from_raw(raw: &RawValue) -> Option<RequestId> {
+        let text = raw.get();
+        match text.as_bytes().first()? {
+            b'"' => serde_json::from_str(text).ok().map(RequestId::Str),
+            b'-' | b'0'..=b'9' => Some(RequestId::Num(raw.to_owned())),
+            _ => None,
+        }
+    }
+
+    /// Bytes that count against [`MAX_REQUEST_ID_BYTES`].
+    fn len(&self) -> usize {
+        match self {
+            RequestId::Num(n) => n.get().len(),
+            RequestId::Str(s) => s.len(),
+        }
+    }
+}
+
+impl From<u64> for RequestId {
+    fn from(n: u64) -> RequestId {
+        RequestId::Num(RawValue::from_string(n.to_string()).expect("digits are JSON"))
+    }
+}
+
+impl From<i64> for RequestId {
+    fn from(n: i64) -> RequestId {
+        RequestId::Num(RawValue::from_string(n.to_string()).expect("digits are JSON"))
+    }
+}
+
+impl PartialEq for RequestId {
+    fn eq(&self, other: &RequestId) -> bool {
+        match (self, other) {
+            (RequestId::Num(a), RequestId::Num(b)) => a.get() == b.get(),
+            (RequestId::Str(a), RequestId::Str(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RequestId::Num(n) => n.serialize(s),
+            RequestId::Str(v) => s.serialize_str(v),
+        }
+    }
+}
+
+/// For clients reading replies (`Reply` is flattened, so the id arrives
+/// buffered, without its raw text): numbers beyond `u64`/`i64` are read as
+/// `f64`. The node itself reads ids from the frame text ([`parse_request`]).
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RequestId, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RequestId;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RequestId, E> {
+                Ok(RequestId::Str(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RequestId, E> {
+                Ok(RequestId::from(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RequestId, E> {
+                Ok(RequestId::from(v))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RequestId, E> {
+                let n = serde_json::Number::from_f64(v)
+                    .ok_or_else(|| E::custom("request_id is not a finite number"))?;
+                RawValue::from_string(n.to_string())
+                    .map(RequestId::Num)
+                    .map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// Every request type a client may send.
@@ -529,13 +627,14 @@ pub struct ParseError {
     pub kind: RequestKind,
 }
 
-/// The first parse: only `type` and `request_id`, borrowing from the frame.
+/// The first parse: only `type` and `request_id`, borrowing from the frame
+/// (`request_id` as its raw text, so a number is echoed exactly).
 #[derive(Deserialize)]
 struct Head<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    request_id: Option<RequestId>,
+    #[serde(default, borrow)]
+    request_id: Option<&'a RawValue>,
 }
 
 /// Parses one client text frame.
@@ -551,11 +650,32 @@ pub fn parse_request(text: &str) -> Result<(ClientMessage, Option<RequestId>), P
         request_id: None,
         kind: RequestKind::Invalid,
     })?;
+    let request_id = match head.request_id {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) => Some(RequestId::from_raw(raw).ok_or_else(|| ParseError {
+            code: ErrorCode::ParsingError,
+            message: "request_id must be a string or a number".into(),
+            request_id: None,
+            kind: RequestKind::Invalid,
+        })?),
+    };
+    if request_id
+        .as_ref()
+        .is_some_and(|id| id.len() > MAX_REQUEST_ID_BYTES)
+    {
+        return Err(ParseError {
+            code: ErrorCode::InvalidParameters,
+            message: format!("request_id is longer than {MAX_REQUEST_ID_BYTES} bytes"),
+            request_id: None,
+            kind: RequestKind::Invalid,
+        });
+    }
     let Some(type_name) = head.kind else {
         return Err(ParseError {
             code: ErrorCode::ParsingError,
             message: "frame has no \"type\" field".into(),
-            request_id: head.request_id,
+            request_id,
             kind: RequestKind::Invalid,
         });
     };
@@ -563,16 +683,16 @@ pub fn parse_request(text: &str) -> Result<(ClientMessage, Option<RequestId>), P
         return Err(ParseError {
             code: ErrorCode::UnknownMessageType,
             message: "unknown message type".into(),
-            request_id: head.request_id,
+            request_id,
             kind: RequestKind::Invalid,
         });
     };
     match serde_json::from_str::<ClientMessage>(text) {
-        Ok(msg) => Ok((msg, head.request_id)),
+        Ok(msg) => Ok((msg, request_id)),
         Err(e) => Err(ParseError {
             code: ErrorCode::InvalidParameters,
             message: format!("invalid fields for {}: {}", kind.as_str(), field_error(&e)),
-            request_id: head.request_id,
+            request_id,
             kind,
         }),
     }
@@ -630,7 +750,7 @@ mod tests {
     fn request_id_echo_and_error_classes() {
         let (msg, id) = parse_request(r#"{"type":"ping","request_id":7}"#).unwrap();
         assert_eq!(msg, ClientMessage::Ping {});
-        assert_eq!(id, Some(RequestId::Num(7.into())));
+        assert_eq!(id, Some(RequestId::from(7u64)));
 
         let e = parse_request("nope").unwrap_err();
         assert_eq!(e.code, ErrorCode::ParsingError);
@@ -640,7 +760,7 @@ mod tests {
         let e = parse_request(r#"{"type":"location_update","latitude":"x","request_id":1}"#)
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidParameters);
-        assert_eq!(e.request_id, Some(RequestId::Num(1.into())));
+        assert_eq!(e.request_id, Some(RequestId::from(1u64)));
     }
 
     #[test]
@@ -710,7 +830,7 @@ mod tests {
         /// A request id as a client may send it, and as it must come back.
         fn request_id() -> impl Strategy<Value = RequestId> {
             prop_oneof![
-                any::<i64>().prop_map(|n| RequestId::Num(n.into())),
+                any::<i64>().prop_map(RequestId::from),
                 "[a-zA-Z0-9-]{0,16}".prop_map(RequestId::Str),
             ]
         }

@@ -9,7 +9,7 @@
 //! happens (no guard is ever held across an `.await`).
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::ws::{Message, Utf8Bytes};
@@ -62,7 +62,27 @@ pub struct SessionHandle {
     /// newcomer, even if the notice arrives late.
     pub opened_at_us: u64,
     tx: mpsc::Sender<Message>,
+    /// Bytes of text in the queue, against `max_queued_bytes`; the writer
+    /// takes off what it has written ([`Outbox::written`]).
+    queued_bytes: Arc<AtomicUsize>,
+    max_queued_bytes: usize,
     pub signal: Arc<CloseSignal>,
+}
+
+/// The writer's end of a session's queue: the frames, and the byte count
+/// it gives back as it writes them.
+pub(crate) struct Outbox {
+    pub(crate) rx: mpsc::Receiver<Message>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+impl Outbox {
+    /// `msg` left the queue for the socket.
+    pub(crate) fn written(&self, msg: &Message) {
+        if let Message::Text(text) = msg {
+            self.queued_bytes.fetch_sub(text.len(), Ordering::AcqRel);
+        }
+    }
 }
 
 /// A send that did not happen.
@@ -75,12 +95,28 @@ pub enum SendError {
 }
 
 impl SessionHandle {
-    /// Queues a text frame without waiting. A full queue closes the session
-    /// with 4008 and counts it.
+    /// Queues a text frame without waiting. A full queue — in frames or in
+    /// bytes — closes the session with 4008 and counts it. A frame is taken
+    /// while the queue is empty whatever its size, so one large reply never
+    /// closes a session that keeps up.
     pub fn send_text(&self, text: Utf8Bytes, metrics: &Metrics) -> Result<(), SendError> {
-        match self.tx.try_send(Message::Text(text)) {
+        let len = text.len();
+        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        let over_bytes = before > 0 && before + len > self.max_queued_bytes;
+        let sent = if over_bytes {
+            Err(mpsc::error::TrySendError::Full(()))
+        } else {
+            self.tx.try_send(Message::Text(text)).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+                mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
+            })
+        };
+        if sent.is_err() {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        }
+        match sent {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(mpsc::error::TrySendError::Full(())) => {
                 if self.signal.reason().is_none() {
                     metrics.queue_full.inc();
                     tracing::warn!(
@@ -93,7 +129,7 @@ impl SessionHandle {
                 self.signal.close(close::TOO_SLOW, "outbound queue full");
                 Err(SendError::Full)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(SendError::Closed),
         }
     }
 }
@@ -119,20 +155,25 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Creates a session and its queue; the receiver goes to the writer task.
+    /// Creates a session and its queue of at most `queue_frames` frames and
+    /// `queue_bytes` bytes; the [`Outbox`] goes to the writer task.
     pub fn open(
         &self,
         session_id: Arc<str>,
         user_id: Arc<str>,
-        queue: usize,
-    ) -> (SessionHandle, mpsc::Receiver<Message>) {
-        let (tx, rx) = mpsc::channel(queue);
+        queue_frames: usize,
+        queue_bytes: usize,
+    ) -> (SessionHandle, Outbox) {
+        let (tx, rx) = mpsc::channel(queue_frames);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let handle = SessionHandle {
             key: self.next_key.fetch_add(1, Ordering::Relaxed) + 1,
             session_id,
             user_id: user_id.clone(),
             opened_at_us: crate::clock::unix_us(),
             tx,
+            queued_bytes: queued_bytes.clone(),
+            max_queued_bytes: queue_bytes,
             signal: Arc::new(CloseSignal::default()),
         };
         self.by_key.insert(handle.key, handle.clone());
@@ -141,7 +182,7 @@ impl Sessions {
             .or_default()
             .sessions
             .push(handle.key);
-        (handle, rx)
+        (handle, Outbox { rx, queued_bytes })
     }
 
     /// Removes a session and its watch subscriptions on `watched`; the
@@ -221,5 +262,44 @@ impl Sessions {
                 list.is_empty()
             })
             .is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_as_well_as_frames() {
+        let sessions = Sessions::default();
+        let metrics = Metrics::new();
+        let (handle, mut outbox) = sessions.open("s".into(), "u".into(), 100, 1000);
+        let frame = |n: usize| Utf8Bytes::from("x".repeat(n));
+        // One frame is taken into an empty queue whatever its size.
+        handle.send_text(frame(1500), &metrics).unwrap();
+        let first = outbox.rx.try_recv().unwrap();
+        outbox.written(&first);
+        handle.send_text(frame(600), &metrics).unwrap();
+        handle.send_text(frame(400), &metrics).unwrap();
+        assert_eq!(metrics.queue_full.get(), 0);
+        // 1001 bytes would be over the budget: the session closes with 4008.
+        assert_eq!(handle.send_text(frame(1), &metrics), Err(SendError::Full));
+        assert_eq!(metrics.queue_full.get(), 1);
+        assert_eq!(handle.signal.reason().unwrap().code, close::TOO_SLOW);
+    }
+
+    #[test]
+    fn written_frames_free_their_bytes() {
+        let sessions = Sessions::default();
+        let metrics = Metrics::new();
+        let (handle, mut outbox) = sessions.open("s".into(), "u".into(), 100, 1000);
+        for _ in 0..10 {
+            handle
+                .send_text(Utf8Bytes::from("y".repeat(900)), &metrics)
+                .unwrap();
+            let msg = outbox.rx.try_recv().unwrap();
+            outbox.written(&msg);
+        }
+        assert!(handle.signal.reason().is_none());
     }
 }

@@ -366,15 +366,16 @@ mod tests {
     #[tokio::test]
     async fn events_reach_other_sessions_and_watchers_but_not_the_origin() {
         let f = fanout(BusTopology::Broadcast);
-        let (origin, mut origin_rx) = f.sessions.open("s1".into(), "rider".into(), 8);
-        let (_other, mut other_rx) = f.sessions.open("s2".into(), "rider".into(), 8);
-        let (guardian, mut guardian_rx) = f.sessions.open("s3".into(), "guardian".into(), 8);
+        let (origin, mut origin_rx) = f.sessions.open("s1".into(), "rider".into(), 8, 1 << 20);
+        let (_other, mut other_rx) = f.sessions.open("s2".into(), "rider".into(), 8, 1 << 20);
+        let (guardian, mut guardian_rx) =
+            f.sessions.open("s3".into(), "guardian".into(), 8, 1 << 20);
         f.sessions.watch("rider".into(), guardian.key);
         f.publish("rider", origin.key, r#"{"type":"arrival"}"#);
         f.publish("rider", origin.key, r#"{"type":"navigation_ended"}"#);
         for rx in [&mut other_rx, &mut guardian_rx] {
             for (seq, kind) in [(1, "arrival"), (2, "navigation_ended")] {
-                let axum::extract::ws::Message::Text(text) = rx.try_recv().unwrap() else {
+                let axum::extract::ws::Message::Text(text) = rx.rx.try_recv().unwrap() else {
                     panic!("not text")
                 };
                 let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
@@ -385,7 +386,7 @@ mod tests {
                 assert_eq!(v["event"]["type"], kind);
             }
         }
-        assert!(origin_rx.try_recv().is_err());
+        assert!(origin_rx.rx.try_recv().is_err());
         assert_eq!(f.metrics.peer_events_delivered.get(), 4);
         assert_eq!(f.metrics.bus_published.get(), 2);
     }

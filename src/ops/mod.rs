@@ -103,6 +103,8 @@ async fn stats(State(state): State<AppState>) -> impl IntoResponse {
         "errors": m.errors_by_code(),
         "queue_full_closes": m.queue_full.get(),
         "heartbeat_timeouts": m.heartbeat_timeouts.get(),
+        "write_timeouts": m.write_timeouts.get(),
+        "flood_closes": m.flood_closes.get(),
         "route_cache": { "hits": m.route_cache_hits.get(), "misses": m.route_cache_misses.get() },
         "bus": {
             "kind": state.bus.kind(),

@@ -8,14 +8,16 @@
 //! then sends the close frame, and the reader lingers briefly so the peer's
 //! close reply is read rather than answered with a TCP reset.
 
+use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::Instrument;
 
@@ -23,9 +25,10 @@ use super::ConnectionSlot;
 use super::dispatch::SessionCtx;
 use crate::auth::Claims;
 use crate::config::MultiDevice;
+use crate::metrics::Metrics;
 use crate::node::AppState;
 use crate::protocol::{ServerMessage, close};
-use crate::session::CloseSignal;
+use crate::session::{CloseSignal, Outbox};
 
 /// How long the reader waits for the peer's close reply after ours.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -54,23 +57,29 @@ async fn session(
     user_id: Arc<str>,
 ) {
     let started = std::time::Instant::now();
-    let (handle, rx) = state.sessions.open(
+    let cfg = &state.config.ws;
+    let (handle, outbox) = state.sessions.open(
         session_id.clone(),
         user_id.clone(),
-        state.config.ws.queue_frames,
+        cfg.queue_frames,
+        cfg.queue_bytes,
     );
     state.metrics.sessions.inc();
     state.fanout.take_interest(&user_id);
     tracing::info!(event = "session_opened", "session opened");
 
     let (sink, stream) = socket.split();
+    let last_ping = Arc::new(AtomicU64::new(0));
     let writer = tokio::spawn(
-        writer(
-            sink,
-            rx,
-            handle.signal.clone(),
-            state.config.ws.ping_interval,
-        )
+        Writer {
+            outbox,
+            signal: handle.signal.clone(),
+            ping_every: cfg.ping_interval,
+            write_timeout: cfg.write_timeout,
+            last_ping: last_ping.clone(),
+            metrics: state.metrics.clone(),
+        }
+        .run(sink)
         .in_current_span(),
     );
 
@@ -95,7 +104,7 @@ async fn session(
         None,
     );
 
-    let mut stream = reader(&state, &mut ctx, stream).await;
+    let mut stream = reader(&state, &mut ctx, stream, &last_ping).await;
     // A reader that ended without a decision saw the connection vanish.
     handle.signal.close(close::ABNORMAL, "connection lost");
 
@@ -137,10 +146,15 @@ async fn session(
 
 /// Reads frames until the session is to be closed; returns the stream so
 /// the caller can linger for the close handshake.
+/// Liveness: only a pong answering one of our pings (numbered by the writer
+/// in `last_ping`) moves the heartbeat deadline. A client that sends but
+/// never reads cannot keep its session alive; one that reads answers pings
+/// in its WebSocket layer.
 async fn reader(
     state: &AppState,
     ctx: &mut SessionCtx,
     mut stream: SplitStream<WebSocket>,
+    last_ping: &AtomicU64,
 ) -> SplitStream<WebSocket> {
     let signal = ctx.handle.signal.clone();
     let pong_timeout = state.config.ws.pong_timeout;
@@ -156,7 +170,7 @@ async fn reader(
             }
             _ = &mut heartbeat => {
                 state.metrics.heartbeat_timeouts.inc();
-                tracing::info!(event = "heartbeat_timeout", timeout_s = pong_timeout.as_secs_f64(), "no frame or pong in time; closing");
+                tracing::info!(event = "heartbeat_timeout", timeout_s = pong_timeout.as_secs_f64(), cause = "no pong to our pings", "client does not read; closing");
                 // The peer is gone or unresponsive; close like a policy breach.
                 signal.close(close::POLICY, "heartbeat timeout");
                 break;
@@ -168,7 +182,6 @@ async fn reader(
                 token_timer.as_mut().reset(ctx.next_token_deadline(state));
             }
             frame = stream.next() => {
-                heartbeat.as_mut().reset(Instant::now() + pong_timeout);
                 match frame {
                     None => {
                         signal.close(close::ABNORMAL, "connection lost");
@@ -192,7 +205,21 @@ async fn reader(
                             break;
                         }
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Pong(payload))) => {
+                        if answers_our_ping(&payload, last_ping.load(Ordering::Acquire)) {
+                            heartbeat.as_mut().reset(Instant::now() + pong_timeout);
+                        }
+                        if ctx.on_control(state) {
+                            break;
+                        }
+                    }
+                    // tungstenite queues the answer itself, keeping only the
+                    // latest unanswered one when the peer does not read.
+                    Some(Ok(Message::Ping(_))) => {
+                        if ctx.on_control(state) {
+                            break;
+                        }
+                    }
                     Some(Ok(Message::Close(frame))) => {
                         let code = frame.as_ref().map(|f| f.code).unwrap_or(close::NORMAL);
                         signal.close(code, "closed by client");
@@ -234,68 +261,128 @@ fn on_read_error(signal: &CloseSignal, e: axum::Error) {
     }
 }
 
+/// Whether a pong carries the number of one of our pings (1..=`last`).
+fn answers_our_ping(payload: &[u8], last: u64) -> bool {
+    <[u8; 8]>::try_from(payload).is_ok_and(|n| (1..=last).contains(&u64::from_be_bytes(n)))
+}
+
+/// Why the writer stopped writing.
+enum WriteFail {
+    /// The connection is gone.
+    Lost,
+    /// A write made no progress for `ws.write_timeout`: the peer stopped
+    /// reading.
+    Stalled,
+}
+
 /// Owns the sink: writes queued frames, pings, and finally the close frame.
-async fn writer(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Message>,
+struct Writer {
+    outbox: Outbox,
     signal: Arc<CloseSignal>,
     ping_every: Duration,
-) {
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ok = loop {
-        tokio::select! {
-            biased;
-            _ = signal.token.cancelled() => break true,
-            msg = rx.recv() => {
-                let Some(msg) = msg else { break true };
-                let write = async {
-                    sink.feed(msg).await?;
-                    while let Ok(more) = rx.try_recv() {
-                        sink.feed(more).await?;
-                    }
-                    sink.flush().await
-                };
-                tokio::select! {
-                    biased;
-                    r = write => if r.is_err() { break false },
-                    // A peer that stopped reading can block a write forever;
-                    // the close (4008, drain, …) must still get through.
-                    _ = signal.token.cancelled() => break true,
-                }
-            }
-            _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    break false;
-                }
-            }
+    write_timeout: Duration,
+    /// The number of the latest ping sent, for the reader's liveness check.
+    last_ping: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    /// One socket operation, bounded by `write_timeout`: each completed
+    /// operation (a frame taken, a flush done) is progress.
+    async fn timed(
+        &self,
+        op: impl Future<Output = Result<(), axum::Error>>,
+    ) -> Result<(), WriteFail> {
+        match tokio::time::timeout(self.write_timeout, op).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WriteFail::Lost),
+            Err(_) => Err(WriteFail::Stalled),
         }
-    };
-    if !ok {
-        signal.close(close::ABNORMAL, "connection lost");
-        return;
     }
-    let reason = signal.reason().cloned();
-    let code = reason.as_ref().map(|r| r.code).unwrap_or(close::NORMAL);
-    // On a drain or a normal close, flush replies already queued; a session
-    // closed for being too slow gets only the close frame.
-    let flush_queued = code != close::TOO_SLOW;
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        if flush_queued {
-            while let Ok(msg) = rx.try_recv() {
-                if sink.feed(msg).await.is_err() {
-                    return;
+
+    /// Writes `first` and whatever else is queued, then flushes once.
+    async fn write_batch(
+        &mut self,
+        sink: &mut SplitSink<WebSocket, Message>,
+        first: Message,
+    ) -> Result<(), WriteFail> {
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            self.outbox.written(&msg);
+            self.timed(sink.feed(msg)).await?;
+            next = self.outbox.rx.try_recv().ok();
+        }
+        self.timed(sink.flush()).await
+    }
+
+    async fn run(mut self, mut sink: SplitSink<WebSocket, Message>) {
+        let mut ping = tokio::time::interval_at(Instant::now() + self.ping_every, self.ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let signal = self.signal.clone();
+        let result = loop {
+            tokio::select! {
+                biased;
+                _ = signal.token.cancelled() => break Ok(()),
+                msg = self.outbox.rx.recv() => {
+                    let Some(msg) = msg else { break Ok(()) };
+                    tokio::select! {
+                        biased;
+                        r = self.write_batch(&mut sink, msg) => if r.is_err() { break r },
+                        // A peer that stopped reading can block a write; the
+                        // close (4008, drain, …) must still get through.
+                        _ = signal.token.cancelled() => break Ok(()),
+                    }
+                }
+                _ = ping.tick() => {
+                    let n = self.last_ping.fetch_add(1, Ordering::AcqRel) + 1;
+                    let payload = Bytes::copy_from_slice(&n.to_be_bytes());
+                    if let Err(e) = self.timed(sink.send(Message::Ping(payload))).await {
+                        break Err(e);
+                    }
                 }
             }
-        }
-        let frame = CloseFrame {
-            code,
-            reason: reason
-                .map(|r| r.reason.to_string())
-                .unwrap_or_default()
-                .into(),
         };
-        let _ = sink.send(Message::Close(Some(frame))).await;
-    })
-    .await;
+        match result {
+            Ok(()) => {}
+            Err(WriteFail::Lost) => {
+                signal.close(close::ABNORMAL, "connection lost");
+                return;
+            }
+            Err(WriteFail::Stalled) => {
+                if signal.reason().is_none() {
+                    self.metrics.write_timeouts.inc();
+                    tracing::warn!(
+                        event = "write_timeout",
+                        cause = "peer stopped reading",
+                        timeout_s = self.write_timeout.as_secs_f64(),
+                        "no write progress; closing with 4008"
+                    );
+                }
+                signal.close(close::TOO_SLOW, "write stalled");
+            }
+        }
+        let reason = signal.reason().cloned();
+        let code = reason.as_ref().map(|r| r.code).unwrap_or(close::NORMAL);
+        // On a drain or a normal close, flush replies already queued; a session
+        // closed for being too slow gets only the close frame.
+        let flush_queued = code != close::TOO_SLOW;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            if flush_queued {
+                while let Ok(msg) = self.outbox.rx.try_recv() {
+                    if sink.feed(msg).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let frame = CloseFrame {
+                code,
+                reason: reason
+                    .map(|r| r.reason.to_string())
+                    .unwrap_or_default()
+                    .into(),
+            };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+        })
+        .await;
+    }
 }

@@ -55,6 +55,12 @@ impl RateLimit {
     }
 }
 
+/// Refused frames counted in fixed windows of `ws.flood_window`.
+struct Rejections {
+    since: Instant,
+    count: u32,
+}
+
 /// Where the token-expiry clock of a session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ExpiryPhase {
@@ -76,6 +82,8 @@ pub struct SessionCtx {
     default_type: Option<DisabilityType>,
     protocol_errors: u32,
     rate: RateLimit,
+    /// Frames the rate limit refused in the current flood window.
+    rejections: Rejections,
     nav: Navigator,
 }
 
@@ -98,6 +106,10 @@ impl SessionCtx {
             default_type,
             protocol_errors: 0,
             rate: RateLimit::new(cfg.rate_per_s, cfg.rate_burst),
+            rejections: Rejections {
+                since: Instant::now(),
+                count: 0,
+            },
             nav: Navigator::default(),
         }
     }
@@ -161,6 +173,40 @@ impl SessionCtx {
         false
     }
 
+    /// A frame the rate limit refused. A session that keeps sending past
+    /// its limit (`ws.flood_rejections` refusals within `ws.flood_window`)
+    /// is flooding: true when it must now close (1008).
+    fn rejected(&mut self, state: &AppState) -> bool {
+        let cfg = &state.config.ws;
+        let r = &mut self.rejections;
+        if r.since.elapsed() >= cfg.flood_window {
+            r.since = Instant::now();
+            r.count = 0;
+        }
+        r.count += 1;
+        if r.count < cfg.flood_rejections {
+            return false;
+        }
+        state.metrics.flood_closes.inc();
+        tracing::warn!(
+            event = "session_flooding",
+            cause = "rate limit exceeded",
+            rejected = r.count,
+            window_s = cfg.flood_window.as_secs_f64(),
+            "closing with 1008"
+        );
+        self.handle
+            .signal
+            .close(close::POLICY, "rate limit exceeded");
+        true
+    }
+
+    /// A ping or pong from the client: control frames count against the
+    /// rate limit like requests. True if the session must close.
+    pub fn on_control(&mut self, state: &AppState) -> bool {
+        !self.rate.allow() && self.rejected(state)
+    }
+
     /// A binary frame: the contract is JSON text only.
     pub fn on_binary(&mut self, state: &AppState) -> bool {
         state.metrics.message_in(RequestKind::Invalid);
@@ -198,7 +244,7 @@ impl SessionCtx {
                 "too many requests; slow down".into(),
                 request_id,
             );
-            return false;
+            return self.rejected(state);
         }
         self.protocol_errors = 0;
         let result = self.handle_request(state, message).await;

@@ -91,6 +91,7 @@ async fn upgrade(
             let mut ws = ws
                 .read_buffer_size(cfg.read_buffer_bytes)
                 .write_buffer_size(0)
+                .max_write_buffer_size(cfg.write_buffer_bytes)
                 .max_message_size(cfg.max_frame_bytes)
                 .max_frame_size(cfg.max_frame_bytes);
             if matches!(source, TokenSource::Subprotocol) {

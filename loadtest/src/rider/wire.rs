@@ -4,7 +4,7 @@
 //! the load client's envelope around them: the `request_id` it appends,
 //! and the two-field head it dispatches most replies on.
 
-use navcast::protocol::{ClientMessage, Reply, RequestId};
+use navcast::protocol::{ClientMessage, Reply};
 
 /// A request as text, with its `request_id` appended (the wire type has
 /// no field for it: the id belongs to the envelope, not the request).
@@ -41,15 +41,13 @@ impl Head<'_> {
 
 /// The `request_id` of a fully parsed reply, as the rider sent it.
 pub(super) fn request_id(reply: &Reply) -> Option<u64> {
-    match reply.request_id.as_ref()? {
-        RequestId::Num(n) => n.as_u64(),
-        RequestId::Str(s) => s.parse().ok(),
-    }
+    reply.request_id.as_ref()?.as_u64()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use navcast::protocol::RequestId;
 
     #[test]
     fn heads_read_type_and_request_id_only() {
@@ -72,6 +70,6 @@ mod tests {
         assert_eq!(s, r#"{"type":"ping","request_id":7}"#);
         let (msg, id) = navcast::protocol::parse_request(&s).unwrap();
         assert_eq!(msg, ClientMessage::Ping {});
-        assert_eq!(id, Some(RequestId::Num(7.into())));
+        assert_eq!(id, Some(RequestId::from(7u64)));
     }
 }
