@@ -465,6 +465,60 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 }
 
+/// A masked client ping frame with the largest control payload, 125 bytes
+/// (RFC 6455 §5.2, §5.5: opcode 0x9 with FIN, mask bit and length, a
+/// 4-byte mask, the payload), so each one asks for a 127-byte pong.
+pub fn raw_ping() -> Vec<u8> {
+    let mut frame = vec![0x89, 0x80 | 125, 1, 2, 3, 4];
+    frame.extend(std::iter::repeat_n(b'p', 125));
+    frame
+}
+
+/// Connects, reads `connected`, and hands back the raw TCP stream, so the
+/// test can write frames and never read again.
+pub async fn raw_session(node: &TestNode, acct: &Account) -> TcpStream {
+    let (mut ws, _) = tokio_tungstenite::connect_async(node.ws_url(&acct.user_id, &acct.access))
+        .await
+        .expect("ws connect");
+    let first = ws.next().await.expect("connected").expect("frame");
+    assert!(
+        first.to_text().unwrap().contains("\"connected\""),
+        "{first}"
+    );
+    match ws.into_inner() {
+        MaybeTlsStream::Plain(tcp) => tcp,
+        _ => panic!("plain ws expected"),
+    }
+}
+
+/// Writes client pings as fast as the socket takes them, never reading,
+/// until the node drops the connection or `limit` passes. True if the node
+/// dropped it.
+pub async fn ping_flood(tcp: &mut TcpStream, limit: Duration) -> bool {
+    let burst: Vec<u8> = raw_ping().repeat(500);
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        // A timeout means the node stopped reading for now (its buffers
+        // are full); only a write error means the connection is gone.
+        let write = tokio::time::timeout(Duration::from_millis(200), tcp.write_all(&burst));
+        if let Ok(Err(_)) = write.await {
+            return true;
+        }
+    }
+    false
+}
+
+/// The value of the counter `name` in a `/metrics` text; fails the test
+/// when it is not there.
+pub fn metric_counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not on /metrics"))
+}
+
 /// Attempts an upgrade and returns the HTTP status of a refusal (or 101)
 /// and its `Retry-After`.
 pub async fn handshake_status(url: &str, headers: &[(&str, &str)]) -> (u16, Option<String>) {

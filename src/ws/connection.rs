@@ -328,16 +328,19 @@ impl Writer {
                     tokio::select! {
                         biased;
                         r = self.write_batch(&mut sink, msg) => if r.is_err() { break r },
-                        // A peer that stopped reading can block a write; the
-                        // close (4008, drain, …) must still get through.
+                        // A peer that stopped reading can block a write (here
+                        // and for a ping); a close decision (heartbeat, 4008,
+                        // drain, …) must still get through at once.
                         _ = signal.token.cancelled() => break Ok(()),
                     }
                 }
                 _ = ping.tick() => {
                     let n = self.last_ping.fetch_add(1, Ordering::AcqRel) + 1;
                     let payload = Bytes::copy_from_slice(&n.to_be_bytes());
-                    if let Err(e) = self.timed(sink.send(Message::Ping(payload))).await {
-                        break Err(e);
+                    tokio::select! {
+                        biased;
+                        r = self.timed(sink.send(Message::Ping(payload))) => if r.is_err() { break r },
+                        _ = signal.token.cancelled() => break Ok(()),
                     }
                 }
             }
