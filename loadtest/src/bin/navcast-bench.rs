@@ -4,7 +4,10 @@
 //! session; `rtt` drives `location_update` round trips at fixed rates from
 //! this separate process and prints the sustained rate with p50/p99,
 //! measured from each send's scheduled time (so a stall cannot hide
-//! latency). Tokens are minted with the node's HS256 secret, which the
+//! latency); `attack` runs one hostile client pattern against the node
+//! while a neighbour session sends `location_update`s, and prints the
+//! node's RSS growth, how long the node took to close the attackers, with
+//! which close codes, and the neighbour's p99. Tokens are minted with the node's HS256 secret, which the
 //! operator running the bench has: logging in 10 000 riders through argon2
 //! would measure the password hash, not the WebSocket path.
 
@@ -55,6 +58,32 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// One hostile pattern against the node, with a neighbour measured.
+    Attack {
+        #[arg(value_enum)]
+        kind: AttackKind,
+        /// Attacking sessions.
+        #[arg(long, default_value_t = 1)]
+        attackers: usize,
+        /// The longest the attack lasts if the node does not end it.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// The node's pid, to read its RSS.
+        #[arg(long)]
+        pid: u32,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum AttackKind {
+    /// WebSocket pings (125-byte payloads) as fast as the socket takes them;
+    /// never reads.
+    PongFlood,
+    /// Requests with a 64 KiB `request_id`, as fast as the socket takes
+    /// them, from a client with a 4 KiB receive buffer that never reads.
+    BigRequestId,
+    /// Valid `ping` requests as fast as possible; reads its replies.
+    FrameFlood,
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -106,6 +135,12 @@ async fn main() -> anyhow::Result<()> {
             rates,
             seconds,
         } => rtt(&cli.url, &cli.secret, connections, &rates, seconds).await,
+        Cmd::Attack {
+            kind,
+            attackers,
+            seconds,
+            pid,
+        } => attack(&cli.url, &cli.secret, kind, attackers, seconds, pid).await,
     }
 }
 
@@ -237,6 +272,231 @@ async fn rtt(
             h.max() as f64 / 1000.0,
             errors.load(Ordering::Relaxed)
         );
+    }
+    Ok(())
+}
+
+/// `ws://host:port` → `http://host:port`, for `/metrics`.
+fn http_base(ws_url: &str) -> String {
+    ws_url.replacen("ws://", "http://", 1)
+}
+
+/// Sessions closed by the node so far, by close code, from `/metrics`.
+async fn closes(http: &str) -> anyhow::Result<Vec<(u16, u64)>> {
+    let text = reqwest::get(format!("{http}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("navcast_closes_total{code=\"")?;
+            let (code, value) = rest.split_once("\"} ")?;
+            Some((code.parse().ok()?, value.trim().parse().ok()?))
+        })
+        .collect())
+}
+
+/// One attacking session until the node drops it or `until`; the time it
+/// took, or `None` if it was still open.
+async fn attacker(
+    url: String,
+    secret: String,
+    kind: AttackKind,
+    until: tokio::time::Instant,
+) -> anyhow::Result<Option<Duration>> {
+    use tokio::io::AsyncWriteExt;
+    let sub = uuid::Uuid::new_v4().to_string();
+    let full = format!("{url}/api/v1/ws/{sub}?token={}", token(&secret, &sub));
+    let started = tokio::time::Instant::now();
+    let burst: Vec<u8> = match kind {
+        AttackKind::PongFlood => {
+            let mut ping = vec![0x89, 0x80 | 125, 1, 2, 3, 4];
+            ping.extend(std::iter::repeat_n(b'p', 125));
+            ping.repeat(500)
+        }
+        AttackKind::BigRequestId | AttackKind::FrameFlood => Vec::new(),
+    };
+    match kind {
+        AttackKind::PongFlood => {
+            let (mut ws, _) = tokio_tungstenite::connect_async(full).await?;
+            let _ = ws.next().await;
+            let tokio_tungstenite::MaybeTlsStream::Plain(mut tcp) = ws.into_inner() else {
+                anyhow::bail!("plain ws expected");
+            };
+            while tokio::time::Instant::now() < until {
+                let write = tokio::time::timeout(Duration::from_millis(100), tcp.write_all(&burst));
+                if let Ok(Err(_)) = write.await {
+                    return Ok(Some(started.elapsed()));
+                }
+            }
+            Ok(None)
+        }
+        AttackKind::BigRequestId => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.set_recv_buffer_size(4096)?;
+            let host = url.trim_start_matches("ws://");
+            let tcp = socket
+                .connect(
+                    tokio::net::lookup_host(host)
+                        .await?
+                        .next()
+                        .expect("address"),
+                )
+                .await?;
+            let (mut ws, _) = tokio_tungstenite::client_async(full, tcp).await?;
+            let frame =
+                json!({"type": "ping", "request_id": "i".repeat(64 * 1024 - 64)}).to_string();
+            while tokio::time::Instant::now() < until {
+                let send = tokio::time::timeout(
+                    Duration::from_millis(100),
+                    ws.send(Message::text(frame.clone())),
+                );
+                if let Ok(Err(_)) = send.await {
+                    return Ok(Some(started.elapsed()));
+                }
+            }
+            Ok(None)
+        }
+        AttackKind::FrameFlood => {
+            let (ws, _) = tokio_tungstenite::connect_async(full).await?;
+            let (mut tx, mut rx) = ws.split();
+            let reader = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+            let frame = json!({"type": "ping"}).to_string();
+            while tokio::time::Instant::now() < until {
+                if tx.feed(Message::text(frame.clone())).await.is_err() || reader.is_finished() {
+                    return Ok(Some(started.elapsed()));
+                }
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Sends `location_update`s every 100 ms until `stop`; their latencies
+/// (from the scheduled send) and how many failed.
+async fn neighbour(
+    url: String,
+    secret: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let mut ws = connect(&url, &secret).await?;
+    ws.send(Message::text(json!({"type": "start_navigation", "origin": "강남", "destination": "홍대입구", "request_id": 0}).to_string())).await?;
+    while let Some(Ok(m)) = ws.next().await {
+        if m.to_text().is_ok_and(|t| t.contains("route_calculated")) {
+            break;
+        }
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = 0u64;
+    let mut k = 0u64;
+    let mut next = tokio::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep_until(next).await;
+        k += 1;
+        let msg = json!({"type": "location_update", "latitude": 37.5006 + (k % 50) as f64 * 1e-5, "longitude": 127.0364, "accuracy": 20, "request_id": k});
+        if ws.send(Message::text(msg.to_string())).await.is_err() {
+            errors += 1;
+            break;
+        }
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if !t.contains("\"error\"") => {}
+            _ => errors += 1,
+        }
+        hist.record((tokio::time::Instant::now() - next).as_micros().max(1) as u64)?;
+        next += Duration::from_millis(100);
+    }
+    let _ = ws.close(None).await;
+    Ok((hist, errors))
+}
+
+async fn attack(
+    url: &str,
+    secret: &str,
+    kind: AttackKind,
+    attackers: usize,
+    seconds: u64,
+    pid: u32,
+) -> anyhow::Result<()> {
+    let http = http_base(url);
+    let closes_before = closes(&http).await?;
+    let rss_before = rss_kib(pid);
+    let started = tokio::time::Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while !stop.load(Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            peak
+        })
+    };
+    // The neighbour: one navigating rider, an update every 100 ms (within
+    // the default rate limit), on its own thread and runtime, so the
+    // attackers' busy loops in this process cannot delay what it measures.
+    let measured = {
+        let (stop, url, secret) = (stop.clone(), url.to_string(), secret.to_string());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::spawn(move || runtime.block_on(neighbour(url, secret, stop)))
+    };
+    let tasks: Vec<_> = (0..attackers)
+        .map(|_| tokio::spawn(attacker(url.to_string(), secret.to_string(), kind, until)))
+        .collect();
+    let mut closed = Vec::new();
+    let mut open = 0;
+    for t in tasks {
+        match t.await? {
+            Ok(Some(d)) => closed.push(d),
+            Ok(None) => open += 1,
+            Err(e) => anyhow::bail!("attacker failed to start: {e}"),
+        }
+    }
+    // Let the node finish closing, then stop measuring; the closes are
+    // read while the neighbour is still open, so they are the attackers'.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let closes_after = closes(&http).await?;
+    stop.store(true, Ordering::Relaxed);
+    let peak = sampler.await?;
+    let (hist, errors) = measured
+        .join()
+        .map_err(|_| anyhow::anyhow!("neighbour thread panicked"))??;
+    let codes: Vec<String> = closes_after
+        .iter()
+        .filter_map(|(code, n)| {
+            let before = closes_before
+                .iter()
+                .find(|(c, _)| c == code)
+                .map_or(0, |(_, b)| *b);
+            (n > &before).then(|| format!("{code}×{}", n - before))
+        })
+        .collect();
+    let slowest = closed
+        .iter()
+        .max()
+        .map(|d| format!("{:.2} s", d.as_secs_f64()));
+    println!(
+        "{kind:?}: {attackers} attacker(s); node RSS {rss_before} KiB, peak +{} KiB; closed {}/{attackers} (slowest after {}); close codes {}; neighbour location_update p50 {:.2} ms p99 {:.2} ms max {:.2} ms over {} updates, {errors} errors",
+        peak.saturating_sub(rss_before),
+        closed.len(),
+        slowest.unwrap_or_else(|| "–".into()),
+        if codes.is_empty() {
+            "none".into()
+        } else {
+            codes.join(", ")
+        },
+        hist.value_at_quantile(0.5) as f64 / 1000.0,
+        hist.value_at_quantile(0.99) as f64 / 1000.0,
+        hist.max() as f64 / 1000.0,
+        hist.len(),
+    );
+    if open > 0 {
+        println!("  {open} attacker(s) still open after {seconds} s");
     }
     Ok(())
 }
