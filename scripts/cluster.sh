@@ -24,7 +24,15 @@ DIR=$(cd "$CLUSTER_DIR" && pwd)
 RUN=$DIR/run LOGS=$DIR/logs TMP=$DIR/tmp TLS=$DIR/tls
 BIN=${NODE_BIN:-$ROOT/target/release/navcast}
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A process counts as alive when it exists and is not a zombie (a killed
+# daemon whose parent has not reaped it yet must be started again).
+alive() {
+  [ -f "$1" ] || return 1
+  local pid
+  pid=$(cat "$1")
+  kill -0 "$pid" 2>/dev/null || return 1
+  ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
+}
 
 need() {
   local missing=()
@@ -59,7 +67,11 @@ up() {
   chmod 600 "$DIR/jwt_secret"
 
   if ! alive "$RUN/redis.pid"; then
-    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+    # Append-only file, fsynced every second, in a directory that outlives
+    # the process: what Redis acknowledged more than ~1 s before a crash
+    # survives it (accounts, refresh tokens, shares, routes).
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" \
+      --appendonly yes --appendfsync everysec \
       --dir "$DIR/redis" --daemonize yes --pidfile "$RUN/redis.pid" \
       --logfile "$LOGS/redis.log" >/dev/null
     for _ in $(seq 50); do alive "$RUN/redis.pid" && break; sleep 0.1; done
