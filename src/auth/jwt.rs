@@ -29,11 +29,20 @@ pub struct Claims {
     pub kind: TokenKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// One audience or several (RFC 7519 §4.1.3 allows both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
     /// Refresh tokens only: the rotation family.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fam: Option<String>,
+}
+
+/// The `aud` claim: a string, or an array of them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// Why a token was refused. The HTTP layer turns every variant into 401;
@@ -154,15 +163,24 @@ impl JwtKeys {
         let mut validation = Validation::new(algorithm);
         validation.leeway = cfg.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience is required, not only checked
+        // when present: a token without it is not one of ours.
+        let mut required = vec!["exp", "sub"];
         match &cfg.issuer {
-            Some(iss) => validation.set_issuer(&[iss]),
+            Some(iss) => {
+                validation.set_issuer(&[iss]);
+                required.push("iss");
+            }
             None => validation.iss = None,
         }
         match &cfg.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         Ok(JwtKeys {
             algorithm,
             encoding,
@@ -200,7 +218,7 @@ impl JwtKeys {
             jti: uuid::Uuid::new_v4().simple().to_string(),
             kind,
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: self.audience.clone().map(Audience::One),
             fam: family.map(str::to_string),
         };
         let token = jsonwebtoken::encode(&Header::new(self.algorithm), &claims, key).ok()?;
@@ -222,12 +240,110 @@ impl JwtKeys {
                 ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                     TokenError::BadAlgorithm
                 }
-                ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => TokenError::BadClaims,
+                ErrorKind::InvalidIssuer
+                | ErrorKind::InvalidAudience
+                | ErrorKind::MissingRequiredClaim(_) => TokenError::BadClaims,
                 _ => TokenError::Malformed,
             })?;
         if data.claims.kind != expected {
             return Err(TokenError::WrongType);
         }
+        // Issued in the future beyond the clock leeway: not a token this
+        // cluster minted (or a clock badly wrong).
+        if data.claims.iat > crate::clock::unix_s() + self.validation.leeway as i64 {
+            return Err(TokenError::NotYetValid);
+        }
         Ok(data.claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::clock::unix_s;
+
+    const SECRET: &[u8] = b"unit-test-secret-0123456789abcdef";
+
+    fn keys(issuer: Option<&str>, audience: Option<&str>) -> JwtKeys {
+        let cfg = JwtConfig {
+            issuer: issuer.map(str::to_string),
+            audience: audience.map(str::to_string),
+            leeway: Duration::from_secs(30),
+            ..JwtConfig::default()
+        };
+        JwtKeys::new(&cfg, Some(SECRET)).unwrap()
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    fn claims() -> serde_json::Value {
+        let now = unix_s();
+        json!({"sub": "u1", "exp": now + 600, "iat": now, "jti": "j", "type": "access"})
+    }
+
+    #[test]
+    fn a_configured_issuer_and_audience_are_required() {
+        let k = keys(Some("navcast"), Some("riders"));
+        assert_eq!(
+            k.verify(&token(claims()), TokenKind::Access),
+            Err(TokenError::BadClaims)
+        );
+        let mut c = claims();
+        c["iss"] = json!("navcast");
+        assert_eq!(
+            k.verify(&token(c.clone()), TokenKind::Access),
+            Err(TokenError::BadClaims),
+            "no aud"
+        );
+        c["aud"] = json!("riders");
+        assert!(k.verify(&token(c.clone()), TokenKind::Access).is_ok());
+        c["aud"] = json!("others");
+        assert_eq!(
+            k.verify(&token(c), TokenKind::Access),
+            Err(TokenError::BadClaims)
+        );
+        // Minted tokens carry both.
+        let (t, _) = k.mint("u1", TokenKind::Access, None).unwrap();
+        assert!(k.verify(&t, TokenKind::Access).is_ok());
+    }
+
+    #[test]
+    fn an_audience_array_containing_ours_is_accepted() {
+        let k = keys(None, Some("riders"));
+        let mut c = claims();
+        c["aud"] = json!(["guardians", "riders"]);
+        assert!(k.verify(&token(c.clone()), TokenKind::Access).is_ok());
+        c["aud"] = json!(["guardians"]);
+        assert_eq!(
+            k.verify(&token(c), TokenKind::Access),
+            Err(TokenError::BadClaims)
+        );
+    }
+
+    #[test]
+    fn a_token_issued_in_the_future_is_refused() {
+        let k = keys(None, None);
+        let mut c = claims();
+        c["iat"] = json!(unix_s() + 20);
+        assert!(
+            k.verify(&token(c.clone()), TokenKind::Access).is_ok(),
+            "within the leeway"
+        );
+        c["iat"] = json!(unix_s() + 120);
+        assert_eq!(
+            k.verify(&token(c), TokenKind::Access),
+            Err(TokenError::NotYetValid)
+        );
     }
 }
