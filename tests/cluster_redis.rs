@@ -612,3 +612,61 @@ async fn redis_stores_report_unavailable_while_redis_is_down() {
         "{err:?}"
     );
 }
+
+/// Revocation reaches every node: after the rider's `unshared` reply, a
+/// guardian watching from another node receives none of the rider's
+/// events; sharing again and watching again brings them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsharing_stops_a_guardian_on_another_node() {
+    for topology in TOPOLOGIES {
+        let redis = RedisServer::start().await;
+        let nodes = redis_cluster(&redis.url(), 3, topology, |_| {}).await;
+        let Watched {
+            rider,
+            guardian,
+            mut r,
+            mut g,
+        } = watched_rider(&nodes[0], &nodes[1]).await;
+        // A second guardian on the same node stays shared: what it receives
+        // shows what the bus has delivered to that node.
+        let witness = account(&nodes[1], None).await;
+        let mut w = Client::connect(&nodes[1], &witness).await;
+        share_and_watch(&mut r, &mut w, &rider.user_id, &witness.user_id).await;
+        let calc = r
+            .request(json!({"type": "start_navigation", "origin": "서울", "destination": "잠실"}))
+            .await;
+        assert_eq!(calc["type"], "route_calculated", "{calc}");
+        g.pushed_of("peer_event").await;
+        w.pushed_of("peer_event").await;
+
+        let unshared = r
+            .request(json!({"type": "unshare_navigation", "guardian_id": guardian.user_id}))
+            .await;
+        assert_eq!(unshared["type"], "unshared", "{unshared}");
+        let update = json!({"type": "location_update", "latitude": SEOUL_STATION.0, "longitude": SEOUL_STATION.1});
+        for _ in 0..5 {
+            let u = r.request(update.clone()).await;
+            assert!(is_nav_event(&u["type"]), "{u}");
+        }
+        // Node B delivers each envelope to every watcher at once; once the
+        // witness has all five, anything leaked to the revoked guardian is
+        // queued before the reply to its ping.
+        for _ in 0..5 {
+            let ev = w.pushed_of("peer_event").await;
+            assert_eq!(ev["user_id"], rider.user_id.as_str(), "{ev}");
+        }
+        g.assert_none_pending("peer_event").await;
+        // Watching without a share is refused.
+        let again = g
+            .request(json!({"type": "watch", "user_id": rider.user_id}))
+            .await;
+        assert_eq!(again["code"], "FORBIDDEN", "{topology:?}: {again}");
+
+        // Share and watch again: events flow again.
+        share_and_watch(&mut r, &mut g, &rider.user_id, &guardian.user_id).await;
+        let u = r.request(update.clone()).await;
+        let ev = g.pushed_of("peer_event").await;
+        assert_eq!(ev["user_id"], rider.user_id.as_str(), "{topology:?}: {ev}");
+        assert_eq!(ev["event"]["type"], u["type"], "{ev}");
+    }
+}

@@ -16,6 +16,9 @@ pub enum Payload {
     /// `user_id` opened a session elsewhere under `multi_device = replace`:
     /// close every older local session of that user with 4002.
     Replace { session_id: String },
+    /// `user_id` stopped sharing with `guardian_id`: drop that guardian's
+    /// watch of `user_id` on every node.
+    Unshare { guardian_id: String },
 }
 
 /// One message on the bus.
@@ -52,16 +55,24 @@ struct Flat {
     event: Option<Box<RawValue>>,
     #[serde(default)]
     session_id: Option<String>,
+    #[serde(default)]
+    guardian_id: Option<String>,
 }
 
 impl TryFrom<Flat> for Envelope {
     type Error = String;
 
     fn try_from(flat: Flat) -> Result<Envelope, String> {
-        let payload = match (flat.kind.as_str(), flat.event, flat.session_id) {
-            ("event", Some(event), _) => Payload::Event { event },
-            ("replace", _, Some(session_id)) => Payload::Replace { session_id },
-            (kind, _, _) => return Err(format!("envelope kind {kind:?} without its field")),
+        let payload = match (
+            flat.kind.as_str(),
+            flat.event,
+            flat.session_id,
+            flat.guardian_id,
+        ) {
+            ("event", Some(event), _, _) => Payload::Event { event },
+            ("replace", _, Some(session_id), _) => Payload::Replace { session_id },
+            ("unshare", _, _, Some(guardian_id)) => Payload::Unshare { guardian_id },
+            (kind, ..) => return Err(format!("envelope kind {kind:?} without its field")),
         };
         Ok(Envelope {
             origin_node: flat.origin_node,
@@ -133,6 +144,14 @@ mod tests {
         };
         let got = Envelope::decode(&replace.encode().unwrap()).unwrap();
         assert!(matches!(got.payload, Payload::Replace { session_id } if session_id == "s1"));
+        let unshare = Envelope {
+            payload: Payload::Unshare {
+                guardian_id: "g1".into(),
+            },
+            ..event("node-a")
+        };
+        let got = Envelope::decode(&unshare.encode().unwrap()).unwrap();
+        assert!(matches!(got.payload, Payload::Unshare { guardian_id } if guardian_id == "g1"));
     }
 
     #[test]

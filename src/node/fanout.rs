@@ -166,6 +166,7 @@ impl Fanout {
                     self.deliver_frame(&targets, text);
                 }
             }
+            Payload::Unshare { guardian_id } => self.revoke_watch(&envelope.user_id, guardian_id),
             Payload::Replace { session_id } => {
                 // `sent_at_us` is when the newer session opened: a local
                 // session opened after it is newer still and stays, even
@@ -282,8 +283,28 @@ impl Fanout {
     }
 
     /// The rider stopped sharing with `guardian`: drop that guardian's
-    /// local watch subscriptions on the rider.
-    pub(crate) fn revoke_watch(&self, rider: &str, guardian: &str) {
+    /// watch of the rider here now, and on every other node through the bus.
+    /// The notice leaves on the bus before any later event of this rider
+    /// from this node, and receivers apply envelopes in order, so no event
+    /// the rider's session sends after the `unshared` reply reaches that
+    /// guardian anywhere.
+    pub(crate) fn unshare(&self, rider: &str, guardian: &str) {
+        self.revoke_watch(rider, guardian);
+        let _order = self.publish_order.lock();
+        self.bus.publish(Envelope {
+            origin_node: self.node_id.to_string(),
+            node_seq: self.next_node_seq(),
+            seq: 0,
+            sent_at_us: unix_us(),
+            user_id: rider.to_string(),
+            payload: Payload::Unshare {
+                guardian_id: guardian.to_string(),
+            },
+        });
+    }
+
+    /// Drops `guardian`'s local watch subscriptions on `rider`.
+    fn revoke_watch(&self, rider: &str, guardian: &str) {
         for watcher in self.sessions.watchers_of(rider) {
             if *watcher.user_id == *guardian {
                 self.sessions.unwatch(rider, watcher.key);

@@ -387,10 +387,8 @@ impl SessionCtx {
                     .unshare(&user, &guardian_id)
                     .await
                     .map_err(RequestError::store)?;
-                // This node's watchers of the rider are dropped now. Watchers
-                // on other nodes are not told (yet): they keep receiving
-                // until they unwatch or reconnect.
-                state.fanout.revoke_watch(&user, &guardian_id);
+                // Every node drops this guardian's watch of the rider.
+                state.fanout.unshare(&user, &guardian_id);
                 Ok(ServerMessage::Unshared { guardian_id })
             }
             ClientMessage::Watch { user_id: rider } => {
@@ -410,10 +408,13 @@ impl SessionCtx {
                 let rider: Arc<str> = rider.into();
                 if !self.watched.contains(&rider) {
                     self.watched.push(rider.clone());
-                    if state.sessions.watch(rider.clone(), self.handle.key) {
-                        state.fanout.take_interest(&rider);
-                        state.fanout.interest_settled().await;
-                    }
+                }
+                // Registered again even when this session watched before: an
+                // unshare (here or on another node) removed the registration
+                // but not this session's list.
+                if state.sessions.watch(rider.clone(), self.handle.key) {
+                    state.fanout.take_interest(&rider);
+                    state.fanout.interest_settled().await;
                 }
                 let active_route = self.nav.summary(&state.navigation, &rider).await?;
                 Ok(ServerMessage::Watching {
