@@ -15,11 +15,45 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
-async fn a_client_that_only_sends_pings_is_closed_by_the_heartbeat() {
+async fn a_client_that_sends_but_never_reads_is_closed_by_the_heartbeat() {
     let node = TestNode::single(|c| {
         c.ws.ping_interval = Duration::from_millis(200);
         c.ws.pong_timeout = Duration::from_secs(1);
-        // Only the heartbeat may close it here, not the flood rule.
+    })
+    .await;
+    let acct = account(&node, None).await;
+    let (ws, _) = tokio_tungstenite::connect_async(node.ws_url(&acct.user_id, &acct.access))
+        .await
+        .expect("ws connect");
+    // Only the sending half is ever driven: the client never reads, so it
+    // never answers the node's pings. Its requests (a few a second, small
+    // replies that the socket buffers absorb) are no sign of life.
+    let (mut tx, _rx) = ws.split();
+    node.wait_sessions(1).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut dropped = false;
+    while tokio::time::Instant::now() < deadline {
+        let ping = json!({"type": "ping"}).to_string();
+        if tx.send(Message::text(ping)).await.is_err() {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dropped, "the node kept a client that never reads");
+    node.wait_sessions(0).await;
+    let m = node.metrics().await;
+    assert_eq!(counter(&m, "navcast_heartbeat_timeouts_total"), 1);
+    assert!(m.contains("navcast_closes_total{code=\"1008\"} 1"), "{m}");
+}
+
+#[tokio::test]
+async fn a_ping_flood_that_is_never_read_is_closed_with_4008() {
+    let node = TestNode::single(|c| {
+        // Neither the heartbeat nor the flood rule ends this.
+        c.ws.pong_timeout = Duration::from_secs(120);
+        c.ws.write_timeout = Duration::from_secs(1);
+        c.ws.ping_interval = Duration::from_millis(200);
         c.ws.rate_per_s = 1e9;
         c.ws.rate_burst = 1e9;
     })
@@ -27,17 +61,21 @@ async fn a_client_that_only_sends_pings_is_closed_by_the_heartbeat() {
     let acct = account(&node, None).await;
     let mut tcp = raw_session(&node, &acct).await;
     node.wait_sessions(1).await;
-    // Its pings arrive all the time, but it never reads, so it never
-    // answers ours: pings it sends are no sign of life.
+    // The pongs it asks for fill the socket and the write buffer; the
+    // node's own next ping finds the buffer full or makes no progress for
+    // ws.write_timeout: either way the peer does not read, 4008.
     assert!(
         ping_flood(&mut tcp, WAIT).await,
         "the node kept a client that never reads"
     );
     node.wait_sessions(0).await;
+    let m = node.metrics().await;
     assert_eq!(
-        counter(&node.metrics().await, "navcast_heartbeat_timeouts_total"),
+        counter(&m, "navcast_queue_full_closes_total")
+            + counter(&m, "navcast_write_timeouts_total"),
         1
     );
+    assert!(m.contains("navcast_closes_total{code=\"4008\"} 1"), "{m}");
 }
 
 #[tokio::test]

@@ -156,6 +156,7 @@ impl AppState {
             started: Instant::now(),
             started_at: crate::clock::unix_s(),
             stopped: CancellationToken::new(),
+            registry_left: tokio::sync::Mutex::new(false),
         }));
         if bus.is_connected() {
             state.metrics.bus_connected.set(1);

@@ -83,6 +83,10 @@ pub struct Inner {
     started_at: i64,
     /// Cancelled when the server stops: the registry heartbeat ends.
     stopped: CancellationToken,
+    /// Held around every registry write; `true` once this node has left.
+    /// A heartbeat already on its way when the node stops would otherwise
+    /// write the record back after `leave` removed it.
+    registry_left: tokio::sync::Mutex<bool>,
 }
 
 impl AppState {

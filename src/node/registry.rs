@@ -35,8 +35,13 @@ pub(super) async fn heartbeat(state: Weak<Inner>) {
             _ = tick.tick() => {}
         }
         let Some(inner) = state.upgrade() else { return };
+        let left = inner.registry_left.lock().await;
+        if *left {
+            return;
+        }
         let info = node_info(&inner);
         let result = inner.stores.nodes.heartbeat(&info, period * 3).await;
+        drop(left);
         match (result, failing) {
             (Ok(()), true) => {
                 failing = false;
@@ -54,9 +59,12 @@ pub(super) async fn heartbeat(state: Weak<Inner>) {
     }
 }
 
-/// Removes the record; a registry that does not answer within a second
-/// leaves it to expire.
+/// Removes the record, after any heartbeat write in flight; a registry
+/// that does not answer within a second leaves it to expire.
 pub(super) async fn leave(state: &AppState) {
+    // After this, no heartbeat writes the record again.
+    let mut left = state.registry_left.lock().await;
+    *left = true;
     if let Ok(Err(e)) = tokio::time::timeout(
         Duration::from_secs(1),
         state.stores.nodes.leave(&state.node_id),

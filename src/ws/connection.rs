@@ -273,6 +273,9 @@ enum WriteFail {
     /// A write made no progress for `ws.write_timeout`: the peer stopped
     /// reading.
     Stalled,
+    /// The WebSocket layer's unsent bytes reached `ws.write_buffer_bytes`
+    /// (typically answers to pings the peer sends but never reads).
+    BufferFull,
 }
 
 /// Owns the sink: writes queued frames, pings, and finally the close frame.
@@ -295,7 +298,10 @@ impl Writer {
     ) -> Result<(), WriteFail> {
         match tokio::time::timeout(self.write_timeout, op).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(WriteFail::Lost),
+            Ok(Err(e)) => match e.into_inner().downcast_ref::<tungstenite::Error>() {
+                Some(tungstenite::Error::WriteBufferFull(_)) => Err(WriteFail::BufferFull),
+                _ => Err(WriteFail::Lost),
+            },
             Err(_) => Err(WriteFail::Stalled),
         }
     }
@@ -362,6 +368,17 @@ impl Writer {
                     );
                 }
                 signal.close(close::TOO_SLOW, "write stalled");
+            }
+            Err(WriteFail::BufferFull) => {
+                if signal.reason().is_none() {
+                    self.metrics.queue_full.inc();
+                    tracing::warn!(
+                        event = "session_queue_full",
+                        cause = "write buffer full: the peer does not read",
+                        "closing with 4008"
+                    );
+                }
+                signal.close(close::TOO_SLOW, "write buffer full");
             }
         }
         let reason = signal.reason().cloned();
