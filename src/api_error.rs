@@ -18,6 +18,9 @@ pub enum ApiError {
     Conflict(&'static str),
     #[error("{0}")]
     Unprocessable(String),
+    /// 408: the request did not arrive within `http.request_timeout`.
+    #[error("{0}")]
+    Timeout(&'static str),
     #[error("{detail}")]
     Unavailable {
         detail: &'static str,
@@ -34,6 +37,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(cause) => {
                 tracing::error!(event = "http_internal_error", cause = %cause, "request failed");

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 /// Sections whose keys are reachable from the environment as
 /// `NAVCAST_<SECTION>_<KEY>`.
-const SECTIONS: [&str; 6] = ["jwt", "ws", "auth", "navigation", "shutdown", "bus"];
+const SECTIONS: [&str; 7] = ["jwt", "http", "ws", "auth", "navigation", "shutdown", "bus"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -42,6 +42,7 @@ pub struct Config {
     /// TOML file of routing profiles replacing the embedded ones.
     pub profiles_file: Option<PathBuf>,
     pub jwt: JwtConfig,
+    pub http: HttpConfig,
     pub auth: AuthConfig,
     pub ws: WsConfig,
     pub navigation: NavigationConfig,
@@ -168,7 +169,9 @@ pub struct WsConfig {
     /// client sends do not count. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub pong_timeout: Duration,
-    /// Sessions this node accepts before answering 503. Default 50 000.
+    /// Sessions this node accepts before answering 503. Default 0: as many
+    /// as the open-file limit (`RLIMIT_NOFILE`) allows after
+    /// `http.max_pending` and 256 files of headroom (19 232 at 20 000).
     pub max_connections: usize,
     /// Malformed frames in a row before close 1008. Default 10.
     pub max_protocol_errors: u32,
@@ -183,6 +186,72 @@ pub struct WsConfig {
     pub read_buffer_bytes: usize,
     /// `Retry-After` seconds on 503 at the connection limit. Default 5.
     pub retry_after_s: u64,
+}
+
+/// The HTTP layer every connection passes before it is a session: what a
+/// client may hold and for how long.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// How long a connection may take to send a request's headers, and how
+    /// long an idle keep-alive connection is kept waiting for its next
+    /// request (hyper runs one timer for both). Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a plain HTTP request (body included) may take before it is
+    /// answered 408. Default 15 s.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Accepted connections that are not (yet) WebSocket sessions: a new
+    /// connection beyond this gets a 503 and is closed. Default 1024.
+    pub max_pending: usize,
+    /// Largest request head (request line and headers). Default 16 KiB
+    /// (hyper's minimum is 8 KiB).
+    pub max_header_bytes: usize,
+    /// Peers whose `X-Real-IP` / `X-Forwarded-For` name the client (the
+    /// load balancer, e.g. `["127.0.0.1/32"]`). Anyone else's header is
+    /// ignored and the peer address is the client. In the environment: a
+    /// comma-separated list. Default: none.
+    pub trusted_proxies: Vec<Network>,
+}
+
+/// An address or a CIDR network (`10.0.0.7`, `10.0.0.0/8`, `::1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network(pub ipnet::IpNet);
+
+impl Network {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        // An IPv4 peer may arrive as an IPv4-mapped IPv6 address.
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.0.contains(&ip)
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Network, String> {
+        let s = s.trim();
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map(Network)
+            .map_err(|_| format!("`{s}` is neither an IP address nor a CIDR network"))
+    }
+}
+
+impl Serialize for Network {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Network {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Network, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -246,6 +315,7 @@ impl Default for Config {
             data_dir: None,
             profiles_file: None,
             jwt: JwtConfig::default(),
+            http: HttpConfig::default(),
             auth: AuthConfig::default(),
             ws: WsConfig::default(),
             navigation: NavigationConfig::default(),
@@ -298,12 +368,24 @@ impl Default for WsConfig {
             flood_window: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             pong_timeout: Duration::from_secs(60),
-            max_connections: 50_000,
+            max_connections: 0,
             max_protocol_errors: 10,
             token_expiry_warning: Duration::from_secs(60),
             multi_device: MultiDevice::Allow,
             read_buffer_bytes: 4096,
             retry_after_s: 5,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(15),
+            max_pending: 1024,
+            max_header_bytes: 16 * 1024,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -416,6 +498,14 @@ impl Config {
                 _ => None,
             };
             let parsed = match default {
+                Some(toml::Value::Array(_)) => toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .map(|v| toml::Value::String(v.to_string()))
+                        .collect(),
+                ),
                 Some(d) if d.is_integer() || d.is_float() || d.is_bool() => scalar(&value)
                     .filter(|v| v.is_integer() || v.is_float() || v.is_bool())
                     .unwrap_or(toml::Value::String(value)),
@@ -499,8 +589,17 @@ impl Config {
         if self.ws.rate_per_s <= 0.0 || self.ws.rate_burst < 1.0 {
             return rule("ws.rate_per_s must be > 0 and ws.rate_burst ≥ 1");
         }
-        if self.ws.queue_frames == 0 || self.ws.max_connections == 0 {
-            return rule("ws.queue_frames and ws.max_connections must be > 0");
+        if self.ws.queue_frames == 0 {
+            return rule("ws.queue_frames must be > 0");
+        }
+        if self.http.header_read_timeout.is_zero() || self.http.request_timeout.is_zero() {
+            return rule("http.header_read_timeout and http.request_timeout must be > 0");
+        }
+        if self.http.max_pending == 0 {
+            return rule("http.max_pending must be > 0");
+        }
+        if self.http.max_header_bytes < 8192 {
+            return rule("http.max_header_bytes must be at least 8192");
         }
         if self.ws.queue_bytes == 0 || self.ws.write_timeout.is_zero() {
             return rule("ws.queue_bytes and ws.write_timeout must be > 0");
@@ -567,6 +666,33 @@ mod tests {
         assert_eq!(cfg.ws.max_connections, 20);
         assert_eq!(cfg.ws.rate_per_s, 5.0);
         assert_eq!(cfg.jwt.secret.as_deref(), Some("0123456789abcdef0123"));
+    }
+
+    #[test]
+    fn trusted_proxies_come_as_a_list_of_addresses_or_networks() {
+        let cfg = Config::load(
+            None,
+            env(&[("NAVCAST_HTTP_TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8,::1")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let nets = &cfg.http.trusted_proxies;
+        assert_eq!(nets.len(), 3);
+        assert!(nets[0].contains("127.0.0.1".parse().unwrap()));
+        assert!(!nets[0].contains("127.0.0.2".parse().unwrap()));
+        assert!(nets[1].contains("10.9.8.7".parse().unwrap()));
+        assert!(
+            nets[1].contains("::ffff:10.1.1.1".parse().unwrap()),
+            "IPv4-mapped peers"
+        );
+        assert!(nets[2].contains("::1".parse().unwrap()));
+        let err = Config::load(
+            None,
+            env(&[("NAVCAST_HTTP_TRUSTED_PROXIES", "nginx")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`nginx`"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!
 //! - the wire and the world: [`protocol`] (every frame of
 //!   `docs/PROTOCOL.md`), [`transit`] (the Seoul network, routing,
-//!   tracking; no I/O), [`config`], [`clock`], [`metrics`];
+//!   tracking; no I/O), [`config`], [`clock`], [`files`] (the open-file
+//!   limit every connection counts against), [`metrics`];
 //! - shared state and its backends: [`store`] (accounts, tokens, routes,
 //!   shares, node registry; memory or Redis), [`bus`] (events between
 //!   nodes; in-process or Redis pub/sub), `redis_conn` (the one Redis
@@ -21,7 +22,8 @@
 //! - the surfaces that serve it: `ws` (the WebSocket: upgrade, session
 //!   tasks, request dispatch), [`auth::http`] (register, login, refresh),
 //!   `ops` (health, readiness, stats, metrics, station search);
-//! - `server`: the router of all surfaces, `run`/`serve`, the drain.
+//! - `server`: the router of all surfaces, accepting and serving HTTP
+//!   connections with their bounds, `run`/`serve`, the drain.
 
 pub(crate) mod api_error;
 pub mod auth;
@@ -29,6 +31,7 @@ pub mod bus;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod files;
 pub mod metrics;
 pub(crate) mod navigation;
 pub mod node;

@@ -17,6 +17,8 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     navcast::telemetry::init(config.log_format, &config.log_level);
+    // Every connection is a file; take all the operator allows.
+    navcast::files::raise_soft_limit();
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     navcast::run(listener, config, shutdown_signal()).await
 }

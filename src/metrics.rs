@@ -34,6 +34,16 @@ struct CodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CloseLabel {
     code: u16,
 }
@@ -96,6 +106,13 @@ pub struct Metrics {
     pub bus_gaps: Counter,
     pub bus_reconnects: Counter,
     pub bus_connected: Gauge,
+    /// Accepted connections that are not (yet) sessions.
+    pub http_connections: Gauge,
+    pub http_refused: Counter,
+    pub accept_fd_limit: Counter,
+    pub accept_other: Counter,
+    pub header_timeouts: Counter,
+    pub request_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -228,6 +245,36 @@ impl Metrics {
             bus_connected.clone(),
         );
 
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "Accepted connections that are not WebSocket sessions (yet)",
+            http_connections.clone(),
+        );
+        let http_refused = Counter::default();
+        registry.register(
+            "http_refused",
+            "Connections closed at accept because http.max_pending were open",
+            http_refused.clone(),
+        );
+        let accept_errors = Family::<CauseLabel, Counter>::default();
+        registry.register(
+            "accept_errors",
+            "Failed accepts: fd_limit (out of file descriptors; the node backs off) or other",
+            accept_errors.clone(),
+        );
+        let accept_fd_limit = accept_errors.get_or_create_owned(&CauseLabel { cause: "fd_limit" });
+        let accept_other = accept_errors.get_or_create_owned(&CauseLabel { cause: "other" });
+        let http_timeouts = Family::<PhaseLabel, Counter>::default();
+        registry.register(
+            "http_timeouts",
+            "HTTP connections closed for slowness: header (http.header_read_timeout, idle \
+             keep-alive included) or request (http.request_timeout, answered 408)",
+            http_timeouts.clone(),
+        );
+        let header_timeouts = http_timeouts.get_or_create_owned(&PhaseLabel { phase: "header" });
+        let request_timeouts = http_timeouts.get_or_create_owned(&PhaseLabel { phase: "request" });
+
         Metrics {
             registry,
             sessions,
@@ -251,6 +298,12 @@ impl Metrics {
             bus_gaps,
             bus_reconnects,
             bus_connected,
+            http_connections,
+            http_refused,
+            accept_fd_limit,
+            accept_other,
+            header_timeouts,
+            request_timeouts,
         }
     }
 

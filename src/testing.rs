@@ -716,3 +716,151 @@ async fn redis_ping(port: u16) -> bool {
         Ok(Ok(true))
     )
 }
+
+/// A node as its own process (the `navcast` binary a test names, e.g.
+/// `env!("CARGO_BIN_EXE_navcast")`), for what only a process shows: a real
+/// SIGTERM, an open-file limit, the log on stderr. Killed on drop.
+pub struct NodeProcess {
+    pub port: u16,
+    child: Option<Child>,
+    log: tempfile::NamedTempFile,
+}
+
+impl NodeProcess {
+    /// Starts `bin` on a free loopback port with the test secret, cheap
+    /// argon2, JSON logs and `env` on top; `max_files` sets the open-file
+    /// limit (soft and hard) with the shell's `ulimit -n`. Waits for
+    /// `/health`.
+    pub async fn start(bin: &str, env: &[(&str, &str)], max_files: Option<u32>) -> NodeProcess {
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let limit = max_files
+            .map(|n| format!("ulimit -n {n} && "))
+            .unwrap_or_default();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("{limit}exec \"$0\""), bin])
+            .env("NAVCAST_LISTEN", format!("127.0.0.1:{port}"))
+            .env("NAVCAST_NODE_ID", "node-p")
+            .env("NAVCAST_JWT_SECRET", TEST_SECRET)
+            .env("NAVCAST_AUTH_ARGON2_MEMORY_KIB", "1024")
+            .env("NAVCAST_AUTH_ARGON2_ITERATIONS", "1")
+            .env("NAVCAST_AUTH_SEED_FILE", "")
+            .env("NAVCAST_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(append(log.path()))
+            .stderr(append(log.path()));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let mut node = NodeProcess {
+            port,
+            child: Some(child),
+            log,
+        };
+        let url = node.http("/health");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status() == 200
+            {
+                return node;
+            }
+            if let Some(status) = node.try_status() {
+                panic!("node exited with {status}: {}", node.log());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node did not answer /health in 30 s: {}",
+                node.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn ws_url(&self, user_id: &str, token: &str) -> String {
+        format!(
+            "ws://127.0.0.1:{}/api/v1/ws/{user_id}?token={token}",
+            self.port
+        )
+    }
+
+    /// Everything the node logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// Sends `signal` (e.g. `TERM`) with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {pid} failed");
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// Waits for the process to exit; fails the test after `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_status() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node still running {limit:?} later: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `path` opened for appending, so stdout and stderr can share it.
+fn append(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("log file")
+}
+
+/// Reads until the peer closes the connection (EOF or reset); fails the
+/// test after `limit`. Returns what was read.
+pub async fn read_until_closed(tcp: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    assert!(
+        tokio::time::timeout(limit, read).await.is_ok(),
+        "connection still open after {limit:?}"
+    );
+    got
+}

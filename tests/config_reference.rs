@@ -107,6 +107,18 @@ fn parse_source(text: &str) -> Source {
             continue;
         }
         if line.starts_with("const SECTIONS") {
+            // rustfmt may spread the list over several lines.
+            let mut whole = line.to_string();
+            while !whole
+                .split_once("= [")
+                .is_some_and(|(_, list)| list.contains(']'))
+            {
+                match lines.next() {
+                    Some(more) => whole.push_str(more.trim()),
+                    None => break,
+                }
+            }
+            let line = whole.as_str();
             let list = &line[line.find("= [").expect("SECTIONS = [ … ]") + 3..];
             let list = &list[..list.find(']').expect("SECTIONS = [ … ]")];
             src.sections = list
@@ -195,6 +207,7 @@ fn type_name(src: &Source, field: &Field) -> String {
         "bool" => "boolean".into(),
         "f64" => "number".into(),
         "u16" | "u32" | "u64" | "usize" | "i32" | "i64" => "integer".into(),
+        "Vec<Network>" => "list of addresses or CIDR networks".into(),
         other => match src.enums.get(other) {
             Some(values) => format!(
                 "one of {}",
@@ -218,6 +231,15 @@ fn render_value(v: &serde_json::Value) -> Option<String> {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),
         serde_json::Value::Bool(b) => Some(b.to_string()),
+        // A list is comma-separated in the environment; an empty one is unset.
+        serde_json::Value::Array(items) if items.is_empty() => None,
+        serde_json::Value::Array(items) => Some(
+            items
+                .iter()
+                .map(|i| render_value(i).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
         other => panic!("config_reference: no rendering for a default of {other}"),
     }
 }

@@ -141,7 +141,12 @@ impl AppState {
         });
         let state = AppState(Arc::new(Inner {
             node_id: node_id.clone(),
-            connections: Arc::new(ConnectionLimit::new(config.ws.max_connections)),
+            connections: Arc::new(ConnectionLimit::new(crate::files::session_limit(
+                config.ws.max_connections,
+                config.http.max_pending,
+                crate::files::soft_limit(),
+            ))),
+            pending: Arc::new(ConnectionLimit::new(config.http.max_pending)),
             config,
             auth,
             stores,

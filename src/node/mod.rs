@@ -70,6 +70,8 @@ pub struct Inner {
     /// Sessions plus upgrades in flight, checked before an upgrade so a
     /// burst cannot overshoot `ws.max_connections`.
     pub(crate) connections: Arc<ConnectionLimit>,
+    /// Accepted connections that are not sessions, under `http.max_pending`.
+    pub(crate) pending: Arc<ConnectionLimit>,
     /// Cancelled when draining starts: every session closes with 1001.
     pub(crate) shutdown: CancellationToken,
     /// Every session task, so a drain can wait for them (axum does not

@@ -32,15 +32,17 @@ async fn health() -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
+    // One reading of each flag, so the status and the body agree.
     let draining = state.draining.load(Ordering::Acquire);
     let bus = state.bus.is_connected();
+    let ready = !draining && (bus || state.config.bus.ready_when_degraded);
     let body = serde_json::json!({
-        "ready": state.is_ready(),
+        "ready": ready,
         "draining": draining,
         "bus": if bus { "connected" } else { "degraded" },
         "node_id": &*state.node_id,
     });
-    let status = if state.is_ready() {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -97,6 +99,18 @@ async fn stats(State(state): State<AppState>) -> impl IntoResponse {
             "rejected_forbidden": m.connections(ConnectOutcome::Forbidden),
             "rejected_over_capacity": m.connections(ConnectOutcome::OverCapacity),
             "rejected_draining": m.connections(ConnectOutcome::Draining),
+        },
+        "http": {
+            "open": state.pending.current(),
+            "max_pending": state.pending.max(),
+            "refused": m.http_refused.get(),
+            "header_timeouts": m.header_timeouts.get(),
+            "request_timeouts": m.request_timeouts.get(),
+            "accept_fd_limit_errors": m.accept_fd_limit.get(),
+        },
+        "limits": {
+            "max_sessions": state.connections.max(),
+            "open_files": crate::files::soft_limit(),
         },
         "messages_in": m.messages_in_by_type(),
         "messages_out_total": m.messages_out_total(),

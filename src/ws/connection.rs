@@ -17,7 +17,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::Instrument;
 
@@ -42,9 +42,8 @@ pub(super) async fn run(state: AppState, socket: WebSocket, claims: Claims, slot
         user_id = %user_id,
         node_id = %state.node_id,
     );
-    let tracker = state.tasks.clone();
-    tracker
-        .track_future(session(state, socket, claims, slot, session_id, user_id).instrument(span))
+    session(state, socket, claims, slot, session_id, user_id)
+        .instrument(span)
         .await;
 }
 
@@ -165,7 +164,9 @@ async fn reader(
             biased;
             _ = signal.token.cancelled() => break,
             _ = state.shutdown.cancelled() => {
-                signal.close(close::GOING_AWAY, "node draining");
+                if !answer_received(state, ctx, &mut stream).await {
+                    signal.close(close::GOING_AWAY, "node draining");
+                }
                 break;
             }
             _ = &mut heartbeat => {
@@ -230,6 +231,32 @@ async fn reader(
         }
     }
     stream
+}
+
+/// On drain: answers the requests the client sent before it (frames that
+/// can be read without waiting, at most `ws.queue_frames` of them), so the
+/// 1001 comes after their replies. Returns whether one of them closed the
+/// session.
+async fn answer_received(
+    state: &AppState,
+    ctx: &mut SessionCtx,
+    stream: &mut SplitStream<WebSocket>,
+) -> bool {
+    for _ in 0..state.config.ws.queue_frames {
+        match stream.next().now_or_never() {
+            Some(Some(Ok(Message::Text(text)))) => {
+                if ctx.on_text(state, text.as_str()).await {
+                    return true;
+                }
+            }
+            Some(Some(Ok(Message::Close(_)))) | Some(None) | Some(Some(Err(_))) | None => {
+                return false;
+            }
+            // Binary, ping and pong frames need no answer here.
+            Some(Some(Ok(_))) => {}
+        }
+    }
+    false
 }
 
 /// Maps a read error to the close code the contract documents.

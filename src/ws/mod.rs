@@ -98,10 +98,16 @@ async fn upgrade(
                 ws.set_selected_protocol(HeaderValue::from_static("bearer"));
             }
             let state2 = state.clone();
+            // Counted by the drain from now on, not only once the upgrade
+            // task has started the session.
+            let tracked = state.tasks.token();
             ws.on_failed_upgrade(|e| {
                 tracing::info!(event = "ws_upgrade_failed", cause = %e, "WebSocket upgrade failed");
             })
-            .on_upgrade(move |socket| connection::run(state2, socket, claims, slot))
+            .on_upgrade(move |socket| async move {
+                connection::run(state2, socket, claims, slot).await;
+                drop(tracked);
+            })
         }
         Err((outcome, err)) => {
             state.metrics.connection(outcome);

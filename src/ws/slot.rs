@@ -1,6 +1,8 @@
-//! The connection limit: a place under `ws.max_connections` is reserved
+//! Connection limits. A place under `ws.max_connections` is reserved
 //! before the upgrade and held for the life of the session, so a burst of
-//! upgrades cannot overshoot the limit.
+//! upgrades cannot overshoot the limit; the server holds a place under
+//! `http.max_pending` for every accepted connection until it ends or
+//! becomes a session.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +20,16 @@ impl ConnectionLimit {
             count: AtomicUsize::new(0),
             max,
         }
+    }
+
+    /// Places taken now.
+    pub fn current(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// The limit.
+    pub fn max(&self) -> usize {
+        self.max
     }
 }
 
