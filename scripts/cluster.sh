@@ -7,6 +7,9 @@
 #   BIND=127.0.0.1 CLUSTER_DIR=.cluster NAVCAST_BUS_TOPOLOGY=broadcast
 #   TLS_CERT/TLS_KEY (default: a generated dev certificate)
 #   NODE_BIN (default: target/release/navcast, built when missing or stale)
+#   LOGIN_LIMITS=load (default) lifts the per-address login limits: the load
+#   client logs in thousands of riders from one loopback address; set
+#   LOGIN_LIMITS=default to run the nodes with production's limits.
 # `up` is idempotent (running parts are kept), waits until every part is
 # ready and prints the URLs; `down` stops only what `up` started.
 set -euo pipefail
@@ -80,6 +83,12 @@ up() {
   for i in $(seq 1 "$NODES"); do
     local port=$((NODE_BASE_PORT + i - 1))
     alive "$RUN/node-$i.pid" && continue
+    local limits=()
+    if [ "${LOGIN_LIMITS:-load}" = load ]; then
+      limits=(NAVCAST_AUTH_ATTEMPTS_PER_ADDRESS=100000000 NAVCAST_AUTH_HASHES_PER_ADDRESS=100000)
+    fi
+    # nginx (on loopback) names the client in X-Real-IP; trust only it.
+    env "${limits[@]}" NAVCAST_HTTP_TRUSTED_PROXIES=127.0.0.1 \
     NAVCAST_NODE_ID=node-$i NAVCAST_LISTEN=$BIND:$port \
       NAVCAST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
       NAVCAST_JWT_SECRET=$(cat "$DIR/jwt_secret") NAVCAST_LOG_FORMAT=json \

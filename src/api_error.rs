@@ -18,6 +18,12 @@ pub enum ApiError {
     Conflict(&'static str),
     #[error("{0}")]
     Unprocessable(String),
+    /// 429: throttled; retry after this many seconds.
+    #[error("{detail}")]
+    TooManyRequests {
+        detail: &'static str,
+        retry_after_s: u64,
+    },
     /// 408: the request did not arrive within `http.request_timeout`.
     #[error("{0}")]
     Timeout(&'static str),
@@ -38,6 +44,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(cause) => {
                 tracing::error!(event = "http_internal_error", cause = %cause, "request failed");
@@ -51,7 +58,9 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let ApiError::Unavailable { retry_after_s, .. } = self {
+        if let ApiError::Unavailable { retry_after_s, .. }
+        | ApiError::TooManyRequests { retry_after_s, .. } = self
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
@@ -79,6 +88,24 @@ impl From<AuthError> for ApiError {
                 ApiError::Unavailable {
                     detail: "too many logins at once; retry shortly",
                     retry_after_s: 1,
+                }
+            }
+            AuthError::Throttled(t) => {
+                use crate::auth::throttle::Throttled;
+                let detail = match t {
+                    Throttled::InFlight => "too many requests in progress from your address",
+                    Throttled::AddressRate { .. } => "too many attempts from your address",
+                    Throttled::AccountLocked { .. } => {
+                        "too many failed logins for this account; retry later"
+                    }
+                };
+                // Whole seconds, rounded up: a client that waits this long
+                // is let in.
+                let retry = t.retry_after();
+                let retry_after_s = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+                ApiError::TooManyRequests {
+                    detail,
+                    retry_after_s: retry_after_s.max(1),
                 }
             }
             AuthError::Store(crate::store::StoreError::Unavailable(cause)) => {

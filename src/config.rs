@@ -122,6 +122,28 @@ pub struct AuthConfig {
     pub hash_nice: i32,
     /// Hashes waiting for a thread before login answers 503. Default 512.
     pub hash_queue: usize,
+    /// Password requests (login, register) one client address may have
+    /// queued or hashing on this node; more get 429, so one address cannot
+    /// fill the queue that everyone's logins share. Default 2.
+    pub hashes_per_address: usize,
+    /// Password requests one client address may make per
+    /// `address_window`, counted across the cluster; more get 429 with
+    /// `Retry-After` until the window ends. Default 60.
+    pub attempts_per_address: u64,
+    /// The window of `attempts_per_address`. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub address_window: Duration,
+    /// Failed logins in a row an account takes without delay. Default 5.
+    pub free_failures: u32,
+    /// The lockout after one more failure; it doubles with each further
+    /// failure (429 with a growing `Retry-After`, even for the right
+    /// password). Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub lockout_base: Duration,
+    /// The longest lockout; failures are forgotten this long after the
+    /// last one, and a successful login forgets them at once. Default 15 min.
+    #[serde(with = "humantime_serde")]
+    pub lockout_max: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,6 +372,12 @@ impl Default for AuthConfig {
             hash_threads: 1,
             hash_nice: 10,
             hash_queue: 512,
+            hashes_per_address: 2,
+            attempts_per_address: 60,
+            address_window: Duration::from_secs(60),
+            free_failures: 5,
+            lockout_base: Duration::from_secs(1),
+            lockout_max: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -594,6 +622,15 @@ impl Config {
         }
         if self.http.header_read_timeout.is_zero() || self.http.request_timeout.is_zero() {
             return rule("http.header_read_timeout and http.request_timeout must be > 0");
+        }
+        if self.auth.hashes_per_address == 0 || self.auth.attempts_per_address == 0 {
+            return rule("auth.hashes_per_address and auth.attempts_per_address must be > 0");
+        }
+        if self.auth.address_window.is_zero() || self.auth.lockout_base.is_zero() {
+            return rule("auth.address_window and auth.lockout_base must be > 0");
+        }
+        if self.auth.lockout_max < self.auth.lockout_base {
+            return rule("auth.lockout_max must be at least auth.lockout_base");
         }
         if self.http.max_pending == 0 {
             return rule("http.max_pending must be > 0");

@@ -15,7 +15,8 @@
 //!   nodes; in-process or Redis pub/sub), `redis_conn` (the one Redis
 //!   connection setup);
 //! - per-node parts: [`auth`] (JWT, password hashing, accounts),
-//!   `session` (this node's sessions and watchers), `navigation` (a
+//!   `session` (this node's sessions and watchers), [`peer`] (who the
+//!   client is, behind trusted proxies), `navigation` (a
 //!   session's route requests);
 //! - [`node`]: the node's state ([`AppState`]), how it is built, and
 //!   fan-out ([`node::Fanout`]);
@@ -36,6 +37,7 @@ pub mod metrics;
 pub(crate) mod navigation;
 pub mod node;
 pub(crate) mod ops;
+pub mod peer;
 pub mod protocol;
 pub(crate) mod redis_conn;
 mod server;

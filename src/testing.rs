@@ -38,7 +38,8 @@ pub const TEST_SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A node config for tests: port 0, cheap argon2 (1 MiB, one pass), a
-/// known secret, no seed accounts.
+/// known secret, no seed accounts, and per-address login limits lifted
+/// (every test client is 127.0.0.1; the throttle's own tests set them).
 pub fn test_config() -> Config {
     let mut c = Config {
         listen: "127.0.0.1:0".parse().expect("address"),
@@ -48,6 +49,8 @@ pub fn test_config() -> Config {
     c.auth.argon2_memory_kib = 1024;
     c.auth.argon2_iterations = 1;
     c.auth.seed_file = None;
+    c.auth.attempts_per_address = 1_000_000;
+    c.auth.hashes_per_address = 1_000_000;
     c
 }
 
@@ -745,6 +748,8 @@ impl NodeProcess {
             .env("NAVCAST_AUTH_ARGON2_MEMORY_KIB", "1024")
             .env("NAVCAST_AUTH_ARGON2_ITERATIONS", "1")
             .env("NAVCAST_AUTH_SEED_FILE", "")
+            .env("NAVCAST_AUTH_ATTEMPTS_PER_ADDRESS", "1000000")
+            .env("NAVCAST_AUTH_HASHES_PER_ADDRESS", "1000000")
             .env("NAVCAST_LOG_FORMAT", "json")
             .stdin(Stdio::null())
             .stdout(append(log.path()))

@@ -321,3 +321,41 @@ async fn seeded_accounts_can_log_in_and_metrics_are_exposed() {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
 }
+
+/// #11 §4: one account per normalised email (trim, NFKC, lower case);
+/// control and invisible characters are a 422, not a second account.
+#[tokio::test]
+async fn emails_are_normalised_and_invisible_characters_refused() {
+    let node = TestNode::start(test_config()).await;
+    let http = reqwest::Client::new();
+    let register = async |email: &str| {
+        http.post(node.http("/api/v1/auth/register"))
+            .json(&json!({"email": email, "password": "correct horse battery"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(register("Ünïcode.Rider@Example.com").await, 201);
+    // Fullwidth letters, other case, surrounding space: the same account.
+    assert_eq!(register("  ｕ\u{0308}nïcode.rider@EXAMPLE.com ").await, 409);
+    for bad in [
+        "unicode.rider\u{200B}@example.com",
+        "unicode.rider@exam\u{00AD}ple.com",
+        "unicode.rider\u{202E}@example.com",
+        "unicode.rider\u{0000}@example.com",
+    ] {
+        assert_eq!(register(bad).await, 422, "{bad:?}");
+    }
+    let login = http
+        .post(node.http("/api/v1/auth/login"))
+        .form(&[
+            ("username", "ÜNÏCODE.RIDER@example.com"),
+            ("password", "correct horse battery"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200, "login normalises the same way");
+}

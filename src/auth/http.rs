@@ -9,11 +9,14 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::FromRef;
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
 use axum::routing::post;
+use std::net::IpAddr;
 
 use super::{AuthService, Registration, TokenPair};
 use crate::api_error::ApiError;
+use crate::config::Network;
 use crate::metrics::Metrics;
 
 /// What the auth endpoints need of a node, and nothing more.
@@ -21,6 +24,45 @@ use crate::metrics::Metrics;
 pub struct AuthApi {
     pub auth: Arc<AuthService>,
     pub metrics: Arc<Metrics>,
+    /// `http.trusted_proxies`: whose forwarding headers name the client.
+    pub trusted_proxies: Arc<[Network]>,
+}
+
+/// The client's address (see [`crate::peer`]), for the throttle.
+struct ClientIp(IpAddr);
+
+impl<S> FromRequestParts<S> for ClientIp
+where
+    AuthApi: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let api = AuthApi::from_ref(state);
+        Ok(ClientIp(crate::peer::of_request(
+            parts,
+            &api.trusted_proxies,
+        )))
+    }
+}
+
+/// Counts and logs a refused password request.
+fn refused(state: &AuthApi, op: &'static str, ip: IpAddr, e: &super::AuthError) {
+    if let super::AuthError::Throttled(t) = e {
+        state.metrics.auth(op, t.as_str());
+        tracing::info!(
+            event = "auth_throttled",
+            op,
+            client = %ip,
+            cause = t.as_str(),
+            retry_after_s = t.retry_after().as_secs_f64(),
+            "password request refused before hashing"
+        );
+    } else {
+        state.metrics.auth(op, "refused");
+        tracing::info!(event = if op == "login" { "login_failed" } else { "register_failed" }, client = %ip, cause = %e, "{op} refused");
+    }
 }
 
 /// The three auth routes, for any state that can lend an [`AuthApi`].
@@ -37,6 +79,7 @@ where
 
 async fn register(
     State(state): State<AuthApi>,
+    ClientIp(ip): ClientIp,
     body: Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let reg: Registration = serde_json::from_slice(&body).map_err(|_| {
@@ -44,9 +87,11 @@ async fn register(
             "expected JSON {email, password, username?, disability_type?}".into(),
         )
     })?;
-    let user_id = state.auth.register(reg).await.inspect_err(|e| {
-        tracing::info!(event = "register_failed", cause = %e, "registration refused");
-    })?;
+    let user_id = state
+        .auth
+        .register(reg, ip)
+        .await
+        .inspect_err(|e| refused(&state, "register", ip, e))?;
     state.metrics.auth("register", "ok");
     tracing::info!(event = "registered", user_id = %user_id, "account created");
     Ok((
@@ -66,6 +111,7 @@ struct LoginForm {
 /// send it) and the same fields as JSON.
 async fn login(
     State(state): State<AuthApi>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<TokenPair>, ApiError> {
@@ -79,14 +125,13 @@ async fn login(
         serde_json::from_slice(&body)
             .map_err(|_| ApiError::Unprocessable("expected {username, password}".into()))?
     };
-    match state.auth.login(&form.username, form.password).await {
+    match state.auth.login(&form.username, form.password, ip).await {
         Ok(pair) => {
             state.metrics.auth("login", "ok");
             Ok(Json(pair))
         }
         Err(e) => {
-            state.metrics.auth("login", "refused");
-            tracing::info!(event = "login_failed", cause = %e, "login refused");
+            refused(&state, "login", ip, &e);
             Err(e.into())
         }
     }

@@ -8,7 +8,9 @@
 mod hasher;
 pub mod http;
 pub mod jwt;
+pub mod throttle;
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,9 +19,12 @@ use argon2::{Argon2, Params};
 use serde::Deserialize;
 
 use crate::config::AuthConfig;
-use crate::store::{Account, AccountStore, Consumed, RefreshRecord, StoreError, TokenStore};
+use crate::store::{
+    Account, AccountStore, Consumed, RefreshRecord, StoreError, ThrottleStore, TokenStore,
+};
 use crate::transit::DisabilityType;
 pub use jwt::{Claims, JwtKeys, TokenError, TokenKind};
+use throttle::{Throttle, ThrottleError, Throttled};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -39,6 +44,17 @@ pub enum AuthError {
     Hashing,
     #[error("too many logins at once")]
     Busy,
+    #[error("too many attempts ({})", .0.as_str())]
+    Throttled(Throttled),
+}
+
+impl From<ThrottleError> for AuthError {
+    fn from(e: ThrottleError) -> Self {
+        match e {
+            ThrottleError::Throttled(t) => AuthError::Throttled(t),
+            ThrottleError::Store(s) => AuthError::Store(s),
+        }
+    }
 }
 
 impl From<hasher::HasherError> for AuthError {
@@ -66,6 +82,7 @@ pub struct AuthService {
     tokens: Arc<dyn TokenStore>,
     argon2: Argon2<'static>,
     hasher: hasher::Hasher,
+    throttle: Throttle,
     /// A real hash of a random password: unknown emails are verified against
     /// it so a login takes as long whether or not the account exists.
     dummy_hash: String,
@@ -87,6 +104,7 @@ impl AuthService {
         cfg: &AuthConfig,
         accounts: Arc<dyn AccountStore>,
         tokens: Arc<dyn TokenStore>,
+        throttle: Arc<dyn ThrottleStore>,
     ) -> Result<AuthService, AuthError> {
         let params = Params::new(cfg.argon2_memory_kib, cfg.argon2_iterations, 1, None)
             .map_err(|e| AuthError::Invalid(format!("argon2 parameters: {e}")))?;
@@ -98,6 +116,7 @@ impl AuthService {
             tokens,
             argon2,
             hasher: hasher::Hasher::new(cfg.hash_threads, cfg.hash_nice, cfg.hash_queue),
+            throttle: Throttle::new(throttle, cfg),
             dummy_hash,
         })
     }
@@ -121,12 +140,10 @@ impl AuthService {
             .await?)
     }
 
-    /// Validates and creates an account; returns its new user id.
-    pub async fn register(&self, reg: Registration) -> Result<String, AuthError> {
-        let email = reg.email.trim().to_ascii_lowercase();
-        if !valid_email(&email) {
-            return Err(AuthError::Invalid("email: not a valid address".into()));
-        }
+    /// Validates and creates an account for a client at `ip`; returns its
+    /// new user id.
+    pub async fn register(&self, reg: Registration, ip: IpAddr) -> Result<String, AuthError> {
+        let email = normalize_email(&reg.email)?;
         if reg.password.chars().count() < 8 || reg.password.len() > 1024 {
             return Err(AuthError::Invalid(
                 "password: must be 8 to 1024 characters".into(),
@@ -145,12 +162,15 @@ impl AuthService {
         {
             return Err(AuthError::Invalid("username: at most 64 characters".into()));
         }
+        let hashing = self.throttle.admit(ip).await?;
+        let password_hash = self.hash(reg.password).await?;
+        drop(hashing);
         let account = Account {
             user_id: uuid::Uuid::new_v4().to_string(),
             email,
             username: reg.username,
             disability_type,
-            password_hash: self.hash(reg.password).await?,
+            password_hash,
         };
         let user_id = account.user_id.clone();
         match self.accounts.create(account).await {
@@ -160,17 +180,41 @@ impl AuthService {
         }
     }
 
-    pub async fn login(&self, email: &str, password: String) -> Result<TokenPair, AuthError> {
-        let email = email.trim().to_ascii_lowercase();
+    /// Checks a password for a client at `ip`, within the throttle's
+    /// rules (see [`throttle`]).
+    pub async fn login(
+        &self,
+        email: &str,
+        password: String,
+        ip: IpAddr,
+    ) -> Result<TokenPair, AuthError> {
+        // No account can have an address that does not normalise.
+        let email = normalize_email(email).map_err(|_| AuthError::BadCredentials)?;
+        let hashing = self.throttle.admit(ip).await?;
+        self.throttle.check_account(&email).await?;
         let account = self.accounts.by_email(&email).await?;
         let hash = account
             .as_ref()
             .map(|a| a.password_hash.clone())
             .unwrap_or_else(|| self.dummy_hash.clone());
         let ok = self.verify_password(password, hash).await?;
+        drop(hashing);
         match account {
-            Some(a) if ok => self.issue_pair(&a.user_id, None).await,
-            _ => Err(AuthError::BadCredentials),
+            Some(a) if ok => {
+                self.throttle.succeeded(&email).await?;
+                self.issue_pair(&a.user_id, None).await
+            }
+            _ => {
+                if let Some(lock) = self.throttle.failed(&email).await? {
+                    tracing::warn!(
+                        event = "account_locked",
+                        lockout_s = lock.as_secs_f64(),
+                        cause = "failed logins in a row",
+                        "logins to this account refused until the lockout ends"
+                    );
+                }
+                Err(AuthError::BadCredentials)
+            }
         }
     }
 
@@ -254,7 +298,8 @@ impl AuthService {
             .map_err(|e| anyhow::anyhow!("seed file {}: {e}", path.display()))?;
         let mut created = 0;
         for seed in file.account {
-            let email = seed.email.trim().to_ascii_lowercase();
+            let email = normalize_email(&seed.email)
+                .map_err(|e| anyhow::anyhow!("seed file {}: {e}", path.display()))?;
             if self.accounts.by_email(&email).await?.is_some() {
                 continue;
             }
@@ -285,6 +330,32 @@ fn hash_with(argon2: &Argon2<'_>, password: &str) -> Result<String, AuthError> {
         .map_err(|_| AuthError::Hashing)
 }
 
+/// The login name of an email: trimmed, NFKC-normalised and lower-cased,
+/// so that visually identical spellings are one account. Control and
+/// invisible formatting characters (zero-width spaces and joiners, bidi
+/// overrides, soft hyphens) are refused rather than stripped: an address
+/// that contains them was not typed by a person.
+pub fn normalize_email(raw: &str) -> Result<String, AuthError> {
+    use unicode_normalization::UnicodeNormalization;
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
+    };
+    let trimmed = raw.trim();
+    if trimmed.chars().any(invisible) {
+        return Err(AuthError::Invalid(
+            "email: contains control or invisible characters".into(),
+        ));
+    }
+    let email: String = trimmed.nfkc().collect::<String>().to_lowercase();
+    let email = email.trim().to_string();
+    if !valid_email(&email) || email.chars().any(invisible) {
+        return Err(AuthError::Invalid("email: not a valid address".into()));
+    }
+    Ok(email)
+}
+
 fn valid_email(email: &str) -> bool {
     let Some((local, domain)) = email.split_once('@') else {
         return false;
@@ -295,4 +366,39 @@ fn valid_email(email: &str) -> bool {
         && !domain.ends_with('.')
         && email.len() <= 254
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_before_uniqueness() {
+        let n = |s: &str| normalize_email(s).unwrap();
+        assert_eq!(n("  Rider@Example.COM "), "rider@example.com");
+        // Fullwidth letters (NFKC) and a non-ASCII capital (full lower-casing).
+        assert_eq!(n("ｒｉｄｅｒ@example.com"), "rider@example.com");
+        assert_eq!(n("ÜBER@example.com"), "über@example.com");
+        // A decomposed ü is the same account as the composed one.
+        assert_eq!(n("u\u{0308}ber@example.com"), n("\u{00FC}ber@example.com"));
+    }
+
+    #[test]
+    fn control_and_invisible_characters_are_refused() {
+        for bad in [
+            "rider\u{200B}@example.com",
+            "ri\u{200D}der@example.com",
+            "rider@exa\u{00AD}mple.com",
+            "rider@example.com\u{202E}",
+            "\u{FEFF}rider@example.com",
+            "rider\u{0007}@example.com",
+            "rider\n@example.com",
+        ] {
+            match normalize_email(bad) {
+                Err(AuthError::Invalid(m)) => assert!(m.starts_with("email:"), "{m}"),
+                other => panic!("{bad:?} accepted: {other:?}"),
+            }
+        }
+        assert!(normalize_email("not-an-address").is_err());
+    }
 }

@@ -104,6 +104,7 @@ impl AppState {
             &config.auth,
             stores.accounts.clone(),
             stores.tokens.clone(),
+            stores.throttle.clone(),
         )?);
         if let Some(seed) = &config.auth.seed_file {
             let created = auth.seed(seed).await?;
@@ -147,6 +148,7 @@ impl AppState {
                 crate::files::soft_limit(),
             ))),
             pending: Arc::new(ConnectionLimit::new(config.http.max_pending)),
+            trusted_proxies: config.http.trusted_proxies.clone().into(),
             config,
             auth,
             stores,

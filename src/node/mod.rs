@@ -70,6 +70,8 @@ pub struct Inner {
     /// Sessions plus upgrades in flight, checked before an upgrade so a
     /// burst cannot overshoot `ws.max_connections`.
     pub(crate) connections: Arc<ConnectionLimit>,
+    /// `http.trusted_proxies`, shared with the auth endpoints.
+    pub(crate) trusted_proxies: Arc<[crate::config::Network]>,
     /// Accepted connections that are not sessions, under `http.max_pending`.
     pub(crate) pending: Arc<ConnectionLimit>,
     /// Cancelled when draining starts: every session closes with 1001.
@@ -130,6 +132,7 @@ impl FromRef<AppState> for AuthApi {
         AuthApi {
             auth: state.auth.clone(),
             metrics: state.metrics.clone(),
+            trusted_proxies: state.trusted_proxies.clone(),
         }
     }
 }

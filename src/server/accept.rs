@@ -10,7 +10,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use parking_lot::Mutex;
@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::conn::{self, Shared};
 use crate::node::AppState;
+use crate::telemetry::LogLimiter;
 use crate::ws::slot::ConnectionSlot;
 
 /// Written to a connection refused at accept; it is not read first.
@@ -42,37 +43,6 @@ impl Backoff {
         let now = self.0;
         self.0 = (self.0 * 2).min(Self::MAX);
         now
-    }
-}
-
-/// At most one log line per `every`, carrying how many were held back.
-pub(super) struct LogLimiter {
-    every: Duration,
-    last: Option<Instant>,
-    held: u64,
-}
-
-impl LogLimiter {
-    pub(super) fn new(every: Duration) -> LogLimiter {
-        LogLimiter {
-            every,
-            last: None,
-            held: 0,
-        }
-    }
-
-    /// `Some(lines held back since the last one)` when a line may be written.
-    pub(super) fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < self.every)
-        {
-            self.held += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.held))
     }
 }
 
@@ -208,16 +178,6 @@ mod tests {
         let mut b = Backoff(Backoff::FIRST);
         let pauses: Vec<_> = (0..9).map(|_| b.next().as_millis()).collect();
         assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
-    }
-
-    #[test]
-    fn the_log_limiter_counts_what_it_holds_back() {
-        let mut l = LogLimiter::new(Duration::from_secs(3600));
-        assert_eq!(l.allow(), Some(0));
-        assert_eq!(l.allow(), None);
-        assert_eq!(l.allow(), None);
-        l.last = Some(Instant::now() - Duration::from_secs(7200));
-        assert_eq!(l.allow(), Some(2));
     }
 
     #[test]

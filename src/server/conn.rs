@@ -26,9 +26,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::accept::LogLimiter;
 use crate::api_error::ApiError;
 use crate::node::AppState;
+use crate::telemetry::LogLimiter;
 use crate::ws::slot::ConnectionSlot;
 
 /// What every connection task shares.

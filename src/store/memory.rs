@@ -28,6 +28,108 @@ pub struct MemoryStore {
     shares: DashMap<(String, String), ()>,
     /// Node heartbeats with their expiry.
     nodes: DashMap<String, (NodeInfo, Instant)>,
+    /// Throttle windows: count and when the window ends.
+    hits: DashMap<String, (u64, Instant)>,
+    /// Failed logins per account: count, when they are forgotten, and the
+    /// end of the lockout in force.
+    failures: DashMap<String, Failures>,
+    /// Throttle writes since the last sweep of expired entries.
+    throttle_writes: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u64,
+    forget_at: Instant,
+    locked_until: Option<Instant>,
+}
+
+/// Expired throttle entries are swept every this many writes, so keys an
+/// attacker never reuses (random emails, many addresses) do not pile up.
+const SWEEP_EVERY: u64 = 1024;
+
+impl MemoryStore {
+    fn throttle_written(&self) {
+        let n = self
+            .throttle_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            let now = Instant::now();
+            self.hits.retain(|_, (_, end)| *end > now);
+            self.failures.retain(|_, f| f.forget_at > now);
+        }
+    }
+
+    /// Entries the throttle holds now (for tests of its bound).
+    pub fn throttle_entries(&self) -> usize {
+        self.hits.len() + self.failures.len()
+    }
+}
+
+#[async_trait]
+impl ThrottleStore for MemoryStore {
+    async fn hit(&self, key: &str, window: Duration) -> Result<(u64, Duration), StoreError> {
+        let now = Instant::now();
+        let (count, end) = {
+            let mut e = self
+                .hits
+                .entry(key.to_string())
+                .or_insert((0, now + window));
+            if e.1 <= now {
+                *e = (0, now + window);
+            }
+            e.0 += 1;
+            *e
+        };
+        self.throttle_written();
+        Ok((count, end - now))
+    }
+
+    async fn locked_for(&self, account: &str) -> Result<Option<Duration>, StoreError> {
+        let now = Instant::now();
+        Ok(self
+            .failures
+            .get(account)
+            .and_then(|f| f.locked_until)
+            .and_then(|until| until.checked_duration_since(now))
+            .filter(|left| !left.is_zero()))
+    }
+
+    async fn failed(
+        &self,
+        account: &str,
+        policy: &LockoutPolicy,
+    ) -> Result<Option<Duration>, StoreError> {
+        let now = Instant::now();
+        let lock = {
+            let mut f = self
+                .failures
+                .entry(account.to_string())
+                .or_insert(Failures {
+                    count: 0,
+                    forget_at: now,
+                    locked_until: None,
+                });
+            if f.forget_at <= now {
+                f.count = 0;
+                f.locked_until = None;
+            }
+            f.count += 1;
+            let lock = policy.lockout(f.count);
+            if let Some(lock) = lock {
+                f.locked_until = Some(now + lock);
+            }
+            f.forget_at = now + policy.max + lock.unwrap_or_default();
+            lock
+        };
+        self.throttle_written();
+        Ok(lock)
+    }
+
+    async fn clear(&self, account: &str) -> Result<(), StoreError> {
+        self.failures.remove(account);
+        Ok(())
+    }
 }
 
 #[async_trait]

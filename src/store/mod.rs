@@ -1,7 +1,7 @@
 //! The state-store traits: everything a node must share with other nodes.
 //!
-//! Accounts, refresh tokens, route state, guardian shares and the node
-//! registry live behind these traits so that a single node keeps them in
+//! Accounts, refresh tokens, route state, guardian shares, the node
+//! registry and the login throttle's counters live behind these traits so that a single node keeps them in
 //! memory ([`memory::MemoryStore`]) and a cluster keeps them in Redis
 //! ([`redis::RedisStore`]), with the rest of the node unaware of which.
 //! Methods are async because the Redis implementation does I/O; the memory
@@ -127,6 +127,44 @@ pub trait ShareStore: Send + Sync {
     async fn is_shared(&self, rider: &str, guardian: &str) -> Result<bool, StoreError>;
 }
 
+/// How failed logins lock an account: the first `free` failures cost
+/// nothing; each one after that locks the account for `base`, doubling per
+/// failure up to `max`. Failures are forgotten `max` after the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockoutPolicy {
+    pub free: u32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl LockoutPolicy {
+    /// The lockout after the `failures`-th failure in a row, if any.
+    pub fn lockout(&self, failures: u64) -> Option<Duration> {
+        let over = failures.checked_sub(u64::from(self.free))?.checked_sub(1)?;
+        let factor = 1u32.checked_shl(over.min(31) as u32).unwrap_or(u32::MAX);
+        Some(self.base.saturating_mul(factor).min(self.max))
+    }
+}
+
+/// Counters that throttle password requests, shared by every node of a
+/// cluster so that spreading a flood over nodes gains nothing.
+#[async_trait]
+pub trait ThrottleStore: Send + Sync {
+    /// Counts one request under `key` in fixed windows of `window`: the
+    /// count so far in the current window and the time until it ends.
+    async fn hit(&self, key: &str, window: Duration) -> Result<(u64, Duration), StoreError>;
+    /// The time left on `account`'s lockout, if one is in force.
+    async fn locked_for(&self, account: &str) -> Result<Option<Duration>, StoreError>;
+    /// Records a failed login of `account`; returns the lockout it set.
+    async fn failed(
+        &self,
+        account: &str,
+        policy: &LockoutPolicy,
+    ) -> Result<Option<Duration>, StoreError>;
+    /// Forgets `account`'s failures (a successful login).
+    async fn clear(&self, account: &str) -> Result<(), StoreError>;
+}
+
 /// One live node as the registry knows it, for `/stats`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeInfo {
@@ -160,6 +198,7 @@ pub struct Stores {
     pub routes: Arc<dyn RouteStore>,
     pub shares: Arc<dyn ShareStore>,
     pub nodes: Arc<dyn NodeRegistry>,
+    pub throttle: Arc<dyn ThrottleStore>,
 }
 
 impl Stores {
@@ -171,7 +210,8 @@ impl Stores {
             tokens: store.clone(),
             routes: store.clone(),
             shares: store.clone(),
-            nodes: store,
+            nodes: store.clone(),
+            throttle: store,
         }
     }
 
@@ -185,7 +225,8 @@ impl Stores {
             tokens: store.clone(),
             routes: store.clone(),
             shares: store.clone(),
-            nodes: store,
+            nodes: store.clone(),
+            throttle: store,
         })
     }
 }

@@ -17,6 +17,9 @@
 //! | `navcast:route:<user_id>` | hash | `route_id`, `record` (JSON), `selected_rank`, `track` (JSON); TTL `navigation.route_ttl` |
 //! | `navcast:shares:<rider>` | set | guardian ids the rider shares with |
 //! | `navcast:node:<node_id>` | string | JSON heartbeat of a live node; TTL 3 × the heartbeat period |
+//! | `navcast:hits:<key>` | string | requests in the current throttle window (e.g. `login:<address>`); expires with the window |
+//! | `navcast:login:{<account hash>}:fails` | string | failed logins in a row; forgotten `auth.lockout_max` after the last |
+//! | `navcast:login:{<account hash>}:lock` | string | present while the account is locked; expires with the lockout |
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -27,8 +30,8 @@ use redis::{ErrorKind, RedisError, Script};
 use crate::redis_conn::Connection;
 
 use super::{
-    Account, AccountStore, Consumed, NodeInfo, NodeRegistry, RefreshRecord, RouteRecord,
-    RouteStore, ShareStore, StoreError, TokenStore,
+    Account, AccountStore, Consumed, LockoutPolicy, NodeInfo, NodeRegistry, RefreshRecord,
+    RouteRecord, RouteStore, ShareStore, StoreError, ThrottleStore, TokenStore,
 };
 use crate::transit::TrackState;
 
@@ -59,6 +62,8 @@ pub struct RedisStore {
     consume_token: Script,
     save_progress: Script,
     remove_route: Script,
+    hit: Script,
+    login_failed: Script,
 }
 
 /// Creates the email key only if absent, then the account hash.
@@ -106,6 +111,29 @@ end
 return 0
 ";
 
+/// One request in a fixed window: the count and the milliseconds left.
+const HIT: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+return {n, ttl}
+";
+
+/// One failed login. ARGV: free failures, base lockout ms, max lockout ms.
+/// Both keys share a hash tag, so this runs on one Redis Cluster slot.
+const LOGIN_FAILED: &str = r"
+local n = redis.call('INCR', KEYS[1])
+local free, base, max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local lock = 0
+if n > free then
+  lock = math.floor(math.min(base * 2 ^ math.min(n - free - 1, 40), max))
+  redis.call('SET', KEYS[2], '1', 'PX', lock)
+end
+redis.call('PEXPIRE', KEYS[1], max + lock)
+return lock
+";
+
 /// Connection errors, timeouts and server refusals (loading, read-only,
 /// out of memory) mean "try again later"; a reply of the wrong shape means
 /// a record or script disagrees with this code.
@@ -135,6 +163,8 @@ impl RedisStore {
             consume_token: Script::new(CONSUME_TOKEN),
             save_progress: Script::new(SAVE_PROGRESS),
             remove_route: Script::new(REMOVE_ROUTE),
+            hit: Script::new(HIT),
+            login_failed: Script::new(LOGIN_FAILED),
         })
     }
 
@@ -144,6 +174,65 @@ impl RedisStore {
 
     fn conn(&self) -> Connection {
         self.conn.clone()
+    }
+
+    /// The two keys of an account's failed logins, in one hash slot.
+    fn login_keys(&self, account: &str) -> (String, String) {
+        let base = format!("{}:login:{{{account}}}", self.options.prefix);
+        (format!("{base}:fails"), format!("{base}:lock"))
+    }
+}
+
+#[async_trait]
+impl ThrottleStore for RedisStore {
+    async fn hit(&self, key: &str, window: Duration) -> Result<(u64, Duration), StoreError> {
+        let (count, left_ms): (u64, i64) = self
+            .hit
+            .key(self.key("hits", key))
+            .arg(ttl_ms(window))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        Ok((count, Duration::from_millis(left_ms.max(1) as u64)))
+    }
+
+    async fn locked_for(&self, account: &str) -> Result<Option<Duration>, StoreError> {
+        let (_, lock) = self.login_keys(account);
+        let left_ms: i64 = redis::cmd("PTTL")
+            .arg(lock)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        Ok((left_ms > 0).then(|| Duration::from_millis(left_ms as u64)))
+    }
+
+    async fn failed(
+        &self,
+        account: &str,
+        policy: &LockoutPolicy,
+    ) -> Result<Option<Duration>, StoreError> {
+        let (fails, lock) = self.login_keys(account);
+        let lock_ms: u64 = self
+            .login_failed
+            .key(fails)
+            .key(lock)
+            .arg(policy.free)
+            .arg(ttl_ms(policy.base))
+            .arg(ttl_ms(policy.max))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        Ok((lock_ms > 0).then(|| Duration::from_millis(lock_ms)))
+    }
+
+    async fn clear(&self, account: &str) -> Result<(), StoreError> {
+        let (fails, lock) = self.login_keys(account);
+        redis::cmd("DEL")
+            .arg(fails)
+            .arg(lock)
+            .exec_async(&mut self.conn())
+            .await
+            .map_err(map_err)
     }
 }
 
