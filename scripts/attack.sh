@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The hostile-client set of issue 11 against a release node on loopback:
 # a ping (pong) flood from one client that never reads, 20 non-readers
-# sending 64 KiB request_ids, and a request flood from one client. For each:
-# node RSS growth (peak), how long the node took to close the attackers and
-# with which codes, and a neighbour rider's location_update latency during
+# sending 64 KiB request_ids, a request flood from one client, 4000
+# slowloris connections, and a login flood from one address while 20 other
+# addresses log in. For each: node RSS growth (peak), what the node did to
+# the attackers, and a neighbour rider's location_update latency during
 # the attack. Starts its own node on 127.0.0.1:8091 per attack, stops it;
 # every attack ends by itself within SECONDS.
 #   SECONDS_PER_ATTACK=10 scripts/attack.sh
@@ -34,5 +35,7 @@ run() {
 run pong-flood 1
 run big-request-id 20
 run frame-flood 1
+run slowloris 4000
+run login-flood 64
 echo "pong flood with the rate limit lifted (only the write-buffer cap bounds it; the heartbeat is 60 s):"
 NAVCAST_WS_RATE_PER_S=1000000000 NAVCAST_WS_RATE_BURST=1000000000 run pong-flood 1

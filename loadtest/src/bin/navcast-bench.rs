@@ -84,6 +84,12 @@ enum AttackKind {
     BigRequestId,
     /// Valid `ping` requests as fast as possible; reads its replies.
     FrameFlood,
+    /// Connections that send a request head one byte per second and never
+    /// finish it (`--attackers` connections).
+    Slowloris,
+    /// Wrong passwords posted to `/login` from 127.0.0.1 by `--attackers`
+    /// concurrent loops, while 20 other addresses log in once a second.
+    LoginFlood,
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -315,7 +321,7 @@ async fn attacker(
             ping.extend(std::iter::repeat_n(b'p', 125));
             ping.repeat(500)
         }
-        AttackKind::BigRequestId | AttackKind::FrameFlood => Vec::new(),
+        _ => Vec::new(),
     };
     match kind {
         AttackKind::PongFlood => {
@@ -369,6 +375,9 @@ async fn attacker(
                 }
             }
             Ok(None)
+        }
+        AttackKind::Slowloris | AttackKind::LoginFlood => {
+            anyhow::bail!("{kind:?} is not a WebSocket attack")
         }
     }
 }
@@ -445,9 +454,18 @@ async fn attack(
             .build()?;
         std::thread::spawn(move || runtime.block_on(neighbour(url, secret, stop)))
     };
-    let tasks: Vec<_> = (0..attackers)
-        .map(|_| tokio::spawn(attacker(url.to_string(), secret.to_string(), kind, until)))
-        .collect();
+    let http_attack = match kind {
+        AttackKind::Slowloris => Some(slowloris(url, attackers, seconds).await?),
+        AttackKind::LoginFlood => Some(login_flood(url, attackers, seconds).await?),
+        _ => None,
+    };
+    let tasks: Vec<_> = if http_attack.is_some() {
+        Vec::new()
+    } else {
+        (0..attackers)
+            .map(|_| tokio::spawn(attacker(url.to_string(), secret.to_string(), kind, until)))
+            .collect()
+    };
     let mut closed = Vec::new();
     let mut open = 0;
     for t in tasks {
@@ -476,6 +494,17 @@ async fn attack(
             (n > &before).then(|| format!("{code}×{}", n - before))
         })
         .collect();
+    if let Some(summary) = http_attack {
+        println!(
+            "{kind:?}: {attackers} attacker(s); node RSS {rss_before} KiB, peak +{} KiB; {summary}; neighbour location_update p50 {:.2} ms p99 {:.2} ms max {:.2} ms over {} updates, {errors} errors",
+            peak.saturating_sub(rss_before),
+            hist.value_at_quantile(0.5) as f64 / 1000.0,
+            hist.value_at_quantile(0.99) as f64 / 1000.0,
+            hist.max() as f64 / 1000.0,
+            hist.len(),
+        );
+        return Ok(());
+    }
     let slowest = closed
         .iter()
         .max()
@@ -499,4 +528,197 @@ async fn attack(
         println!("  {open} attacker(s) still open after {seconds} s");
     }
     Ok(())
+}
+
+/// Slow clients: each opens a connection and sends a request head one
+/// byte per second, never finishing it. Returns a summary line: how many
+/// the node closed by itself (and the slowest), how many it refused at
+/// once, and what fresh `/health` probes got meanwhile.
+async fn slowloris(url: &str, attackers: usize, seconds: u64) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = url.trim_start_matches("ws://").to_string();
+    let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::with_capacity(attackers);
+    for _ in 0..attackers {
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let Ok(mut tcp) = tokio::net::TcpStream::connect(&host).await else {
+                return Slow::Failed;
+            };
+            let head = b"GET /api/v1/ws/u?token=x HTTP/1.1\r\nHost: n\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+            let mut buf = [0u8; 512];
+            for byte in head.iter().cycle() {
+                if tokio::time::Instant::now() >= until {
+                    return Slow::Open;
+                }
+                if tcp.write_all(&[*byte]).await.is_err() {
+                    return Slow::Closed(started.elapsed());
+                }
+                // A read that returns means the node answered or closed.
+                match tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 && buf[..n].starts_with(b"HTTP/1.1 503") => {
+                        return Slow::Refused;
+                    }
+                    Ok(_) => return Slow::Closed(started.elapsed()),
+                    Err(_) => {}
+                }
+            }
+            Slow::Open
+        }));
+    }
+    // Fresh connections while the attack runs: what a probe or a new rider sees.
+    let probes = {
+        let http = http_base(url);
+        tokio::spawn(async move {
+            let (mut ok, mut refused, mut failed) = (0u32, 0u32, 0u32);
+            while tokio::time::Instant::now() < until {
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .timeout(Duration::from_secs(2))
+                    .build()
+                    .expect("client");
+                match client.get(format!("{http}/health")).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) if r.status() == 503 => refused += 1,
+                    _ => failed += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (ok, refused, failed)
+        })
+    };
+    let (mut closed, mut refused, mut open, mut failed) = (Vec::new(), 0, 0, 0);
+    for t in tasks {
+        match t.await? {
+            Slow::Closed(d) => closed.push(d),
+            Slow::Refused => refused += 1,
+            Slow::Open => open += 1,
+            Slow::Failed => failed += 1,
+        }
+    }
+    let (ok, probe_refused, probe_failed) = probes.await?;
+    let slowest = closed
+        .iter()
+        .max()
+        .map_or("–".into(), |d| format!("{:.1} s", d.as_secs_f64()));
+    Ok(format!(
+        "closed by the node {} (slowest after {slowest}), refused at accept (503) {refused}, still open {open}, connect failed {failed}; fresh /health probes: {ok} ok, {probe_refused} refused 503, {probe_failed} failed",
+        closed.len()
+    ))
+}
+
+enum Slow {
+    Closed(Duration),
+    Refused,
+    Open,
+    Failed,
+}
+
+/// One address (127.0.0.1) posts wrong passwords to `/login` from
+/// `attackers` concurrent loops for `seconds`; 20 other addresses
+/// (127.0.0.2–21) each log in with their right password once a second.
+/// Returns a summary line: the other addresses' success rate and p95, and
+/// what the flood got.
+async fn login_flood(url: &str, attackers: usize, seconds: u64) -> anyhow::Result<String> {
+    let http = http_base(url);
+    let login_url = format!("{http}/api/v1/auth/login");
+    // The legitimate riders: one account per address, registered first.
+    let mut riders = Vec::new();
+    for i in 0..20u8 {
+        let ip: std::net::IpAddr = std::net::Ipv4Addr::new(127, 0, 0, 2 + i).into();
+        let client = reqwest::Client::builder().local_address(ip).build()?;
+        let email = format!(
+            "flood-bystander-{}@example.com",
+            uuid::Uuid::new_v4().simple()
+        );
+        let r = client
+            .post(format!("{http}/api/v1/auth/register"))
+            .json(&json!({"email": email, "password": "correct horse battery"}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 201, "register: {}", r.status());
+        riders.push((client, email));
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let flood: Vec<_> = (0..attackers)
+        .map(|_| {
+            let url = login_url.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .local_address(std::net::IpAddr::from([127, 0, 0, 1]))
+                    .build()
+                    .expect("client");
+                let mut statuses: std::collections::BTreeMap<u16, u64> = Default::default();
+                while tokio::time::Instant::now() < until {
+                    let status = client
+                        .post(&url)
+                        .form(&[("username", "victim@example.com"), ("password", "guess")])
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0);
+                    *statuses.entry(status).or_default() += 1;
+                }
+                statuses
+            })
+        })
+        .collect();
+    let bystanders: Vec<_> = riders
+        .into_iter()
+        .map(|(client, email)| {
+            let url = login_url.clone();
+            tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
+                let (mut ok, mut total) = (0u64, 0u64);
+                let mut next = tokio::time::Instant::now();
+                while next < until {
+                    tokio::time::sleep_until(next).await;
+                    total += 1;
+                    let r = client
+                        .post(&url)
+                        .form(&[
+                            ("username", email.as_str()),
+                            ("password", "correct horse battery"),
+                        ])
+                        .timeout(Duration::from_secs(10))
+                        .send()
+                        .await;
+                    if r.is_ok_and(|r| r.status() == 200) {
+                        ok += 1;
+                    }
+                    let _ =
+                        hist.record((tokio::time::Instant::now() - next).as_micros().max(1) as u64);
+                    next += Duration::from_secs(1);
+                }
+                (ok, total, hist)
+            })
+        })
+        .collect();
+    let mut flood_statuses: std::collections::BTreeMap<u16, u64> = Default::default();
+    for f in flood {
+        for (s, n) in f.await? {
+            *flood_statuses.entry(s).or_default() += n;
+        }
+    }
+    let (mut ok, mut total) = (0, 0);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for b in bystanders {
+        let (o, t, h) = b.await?;
+        ok += o;
+        total += t;
+        hist.add(h)?;
+    }
+    let flood: Vec<String> = flood_statuses
+        .iter()
+        .map(|(s, n)| format!("{s}×{n}"))
+        .collect();
+    Ok(format!(
+        "other addresses: {ok}/{total} logins 200 ({:.1} %), p50 {:.0} ms p95 {:.0} ms max {:.0} ms; the flood got {}",
+        100.0 * ok as f64 / total.max(1) as f64,
+        hist.value_at_quantile(0.5) as f64 / 1000.0,
+        hist.value_at_quantile(0.95) as f64 / 1000.0,
+        hist.max() as f64 / 1000.0,
+        flood.join(", ")
+    ))
 }
