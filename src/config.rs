@@ -144,6 +144,12 @@ pub struct AuthConfig {
     /// last one, and a successful login forgets them at once. Default 15 min.
     #[serde(with = "humantime_serde")]
     pub lockout_max: Duration,
+    /// How long a throttled password request waits for its 429: a client
+    /// that ignores `Retry-After` and floods then makes a few requests a
+    /// second per connection instead of tens of thousands, and the CPU
+    /// stays with the hashing of everyone else's logins. Default 500 ms.
+    #[serde(with = "humantime_serde")]
+    pub throttle_delay: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +233,10 @@ pub struct HttpConfig {
     /// Accepted connections that are not (yet) WebSocket sessions: a new
     /// connection beyond this gets a 503 and is closed. Default 1024.
     pub max_pending: usize,
+    /// Of those, the most one peer address may hold; more get the same 503.
+    /// Peers in `trusted_proxies` (a load balancer carries everyone's
+    /// connections) are not limited. Default 256.
+    pub max_pending_per_address: usize,
     /// Largest request head (request line and headers). Default 16 KiB
     /// (hyper's minimum is 8 KiB).
     pub max_header_bytes: usize,
@@ -378,6 +388,7 @@ impl Default for AuthConfig {
             free_failures: 5,
             lockout_base: Duration::from_secs(1),
             lockout_max: Duration::from_secs(15 * 60),
+            throttle_delay: Duration::from_millis(500),
         }
     }
 }
@@ -412,6 +423,7 @@ impl Default for HttpConfig {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(15),
             max_pending: 1024,
+            max_pending_per_address: 256,
             max_header_bytes: 16 * 1024,
             trusted_proxies: Vec::new(),
         }
@@ -632,8 +644,8 @@ impl Config {
         if self.auth.lockout_max < self.auth.lockout_base {
             return rule("auth.lockout_max must be at least auth.lockout_base");
         }
-        if self.http.max_pending == 0 {
-            return rule("http.max_pending must be > 0");
+        if self.http.max_pending == 0 || self.http.max_pending_per_address == 0 {
+            return rule("http.max_pending and http.max_pending_per_address must be > 0");
         }
         if self.http.max_header_bytes < 8192 {
             return rule("http.max_header_bytes must be at least 8192");

@@ -9,7 +9,8 @@
 //! - the wire and the world: [`protocol`] (every frame of
 //!   `docs/PROTOCOL.md`), [`transit`] (the Seoul network, routing,
 //!   tracking; no I/O), [`config`], [`clock`], [`files`] (the open-file
-//!   limit every connection counts against), [`metrics`];
+//!   limit every connection counts against), [`limits`] (counted places
+//!   released on drop), [`metrics`];
 //! - shared state and its backends: [`store`] (accounts, tokens, routes,
 //!   shares, node registry; memory or Redis), [`bus`] (events between
 //!   nodes; in-process or Redis pub/sub), `redis_conn` (the one Redis
@@ -33,6 +34,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod files;
+pub mod limits;
 pub mod metrics;
 pub(crate) mod navigation;
 pub mod node;

@@ -109,6 +109,7 @@ pub struct Metrics {
     /// Accepted connections that are not (yet) sessions.
     pub http_connections: Gauge,
     pub http_refused: Counter,
+    pub http_refused_address: Counter,
     pub accept_fd_limit: Counter,
     pub accept_other: Counter,
     pub header_timeouts: Counter,
@@ -251,12 +252,19 @@ impl Metrics {
             "Accepted connections that are not WebSocket sessions (yet)",
             http_connections.clone(),
         );
-        let http_refused = Counter::default();
+        let refused = Family::<CauseLabel, Counter>::default();
         registry.register(
             "http_refused",
-            "Connections closed at accept because http.max_pending were open",
-            http_refused.clone(),
+            "Connections answered 503 at accept: max_pending (http.max_pending open) or \
+             per_address (the peer holds http.max_pending_per_address)",
+            refused.clone(),
         );
+        let http_refused = refused.get_or_create_owned(&CauseLabel {
+            cause: "max_pending",
+        });
+        let http_refused_address = refused.get_or_create_owned(&CauseLabel {
+            cause: "per_address",
+        });
         let accept_errors = Family::<CauseLabel, Counter>::default();
         registry.register(
             "accept_errors",
@@ -300,6 +308,7 @@ impl Metrics {
             bus_connected,
             http_connections,
             http_refused,
+            http_refused_address,
             accept_fd_limit,
             accept_other,
             header_timeouts,

@@ -56,7 +56,7 @@ pub fn of_request(parts: &Parts, trusted: &[Network]) -> IpAddr {
 }
 
 /// IPv4-mapped IPv6 addresses as IPv4, so one client has one key.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,

@@ -38,8 +38,9 @@ pub const TEST_SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A node config for tests: port 0, cheap argon2 (1 MiB, one pass), a
-/// known secret, no seed accounts, and per-address login limits lifted
-/// (every test client is 127.0.0.1; the throttle's own tests set them).
+/// known secret, no seed accounts, and per-address limits (logins, pending
+/// connections) lifted: every test client is 127.0.0.1; the tests of those
+/// limits set them.
 pub fn test_config() -> Config {
     let mut c = Config {
         listen: "127.0.0.1:0".parse().expect("address"),
@@ -51,6 +52,7 @@ pub fn test_config() -> Config {
     c.auth.seed_file = None;
     c.auth.attempts_per_address = 1_000_000;
     c.auth.hashes_per_address = 1_000_000;
+    c.http.max_pending_per_address = 1_000_000;
     c
 }
 
@@ -750,6 +752,7 @@ impl NodeProcess {
             .env("NAVCAST_AUTH_SEED_FILE", "")
             .env("NAVCAST_AUTH_ATTEMPTS_PER_ADDRESS", "1000000")
             .env("NAVCAST_AUTH_HASHES_PER_ADDRESS", "1000000")
+            .env("NAVCAST_HTTP_MAX_PENDING_PER_ADDRESS", "1000000")
             .env("NAVCAST_LOG_FORMAT", "json")
             .stdin(Stdio::null())
             .stdout(append(log.path()))

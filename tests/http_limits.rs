@@ -265,3 +265,50 @@ async fn poll_ready_503(node: &NodeProcess) -> serde_json::Value {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn one_address_cannot_take_every_pending_place() {
+    let node = TestNode::single(|c| {
+        c.http.max_pending = 100;
+        c.http.max_pending_per_address = 3;
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&node).await);
+    }
+    poll_until("the held sockets counted", WAIT, async || {
+        node.state.metrics.http_connections.get() == 3
+    })
+    .await;
+    let mut extra = connect(&node).await;
+    let got = read_until_closed(&mut extra, CLOSED_WITHIN).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 503"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(node.state.metrics.http_refused_address.get(), 1);
+    // Another address is served.
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let health = other.get(node.http("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn a_request_head_over_the_limit_gets_431() {
+    let node = TestNode::single(|_| {}).await;
+    let mut tcp = connect(&node).await;
+    // Exactly http.max_header_bytes (16 KiB) of an unfinished head: the
+    // node reads all of it (so its close is a FIN, not a reset that could
+    // swallow the answer) and finds no room left for the rest.
+    let mut big = b"GET /health HTTP/1.1\r\nHost: n\r\nX-Big: ".to_vec();
+    big.resize(16 * 1024, b'b');
+    tcp.write_all(&big).await.unwrap();
+    let got = read_until_closed(&mut tcp, CLOSED_WITHIN).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+}

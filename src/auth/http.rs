@@ -47,6 +47,13 @@ where
     }
 }
 
+/// Holds a throttled request for `auth.throttle_delay` before its 429.
+async fn tarpit(state: &AuthApi, e: &super::AuthError) {
+    if matches!(e, super::AuthError::Throttled(_)) {
+        tokio::time::sleep(state.auth.throttle_delay()).await;
+    }
+}
+
 /// Counts and logs a refused password request.
 fn refused(state: &AuthApi, op: &'static str, ip: IpAddr, e: &super::AuthError) {
     if let super::AuthError::Throttled(t) = e {
@@ -87,11 +94,14 @@ async fn register(
             "expected JSON {email, password, username?, disability_type?}".into(),
         )
     })?;
-    let user_id = state
-        .auth
-        .register(reg, ip)
-        .await
-        .inspect_err(|e| refused(&state, "register", ip, e))?;
+    let user_id = match state.auth.register(reg, ip).await {
+        Ok(id) => id,
+        Err(e) => {
+            refused(&state, "register", ip, &e);
+            tarpit(&state, &e).await;
+            return Err(e.into());
+        }
+    };
     state.metrics.auth("register", "ok");
     tracing::info!(event = "registered", user_id = %user_id, "account created");
     Ok((
@@ -132,6 +142,7 @@ async fn login(
         }
         Err(e) => {
             refused(&state, "login", ip, &e);
+            tarpit(&state, &e).await;
             Err(e.into())
         }
     }

@@ -8,14 +8,14 @@
 mod hasher;
 pub mod http;
 pub mod jwt;
+mod password;
 pub mod throttle;
 
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Argon2, Params};
+use argon2::Params;
 use serde::Deserialize;
 
 use crate::config::AuthConfig;
@@ -80,12 +80,14 @@ pub struct AuthService {
     pub keys: JwtKeys,
     accounts: Arc<dyn AccountStore>,
     tokens: Arc<dyn TokenStore>,
-    argon2: Argon2<'static>,
+    argon2: Params,
     hasher: hasher::Hasher,
     throttle: Throttle,
+    throttle_delay: std::time::Duration,
     /// A real hash of a random password: unknown emails are verified against
     /// it so a login takes as long whether or not the account exists.
-    dummy_hash: String,
+    /// Computed on the hashing pool at first need, like every hash.
+    dummy_hash: tokio::sync::OnceCell<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,8 +110,8 @@ impl AuthService {
     ) -> Result<AuthService, AuthError> {
         let params = Params::new(cfg.argon2_memory_kib, cfg.argon2_iterations, 1, None)
             .map_err(|e| AuthError::Invalid(format!("argon2 parameters: {e}")))?;
-        let argon2 = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-        let dummy_hash = hash_with(&argon2, &uuid::Uuid::new_v4().to_string())?;
+        let argon2 = params;
+        let dummy_hash = tokio::sync::OnceCell::new();
         Ok(AuthService {
             keys,
             accounts,
@@ -117,27 +119,36 @@ impl AuthService {
             argon2,
             hasher: hasher::Hasher::new(cfg.hash_threads, cfg.hash_nice, cfg.hash_queue),
             throttle: Throttle::new(throttle, cfg),
+            throttle_delay: cfg.throttle_delay,
             dummy_hash,
         })
+    }
+
+    /// `auth.throttle_delay`.
+    pub fn throttle_delay(&self) -> std::time::Duration {
+        self.throttle_delay
     }
 
     async fn hash(&self, password: String) -> Result<String, AuthError> {
         let argon2 = self.argon2.clone();
         self.hasher
-            .run(move || hash_with(&argon2, &password))
+            .run(move || password::hash(&argon2, &password).map_err(|_| AuthError::Hashing))
             .await?
     }
 
     async fn verify_password(&self, password: String, hash: String) -> Result<bool, AuthError> {
-        let argon2 = self.argon2.clone();
         Ok(self
             .hasher
-            .run(move || {
-                PasswordHash::new(&hash)
-                    .map(|h| argon2.verify_password(password.as_bytes(), &h).is_ok())
-                    .unwrap_or(false)
-            })
+            .run(move || password::verify(&hash, &password))
             .await?)
+    }
+
+    /// The hash unknown emails are checked against.
+    async fn dummy_hash(&self) -> Result<String, AuthError> {
+        self.dummy_hash
+            .get_or_try_init(|| self.hash(uuid::Uuid::new_v4().to_string()))
+            .await
+            .cloned()
     }
 
     /// Validates and creates an account for a client at `ip`; returns its
@@ -193,10 +204,10 @@ impl AuthService {
         let hashing = self.throttle.admit(ip).await?;
         self.throttle.check_account(&email).await?;
         let account = self.accounts.by_email(&email).await?;
-        let hash = account
-            .as_ref()
-            .map(|a| a.password_hash.clone())
-            .unwrap_or_else(|| self.dummy_hash.clone());
+        let hash = match &account {
+            Some(a) => a.password_hash.clone(),
+            None => self.dummy_hash().await?,
+        };
         let ok = self.verify_password(password, hash).await?;
         drop(hashing);
         match account {
@@ -320,14 +331,6 @@ impl AuthService {
         }
         Ok(created)
     }
-}
-
-fn hash_with(argon2: &Argon2<'_>, password: &str) -> Result<String, AuthError> {
-    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-    argon2
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|_| AuthError::Hashing)
 }
 
 /// The login name of an email: trimmed, NFKC-normalised and lower-cased,

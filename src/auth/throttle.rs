@@ -24,10 +24,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
 use crate::config::AuthConfig;
+use crate::limits::{KeySlot, PerKeyLimit};
 use crate::store::{LockoutPolicy, StoreError, ThrottleStore};
 
 /// Why a password request was refused before hashing.
@@ -71,34 +71,20 @@ pub enum ThrottleError {
 
 pub struct Throttle {
     store: Arc<dyn ThrottleStore>,
-    in_flight: Arc<DashMap<IpAddr, usize>>,
-    per_address: usize,
+    in_flight: PerKeyLimit<IpAddr>,
     attempts: u64,
     window: Duration,
     policy: LockoutPolicy,
 }
 
 /// A place among an address's requests in flight; released on drop.
-pub struct InFlight {
-    map: Arc<DashMap<IpAddr, usize>>,
-    ip: IpAddr,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.map.remove_if_mut(&self.ip, |_, n| {
-            *n -= 1;
-            *n == 0
-        });
-    }
-}
+pub type InFlight = KeySlot<IpAddr>;
 
 impl Throttle {
     pub fn new(store: Arc<dyn ThrottleStore>, cfg: &AuthConfig) -> Throttle {
         Throttle {
             store,
-            in_flight: Arc::new(DashMap::new()),
-            per_address: cfg.hashes_per_address,
+            in_flight: PerKeyLimit::new(cfg.hashes_per_address),
             attempts: cfg.attempts_per_address,
             window: cfg.address_window,
             policy: LockoutPolicy {
@@ -121,21 +107,9 @@ impl Throttle {
                 retry_after: left,
             }));
         }
-        let mut taken = false;
-        {
-            let mut n = self.in_flight.entry(ip).or_insert(0);
-            if *n < self.per_address {
-                *n += 1;
-                taken = true;
-            }
-        }
-        if !taken {
-            return Err(ThrottleError::Throttled(Throttled::InFlight));
-        }
-        Ok(InFlight {
-            map: self.in_flight.clone(),
-            ip,
-        })
+        self.in_flight
+            .acquire(&ip)
+            .ok_or(ThrottleError::Throttled(Throttled::InFlight))
     }
 
     /// Refuses a login to a locked account.
@@ -160,7 +134,7 @@ impl Throttle {
 
     /// Addresses with a request in flight (tests of the bound).
     pub fn addresses_in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.in_flight.keys()
     }
 }
 

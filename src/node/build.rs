@@ -13,12 +13,12 @@ use crate::bus::Bus;
 use crate::bus::local::LocalBus;
 use crate::bus::redis::{BusCounters, RedisBus};
 use crate::config::{Config, JwtAlgorithm};
+use crate::limits::ConnectionLimit;
 use crate::metrics::Metrics;
 use crate::navigation::NavDeps;
 use crate::session::Sessions;
 use crate::store::Stores;
 use crate::transit::{Network, Profiles, RouteEngine, Tracker, TrackerConfig};
-use crate::ws::slot::ConnectionLimit;
 
 /// Optional parts a caller may supply instead of the defaults.
 #[derive(Default)]

@@ -30,12 +30,12 @@ use crate::auth::AuthService;
 use crate::auth::http::AuthApi;
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::limits::ConnectionLimit;
 use crate::metrics::Metrics;
 use crate::navigation::NavDeps;
 use crate::session::Sessions;
 use crate::store::Stores;
 use crate::transit::RouteEngine;
-use crate::ws::slot::ConnectionLimit;
 
 /// Everything a node shares between its tasks. Cheap to clone.
 #[derive(Clone)]

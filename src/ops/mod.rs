@@ -104,6 +104,7 @@ async fn stats(State(state): State<AppState>) -> impl IntoResponse {
             "open": state.pending.current(),
             "max_pending": state.pending.max(),
             "refused": m.http_refused.get(),
+            "refused_per_address": m.http_refused_address.get(),
             "header_timeouts": m.header_timeouts.get(),
             "request_timeouts": m.request_timeouts.get(),
             "accept_fd_limit_errors": m.accept_fd_limit.get(),

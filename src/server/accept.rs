@@ -6,7 +6,9 @@
 //! upgrade hands the socket to a session (which holds a place under
 //! `ws.max_connections` instead), so the two limits together bound the
 //! sockets a node holds. A connection beyond `http.max_pending` gets a
-//! canned 503 written without reading its request, and is closed.
+//! canned 503 written without reading its request, and is closed; so does
+//! one from a peer that already holds `http.max_pending_per_address` (a
+//! slowloris from one address then cannot take every place).
 
 use std::io;
 use std::sync::Arc;
@@ -19,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::conn::{self, Shared};
+use crate::limits::{ConnectionSlot, PerKeyLimit};
 use crate::node::AppState;
 use crate::telemetry::LogLimiter;
-use crate::ws::slot::ConnectionSlot;
 
 /// Written to a connection refused at accept; it is not read first.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
@@ -85,6 +87,7 @@ pub(super) async fn run(
     let mut backoff = Backoff(Backoff::FIRST);
     let mut fail_log = LogLimiter::new(Duration::from_secs(10));
     let mut refuse_log = LogLimiter::new(Duration::from_secs(10));
+    let per_address = PerKeyLimit::new(state.config.http.max_pending_per_address);
     let shared = Shared {
         app,
         force: stop.clone(),
@@ -131,6 +134,28 @@ pub(super) async fn run(
                 continue;
             }
         };
+        let ip = crate::peer::canonical(peer.ip());
+        let address_slot = if state.trusted_proxies.iter().any(|n| n.contains(ip)) {
+            None
+        } else {
+            match per_address.acquire(&ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    state.metrics.http_refused_address.inc();
+                    if let Some(held) = refuse_log.allow() {
+                        tracing::warn!(
+                            event = "http_connection_refused",
+                            cause = "the peer holds http.max_pending_per_address connections",
+                            peer = %ip,
+                            similar_lines_held_back = held,
+                            "connection answered 503 and closed"
+                        );
+                    }
+                    refuse(tcp);
+                    continue;
+                }
+            }
+        };
         let Some(slot) = ConnectionSlot::acquire(&state.pending) else {
             state.metrics.http_refused.inc();
             if let Some(held) = refuse_log.allow() {
@@ -145,7 +170,13 @@ pub(super) async fn run(
             refuse(tcp);
             continue;
         };
-        connections.spawn(conn::serve(tcp, peer, state.clone(), shared.clone(), slot));
+        connections.spawn(conn::serve(
+            tcp,
+            peer,
+            state.clone(),
+            shared.clone(),
+            (slot, address_slot),
+        ));
     }
 }
 

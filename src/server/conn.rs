@@ -10,7 +10,7 @@
 //! closes; one accepted during the drain is served one request without
 //! keep-alive. When the drain deadline passes, whatever is left is dropped.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -27,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::api_error::ApiError;
+use crate::limits::{ConnectionSlot, KeySlot};
 use crate::node::AppState;
 use crate::telemetry::LogLimiter;
-use crate::ws::slot::ConnectionSlot;
 
 /// What every connection task shares.
 #[derive(Clone)]
@@ -56,7 +56,7 @@ pub(super) async fn serve(
     peer: SocketAddr,
     state: AppState,
     shared: Shared,
-    _slot: ConnectionSlot,
+    _places: (ConnectionSlot, Option<KeySlot<IpAddr>>),
 ) {
     state.metrics.http_connections.inc();
     let _gauged = Gauged(state.clone());

@@ -21,10 +21,10 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::Instrument;
 
-use super::ConnectionSlot;
 use super::dispatch::SessionCtx;
 use crate::auth::Claims;
 use crate::config::MultiDevice;
+use crate::limits::ConnectionSlot;
 use crate::metrics::Metrics;
 use crate::node::AppState;
 use crate::protocol::{ServerMessage, close};

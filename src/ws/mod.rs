@@ -7,9 +7,8 @@
 
 mod connection;
 mod dispatch;
-pub(crate) mod slot;
 
-use slot::ConnectionSlot;
+use crate::limits::ConnectionSlot;
 
 use std::sync::atomic::Ordering;
 
