@@ -73,7 +73,9 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::BadCredentials => ApiError::Unauthorized("incorrect email or password"),
-            AuthError::BadRefresh => ApiError::Unauthorized("invalid refresh token"),
+            AuthError::BadRefresh | AuthError::Revoked { .. } => {
+                ApiError::Unauthorized("invalid refresh token")
+            }
             AuthError::EmailTaken => ApiError::Conflict("email already registered"),
             AuthError::Invalid(m) => ApiError::Unprocessable(m),
             AuthError::CannotIssue => ApiError::Unavailable {

@@ -67,6 +67,9 @@ pub struct SessionHandle {
     queued_bytes: Arc<AtomicUsize>,
     max_queued_bytes: usize,
     pub signal: Arc<CloseSignal>,
+    /// The refresh-token family of the session's access token: revoking
+    /// the family closes the session. Changes with an in-band refresh.
+    family: Arc<parking_lot::Mutex<Option<Arc<str>>>>,
 }
 
 /// The writer's end of a session's queue: the frames, and the byte count
@@ -95,6 +98,16 @@ pub enum SendError {
 }
 
 impl SessionHandle {
+    /// The refresh-token family of the session's current access token.
+    pub fn family(&self) -> Option<Arc<str>> {
+        self.family.lock().clone()
+    }
+
+    /// After an in-band refresh: the new token's family.
+    pub fn set_family(&self, family: Option<Arc<str>>) {
+        *self.family.lock() = family;
+    }
+
     /// Queues a text frame without waiting. A full queue — in frames or in
     /// bytes — closes the session with 4008 and counts it. A frame is taken
     /// while the queue is empty whatever its size, so one large reply never
@@ -163,6 +176,7 @@ impl Sessions {
         user_id: Arc<str>,
         queue_frames: usize,
         queue_bytes: usize,
+        family: Option<Arc<str>>,
     ) -> (SessionHandle, Outbox) {
         let (tx, rx) = mpsc::channel(queue_frames);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
@@ -175,6 +189,7 @@ impl Sessions {
             queued_bytes: queued_bytes.clone(),
             max_queued_bytes: queue_bytes,
             signal: Arc::new(CloseSignal::default()),
+            family: Arc::new(parking_lot::Mutex::new(family)),
         };
         self.by_key.insert(handle.key, handle.clone());
         self.by_user
@@ -273,7 +288,7 @@ mod tests {
     fn the_queue_is_bounded_in_bytes_as_well_as_frames() {
         let sessions = Sessions::default();
         let metrics = Metrics::new();
-        let (handle, mut outbox) = sessions.open("s".into(), "u".into(), 100, 1000);
+        let (handle, mut outbox) = sessions.open("s".into(), "u".into(), 100, 1000, None);
         let frame = |n: usize| Utf8Bytes::from("x".repeat(n));
         // One frame is taken into an empty queue whatever its size.
         handle.send_text(frame(1500), &metrics).unwrap();
@@ -292,7 +307,7 @@ mod tests {
     fn written_frames_free_their_bytes() {
         let sessions = Sessions::default();
         let metrics = Metrics::new();
-        let (handle, mut outbox) = sessions.open("s".into(), "u".into(), 100, 1000);
+        let (handle, mut outbox) = sessions.open("s".into(), "u".into(), 100, 1000, None);
         for _ in 0..10 {
             handle
                 .send_text(Utf8Bytes::from("y".repeat(900)), &metrics)

@@ -251,6 +251,7 @@ impl Drop for TestNode {
 }
 
 /// A registered, logged-in account.
+#[derive(Debug, Clone)]
 pub struct Account {
     pub email: String,
     pub password: String,

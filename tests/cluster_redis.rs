@@ -474,8 +474,9 @@ async fn redis_stores_keep_the_store_contracts() {
     assert_eq!(by_email.disability_type, acct.disability_type);
     assert!(stores.accounts.by_id("u-2").await.unwrap().is_none());
 
-    // Refresh tokens: one spend wins under contention; the replay revokes
-    // the family, siblings included.
+    // Refresh tokens: one record per family. One spend of the current
+    // token wins under contention; the loser is a replay and revokes the
+    // family; an earlier token of the family is a replay too.
     let issued = std::time::Instant::now();
     let far = unix_s() + 3600;
     let rec = |jti: &str| RefreshRecord {
@@ -485,13 +486,13 @@ async fn redis_stores_keep_the_store_contracts() {
         expires_at: far,
     };
     stores.tokens.issue(rec("t1")).await.unwrap();
-    stores.tokens.issue(rec("t2")).await.unwrap();
     let mut spends = Vec::new();
-    for _ in 0..8 {
+    for i in 0..8 {
         let tokens = stores.tokens.clone();
-        spends.push(tokio::spawn(
-            async move { tokens.consume("t1").await.unwrap() },
-        ));
+        let next = rec(&format!("t2-{i}"));
+        spends.push(tokio::spawn(async move {
+            tokens.rotate("fam-1", "t1", &next).await.unwrap()
+        }));
     }
     let mut outcomes = Vec::new();
     for s in spends {
@@ -506,26 +507,63 @@ async fn redis_stores_keep_the_store_contracts() {
         .filter(|o| matches!(o, Consumed::Reused(_)))
         .count();
     assert_eq!((fresh, reused), (1, 1), "{outcomes:?}");
+    assert!(stores.tokens.is_revoked("fam-1").await.unwrap());
+    assert!(!stores.tokens.is_revoked("fam-9").await.unwrap());
+    // A second family: rotation moves on; the earlier token is a replay.
+    let fam2 = |jti: &str| RefreshRecord {
+        family: "fam-2".into(),
+        ..rec(jti)
+    };
+    stores.tokens.issue(fam2("a1")).await.unwrap();
+    assert!(matches!(
+        stores.tokens.rotate("fam-2", "a1", &fam2("a2")).await.unwrap(),
+        Consumed::Fresh(r) if r.jti == "a1"
+    ));
+    assert!(matches!(
+        stores
+            .tokens
+            .rotate("fam-2", "a2", &fam2("a3"))
+            .await
+            .unwrap(),
+        Consumed::Fresh(_)
+    ));
+    assert!(matches!(
+        stores
+            .tokens
+            .rotate("fam-2", "a1", &fam2("x"))
+            .await
+            .unwrap(),
+        Consumed::Reused(_)
+    ));
     assert_eq!(
-        stores.tokens.consume("t2").await.unwrap(),
-        Consumed::Unknown
+        stores
+            .tokens
+            .rotate("fam-2", "a3", &fam2("a4"))
+            .await
+            .unwrap(),
+        Consumed::Unknown,
+        "a revoked family's current token is dead too"
     );
     assert_eq!(
-        stores.tokens.consume("nope").await.unwrap(),
+        stores.tokens.rotate("nope", "x", &rec("y")).await.unwrap(),
         Consumed::Unknown
     );
     let expired = RefreshRecord {
-        family: "fam-2".into(),
+        family: "fam-3".into(),
         expires_at: unix_s() - 10,
         ..rec("t3")
     };
     stores.tokens.issue(expired).await.unwrap();
     assert_eq!(
-        stores.tokens.consume("t3").await.unwrap(),
+        stores
+            .tokens
+            .rotate("fam-3", "t3", &rec("t4"))
+            .await
+            .unwrap(),
         Consumed::Unknown
     );
-    // Refresh records expire with the token.
-    assert_ttl(&mut raw, "navcast:refresh:t2", 3600, issued).await;
+    // A family's record expires with its current token: one key per login.
+    assert_ttl(&mut raw, "navcast:family:fam-1", 3600, issued).await;
 
     // Routes: progress only for the active route id; TTL set and renewed.
     let ttl = Duration::from_secs(60);
@@ -668,5 +706,73 @@ async fn unsharing_stops_a_guardian_on_another_node() {
         let ev = g.pushed_of("peer_event").await;
         assert_eq!(ev["user_id"], rider.user_id.as_str(), "{topology:?}: {ev}");
         assert_eq!(ev["event"]["type"], u["type"], "{ev}");
+    }
+}
+
+/// #11 §4: replaying a spent refresh token revokes its family, and with it
+/// the family's access tokens: open sessions close with 4001 on every node,
+/// new upgrades and in-band refreshes with them are refused. Another login
+/// of the same rider (another family) is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_refresh_token_closes_its_familys_sessions_on_every_node() {
+    for topology in TOPOLOGIES {
+        let redis = RedisServer::start().await;
+        let nodes = redis_cluster(&redis.url(), 2, topology, |_| {}).await;
+        let (a, b) = (&nodes[0], &nodes[1]);
+        let stolen = account(a, None).await;
+        // The same rider logged in on another phone: another family.
+        let other_login = second_login(a, &stolen).await;
+        let mut on_a = Client::connect(a, &stolen).await;
+        let mut on_b = Client::connect(b, &stolen).await;
+        let mut other_phone = Client::connect(b, &other_login).await;
+        b.wait_sessions(2).await;
+
+        // The rider rotates; the thief then replays the spent token.
+        let rotated = refresh(a, &stolen.refresh).await;
+        let new_access = rotated["access_token"]
+            .as_str()
+            .expect("rotated")
+            .to_string();
+        let replay = refresh(b, &stolen.refresh).await;
+        assert_eq!(replay["detail"], "invalid refresh token", "{replay}");
+
+        assert_eq!(on_a.close_code().await, Some(4001), "{topology:?}");
+        assert_eq!(on_b.close_code().await, Some(4001), "{topology:?}");
+        for node in [a, b] {
+            for token in [&stolen.access, &new_access] {
+                assert_eq!(token_status(node, &stolen.user_id, token).await, 401);
+            }
+        }
+        let pong = other_phone.request(json!({"type": "ping"})).await;
+        assert_eq!(pong["type"], "pong", "another login is untouched");
+        let r = other_phone
+            .request(json!({"type": "refresh_token", "token": new_access}))
+            .await;
+        assert_eq!(r["code"], "INVALID_PARAMETERS", "{r}");
+        assert!(r["message"].as_str().unwrap().contains("revoked"), "{r}");
+        // The rotated refresh token is dead too.
+        let again = refresh(a, rotated["refresh_token"].as_str().unwrap()).await;
+        assert_eq!(again["detail"], "invalid refresh token");
+    }
+}
+
+/// A second login of `acct` (a new refresh-token family).
+async fn second_login(node: &TestNode, acct: &Account) -> Account {
+    let login: Value = reqwest::Client::new()
+        .post(node.http("/api/v1/auth/login"))
+        .form(&[
+            ("username", acct.email.as_str()),
+            ("password", acct.password.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    Account {
+        access: login["access_token"].as_str().unwrap().into(),
+        refresh: login["refresh_token"].as_str().unwrap().into(),
+        ..acct.clone()
     }
 }

@@ -359,3 +359,48 @@ async fn emails_are_normalised_and_invisible_characters_refused() {
         .unwrap();
     assert_eq!(login.status(), 200, "login normalises the same way");
 }
+
+/// #11 §4: rotation keeps one record per login, not one per refresh, so a
+/// client refreshing in a loop cannot grow the node; a replay on a single
+/// node closes the family's session with 4001.
+#[tokio::test]
+async fn refreshing_keeps_one_record_per_login_and_a_replay_closes_the_session() {
+    let store = Arc::new(navcast::store::memory::MemoryStore::default());
+    let stores = navcast::store::Stores {
+        accounts: store.clone(),
+        tokens: store.clone(),
+        routes: store.clone(),
+        shares: store.clone(),
+        nodes: store.clone(),
+        throttle: store.clone(),
+    };
+    let node = TestNode::start_with(
+        test_config(),
+        navcast::Parts {
+            stores: Some(stores),
+            ..Default::default()
+        },
+    )
+    .await;
+    let acct = account(&node, None).await;
+    assert_eq!(store.families(), 1);
+    let mut current = acct.refresh.clone();
+    let mut spent = Vec::new();
+    for _ in 0..2000 {
+        let pair = refresh(&node, &current).await;
+        spent.push(std::mem::replace(
+            &mut current,
+            pair["refresh_token"].as_str().expect("rotated").to_string(),
+        ));
+    }
+    assert_eq!(store.families(), 1, "2000 refreshes, still one record");
+
+    let mut session = Client::connect(&node, &acct).await;
+    // Any earlier token of the family is a replay.
+    let replay = refresh(&node, &spent[1000]).await;
+    assert_eq!(replay["detail"], "invalid refresh token");
+    assert_eq!(session.close_code().await, Some(4001));
+    assert_eq!(token_status(&node, &acct.user_id, &acct.access).await, 401);
+    let dead = refresh(&node, &current).await;
+    assert_eq!(dead["detail"], "invalid refresh token");
+}

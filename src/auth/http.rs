@@ -26,6 +26,14 @@ pub struct AuthApi {
     pub metrics: Arc<Metrics>,
     /// `http.trusted_proxies`: whose forwarding headers name the client.
     pub trusted_proxies: Arc<[Network]>,
+    /// Told when a refresh replay revokes a family, to close its sessions.
+    pub revocations: Arc<dyn Revocations>,
+}
+
+/// Whoever closes the sessions of a revoked refresh-token family (the
+/// node's fan-out, on every node).
+pub trait Revocations: Send + Sync {
+    fn family_revoked(&self, user_id: &str, family: &str);
 }
 
 /// The client's address (see [`crate::peer`]), for the throttle.
@@ -167,6 +175,9 @@ async fn refresh(State(state): State<AuthApi>, body: Bytes) -> Result<Json<Token
             Ok(Json(pair))
         }
         Err(e) => {
+            if let super::AuthError::Revoked { user_id, family } = &e {
+                state.revocations.family_revoked(user_id, family);
+            }
             state.metrics.auth("refresh", "refused");
             tracing::info!(event = "refresh_failed", cause = %e, "refresh refused");
             Err(e.into())

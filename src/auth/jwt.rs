@@ -32,7 +32,8 @@ pub struct Claims {
     /// One audience or several (RFC 7519 §4.1.3 allows both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<Audience>,
-    /// Refresh tokens only: the rotation family.
+    /// The rotation family (one login): on refresh tokens to rotate them,
+    /// on access tokens so that revoking the family refuses them too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fam: Option<String>,
 }

@@ -46,6 +46,8 @@ pub enum AuthError {
     Busy,
     #[error("too many attempts ({})", .0.as_str())]
     Throttled(Throttled),
+    #[error("refresh token replayed; family {family} of {user_id} revoked")]
+    Revoked { user_id: String, family: String },
 }
 
 impl From<ThrottleError> for AuthError {
@@ -213,7 +215,7 @@ impl AuthService {
         match account {
             Some(a) if ok => {
                 self.throttle.succeeded(&email).await?;
-                self.issue_pair(&a.user_id, None).await
+                self.issue_pair(&a.user_id).await
             }
             _ => {
                 if let Some(lock) = self.throttle.failed(&email).await? {
@@ -230,58 +232,80 @@ impl AuthService {
     }
 
     /// Rotates a refresh token: the presented one is spent, a new pair is
-    /// issued in the same family. A replayed token revokes its family.
+    /// issued in the same family. A replayed token revokes its family; the
+    /// error then names it, so the caller can close its sessions.
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, AuthError> {
         let claims = self
             .keys
             .verify(refresh_token, TokenKind::Refresh)
             .map_err(|_| AuthError::BadRefresh)?;
-        match self.tokens.consume(&claims.jti).await? {
-            Consumed::Fresh(record) => self.issue_pair(&record.user_id, Some(&record.family)).await,
+        let family = claims.fam.clone().ok_or(AuthError::BadRefresh)?;
+        let (pair, next) = self.mint_pair(&claims.sub, &family)?;
+        match self.tokens.rotate(&family, &claims.jti, &next).await? {
+            Consumed::Fresh(_) => Ok(pair),
             Consumed::Reused(record) => {
                 tracing::warn!(
                     event = "refresh_token_reuse",
                     user_id = %record.user_id,
                     family = %record.family,
-                    "a spent refresh token was presented again; its family is revoked"
+                    "an earlier refresh token of a family was presented; the family is revoked"
                 );
-                Err(AuthError::BadRefresh)
+                Err(AuthError::Revoked {
+                    user_id: record.user_id,
+                    family: record.family,
+                })
             }
             Consumed::Unknown => Err(AuthError::BadRefresh),
         }
     }
 
-    async fn issue_pair(
+    /// Whether an access token's family was revoked (tokens without a
+    /// family, from before families were stamped on access tokens, are
+    /// not).
+    pub async fn is_revoked(&self, claims: &Claims) -> Result<bool, AuthError> {
+        match &claims.fam {
+            Some(family) => Ok(self.tokens.is_revoked(family).await?),
+            None => Ok(false),
+        }
+    }
+
+    /// A fresh login: a new family and its first pair.
+    async fn issue_pair(&self, user_id: &str) -> Result<TokenPair, AuthError> {
+        let family = uuid::Uuid::new_v4().simple().to_string();
+        let (pair, record) = self.mint_pair(user_id, &family)?;
+        self.tokens.issue(record).await?;
+        Ok(pair)
+    }
+
+    /// An access and a refresh token of `family`, and the record that
+    /// makes the refresh token the family's current one.
+    fn mint_pair(
         &self,
         user_id: &str,
-        family: Option<&str>,
-    ) -> Result<TokenPair, AuthError> {
-        let family = family
-            .map(str::to_string)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        family: &str,
+    ) -> Result<(TokenPair, RefreshRecord), AuthError> {
         let (access, access_claims) = self
             .keys
-            .mint(user_id, TokenKind::Access, None)
+            .mint(user_id, TokenKind::Access, Some(family))
             .ok_or(AuthError::CannotIssue)?;
         let (refresh, refresh_claims) = self
             .keys
-            .mint(user_id, TokenKind::Refresh, Some(&family))
+            .mint(user_id, TokenKind::Refresh, Some(family))
             .ok_or(AuthError::CannotIssue)?;
-        self.tokens
-            .issue(RefreshRecord {
-                jti: refresh_claims.jti,
-                user_id: user_id.to_string(),
-                family,
-                expires_at: refresh_claims.exp,
-            })
-            .await?;
-        Ok(TokenPair {
+        let record = RefreshRecord {
+            jti: refresh_claims.jti,
+            user_id: user_id.to_string(),
+            family: family.to_string(),
+            expires_at: refresh_claims.exp,
+        };
+        let pair = TokenPair {
             access_token: access,
             refresh_token: refresh,
             token_type: "bearer",
             expires_in: access_claims.exp - access_claims.iat,
             user_id: user_id.to_string(),
-        })
+        };
+        Ok((pair, record))
     }
 
     pub async fn account(&self, user_id: &str) -> Result<Option<Account>, AuthError> {

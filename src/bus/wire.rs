@@ -19,6 +19,9 @@ pub enum Payload {
     /// `user_id` stopped sharing with `guardian_id`: drop that guardian's
     /// watch of `user_id` on every node.
     Unshare { guardian_id: String },
+    /// A refresh-token family of `user_id` was revoked (a replayed token):
+    /// close that user's sessions of the family with 4001 on every node.
+    Revoke { family: String },
 }
 
 /// One message on the bus.
@@ -57,6 +60,8 @@ struct Flat {
     session_id: Option<String>,
     #[serde(default)]
     guardian_id: Option<String>,
+    #[serde(default)]
+    family: Option<String>,
 }
 
 impl TryFrom<Flat> for Envelope {
@@ -68,10 +73,12 @@ impl TryFrom<Flat> for Envelope {
             flat.event,
             flat.session_id,
             flat.guardian_id,
+            flat.family,
         ) {
-            ("event", Some(event), _, _) => Payload::Event { event },
-            ("replace", _, Some(session_id), _) => Payload::Replace { session_id },
-            ("unshare", _, _, Some(guardian_id)) => Payload::Unshare { guardian_id },
+            ("event", Some(event), ..) => Payload::Event { event },
+            ("replace", _, Some(session_id), ..) => Payload::Replace { session_id },
+            ("unshare", _, _, Some(guardian_id), _) => Payload::Unshare { guardian_id },
+            ("revoke", .., Some(family)) => Payload::Revoke { family },
             (kind, ..) => return Err(format!("envelope kind {kind:?} without its field")),
         };
         Ok(Envelope {

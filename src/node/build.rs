@@ -90,13 +90,9 @@ impl AppState {
         };
         let stores = match (parts.stores, &redis) {
             (Some(stores), _) => stores,
-            (None, Some(client)) => Stores::redis(
-                client.clone(),
-                crate::store::redis::Options {
-                    refresh_ttl: config.jwt.refresh_ttl,
-                    ..Default::default()
-                },
-            )?,
+            (None, Some(client)) => {
+                Stores::redis(client.clone(), crate::store::redis::Options::default())?
+            }
             (None, None) => Stores::memory(),
         };
         let auth = Arc::new(AuthService::new(

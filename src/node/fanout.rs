@@ -167,6 +167,7 @@ impl Fanout {
                 }
             }
             Payload::Unshare { guardian_id } => self.revoke_watch(&envelope.user_id, guardian_id),
+            Payload::Revoke { family } => self.close_family(&envelope.user_id, family),
             Payload::Replace { session_id } => {
                 // `sent_at_us` is when the newer session opened: a local
                 // session opened after it is newer still and stays, even
@@ -303,6 +304,41 @@ impl Fanout {
         });
     }
 
+    /// A refresh-token family of `user` was revoked: close its sessions
+    /// here now, and on every other node through the bus.
+    pub(crate) fn revoke_family(&self, user: &str, family: &str) {
+        self.close_family(user, family);
+        let _order = self.publish_order.lock();
+        self.bus.publish(Envelope {
+            origin_node: self.node_id.to_string(),
+            node_seq: self.next_node_seq(),
+            seq: 0,
+            sent_at_us: unix_us(),
+            user_id: user.to_string(),
+            payload: Payload::Revoke {
+                family: family.to_string(),
+            },
+        });
+    }
+
+    /// Closes `user`'s local sessions of `family` with 4001.
+    fn close_family(&self, user: &str, family: &str) {
+        for session in self.sessions.of_user(user, None) {
+            if session.family().as_deref() == Some(family) {
+                tracing::warn!(
+                    event = "session_revoked",
+                    session_id = %session.session_id,
+                    user_id = %user,
+                    cause = "refresh token family revoked (a spent token was replayed)",
+                    "closing with 4001"
+                );
+                session
+                    .signal
+                    .close(crate::protocol::close::TOKEN_EXPIRED, "token revoked");
+            }
+        }
+    }
+
     /// Drops `guardian`'s local watch subscriptions on `rider`.
     fn revoke_watch(&self, rider: &str, guardian: &str) {
         for watcher in self.sessions.watchers_of(rider) {
@@ -311,6 +347,12 @@ impl Fanout {
             }
         }
         self.release_interest(rider);
+    }
+}
+
+impl crate::auth::http::Revocations for Fanout {
+    fn family_revoked(&self, user_id: &str, family: &str) {
+        self.revoke_family(user_id, family);
     }
 }
 
@@ -387,10 +429,15 @@ mod tests {
     #[tokio::test]
     async fn events_reach_other_sessions_and_watchers_but_not_the_origin() {
         let f = fanout(BusTopology::Broadcast);
-        let (origin, mut origin_rx) = f.sessions.open("s1".into(), "rider".into(), 8, 1 << 20);
-        let (_other, mut other_rx) = f.sessions.open("s2".into(), "rider".into(), 8, 1 << 20);
+        let (origin, mut origin_rx) =
+            f.sessions
+                .open("s1".into(), "rider".into(), 8, 1 << 20, None);
+        let (_other, mut other_rx) = f
+            .sessions
+            .open("s2".into(), "rider".into(), 8, 1 << 20, None);
         let (guardian, mut guardian_rx) =
-            f.sessions.open("s3".into(), "guardian".into(), 8, 1 << 20);
+            f.sessions
+                .open("s3".into(), "guardian".into(), 8, 1 << 20, None);
         f.sessions.watch("rider".into(), guardian.key);
         f.publish("rider", origin.key, r#"{"type":"arrival"}"#);
         f.publish("rider", origin.key, r#"{"type":"navigation_ended"}"#);

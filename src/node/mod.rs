@@ -133,6 +133,7 @@ impl FromRef<AppState> for AuthApi {
             auth: state.auth.clone(),
             metrics: state.metrics.clone(),
             trusted_proxies: state.trusted_proxies.clone(),
+            revocations: state.fanout.clone(),
         }
     }
 }

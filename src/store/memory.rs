@@ -18,10 +18,10 @@ pub struct MemoryStore {
     accounts: DashMap<String, Account>,
     /// Lower-cased email → user id; the uniqueness constraint.
     emails: DashMap<String, String>,
-    /// Refresh tokens by jti, with whether they were spent.
-    refresh: DashMap<String, (RefreshRecord, bool)>,
-    /// Families revoked because a spent token was replayed.
-    revoked_families: DashMap<String, ()>,
+    /// Refresh-token families: the current token, and whether revoked.
+    families: DashMap<String, (RefreshRecord, bool)>,
+    /// Family writes since the last sweep of expired families.
+    family_writes: std::sync::atomic::AtomicU64,
     /// Active route per rider, with its expiry.
     routes: DashMap<String, (RouteRecord, Instant)>,
     /// (rider, guardian) pairs.
@@ -155,33 +155,60 @@ impl AccountStore for MemoryStore {
     }
 }
 
+impl MemoryStore {
+    fn family_written(&self) {
+        let n = self
+            .family_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            let now = chrono_now();
+            self.families
+                .retain(|_, (record, _)| record.expires_at >= now);
+        }
+    }
+
+    /// Refresh-token families held now (for tests of the bound).
+    pub fn families(&self) -> usize {
+        self.families.len()
+    }
+}
+
 #[async_trait]
 impl TokenStore for MemoryStore {
     async fn issue(&self, record: RefreshRecord) -> Result<(), StoreError> {
-        self.refresh.insert(record.jti.clone(), (record, false));
+        self.families.insert(record.family.clone(), (record, false));
+        self.family_written();
         Ok(())
     }
 
-    async fn consume(&self, jti: &str) -> Result<Consumed, StoreError> {
+    async fn rotate(
+        &self,
+        family: &str,
+        jti: &str,
+        next: &RefreshRecord,
+    ) -> Result<Consumed, StoreError> {
         let now = chrono_now();
-        let outcome = match self.refresh.get_mut(jti) {
+        let outcome = match self.families.get_mut(family) {
             None => Consumed::Unknown,
             Some(mut entry) => {
-                let (record, spent) = entry.value_mut();
-                if record.expires_at < now || self.revoked_families.contains_key(&record.family) {
+                let (record, revoked) = entry.value_mut();
+                if *revoked || record.expires_at < now {
                     Consumed::Unknown
-                } else if *spent {
+                } else if record.jti != jti {
+                    *revoked = true;
                     Consumed::Reused(record.clone())
                 } else {
-                    *spent = true;
-                    Consumed::Fresh(record.clone())
+                    let spent = std::mem::replace(record, next.clone());
+                    Consumed::Fresh(spent)
                 }
             }
         };
-        if let Consumed::Reused(record) = &outcome {
-            self.revoked_families.insert(record.family.clone(), ());
-        }
+        self.family_written();
         Ok(outcome)
+    }
+
+    async fn is_revoked(&self, family: &str) -> Result<bool, StoreError> {
+        Ok(self.families.get(family).is_some_and(|f| f.1))
     }
 }
 

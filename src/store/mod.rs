@@ -48,32 +48,49 @@ pub trait AccountStore: Send + Sync {
     async fn by_id(&self, user_id: &str) -> Result<Option<Account>, StoreError>;
 }
 
-/// A refresh token as the server remembers it, keyed by its `jti`.
+/// A refresh-token family as the server remembers it: one login and its
+/// rotations, with the one token of it that may be spent next.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RefreshRecord {
+    /// The family's current token.
     pub jti: String,
     pub user_id: String,
-    /// All tokens rotated from one login share a family; reuse of a spent
-    /// token revokes the whole family (the token was stolen or replayed).
+    /// All tokens rotated from one login share a family; presenting any
+    /// token of it other than the current one revokes the whole family
+    /// (the token was stolen or replayed).
     pub family: String,
+    /// When the current token expires; the record goes with it.
     pub expires_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Consumed {
-    /// First use: the token is now spent.
+    /// The current token: spent, and the next one is current now.
     Fresh(RefreshRecord),
-    /// Already spent: a replay. The family has been revoked.
+    /// An earlier token of the family: a replay. The family is revoked.
     Reused(RefreshRecord),
     /// Never issued, expired, or revoked.
     Unknown,
 }
 
+/// Refresh-token rotation. One record per family, not per token: the
+/// current token is all that spending needs, and any other token of a
+/// known family is by definition an earlier one, so replay detection needs
+/// nothing more. Memory is bounded by live logins, not by refreshes.
 #[async_trait]
 pub trait TokenStore: Send + Sync {
+    /// Starts a family (a login) with its first token.
     async fn issue(&self, record: RefreshRecord) -> Result<(), StoreError>;
-    /// Atomically spends a refresh token.
-    async fn consume(&self, jti: &str) -> Result<Consumed, StoreError>;
+    /// Atomically spends `jti` of `family` and makes `next` the family's
+    /// current token.
+    async fn rotate(
+        &self,
+        family: &str,
+        jti: &str,
+        next: &RefreshRecord,
+    ) -> Result<Consumed, StoreError>;
+    /// Whether `family` was revoked; its access tokens are refused too.
+    async fn is_revoked(&self, family: &str) -> Result<bool, StoreError>;
 }
 
 /// One ranked route, stored as station codes so that any node (with the

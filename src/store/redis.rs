@@ -12,8 +12,7 @@
 //! |---|---|---|
 //! | `navcast:account:<user_id>` | hash | `user_id`, `email`, `username`?, `disability_type`?, `password_hash` |
 //! | `navcast:email:<email>` | string | user id; created with `SET NX`, the uniqueness constraint |
-//! | `navcast:refresh:<jti>` | hash | `user_id`, `family`, `expires_at`, `spent`; expires at `expires_at` |
-//! | `navcast:family:<family>:revoked` | string | present once a spent token of the family was replayed; lives one refresh lifetime |
+//! | `navcast:family:<family>` | hash | `user_id`, `current` (the jti that may be spent next), `expires_at`, `revoked`; expires with the current token |
 //! | `navcast:route:<user_id>` | hash | `route_id`, `record` (JSON), `selected_rank`, `track` (JSON); TTL `navigation.route_ttl` |
 //! | `navcast:shares:<rider>` | set | guardian ids the rider shares with |
 //! | `navcast:node:<node_id>` | string | JSON heartbeat of a live node; TTL 3 × the heartbeat period |
@@ -35,21 +34,17 @@ use super::{
 };
 use crate::transit::TrackState;
 
-/// How a [`RedisStore`] names its keys and how long revocations last.
+/// How a [`RedisStore`] names its keys.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Prefix of every key. Default `navcast`.
     pub prefix: String,
-    /// How long a revoked refresh-token family stays revoked: the refresh
-    /// token lifetime, since no token of the family outlives it.
-    pub refresh_ttl: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             prefix: "navcast".into(),
-            refresh_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -59,7 +54,7 @@ pub struct RedisStore {
     conn: Connection,
     options: Options,
     create_account: Script,
-    consume_token: Script,
+    rotate_token: Script,
     save_progress: Script,
     remove_route: Script,
     hit: Script,
@@ -75,21 +70,20 @@ end
 return 0
 ";
 
-/// Spends a refresh token once. A replay of a spent token marks its whole
-/// family revoked. The family key is derived inside the script, so this
-/// script assumes a single Redis (not Redis Cluster).
-const CONSUME_TOKEN: &str = r"
-local rec = redis.call('HMGET', KEYS[1], 'user_id', 'family', 'expires_at', 'spent')
-if not rec[1] or not rec[2] or not rec[3] then return {'unknown'} end
-if tonumber(rec[3]) < tonumber(ARGV[1]) then return {'unknown'} end
-local family = ARGV[2] .. rec[2] .. ':revoked'
-if redis.call('EXISTS', family) == 1 then return {'unknown'} end
-if rec[4] == '1' then
-  redis.call('SET', family, '1', 'EX', ARGV[3])
-  return {'reused', rec[1], rec[2], rec[3]}
+/// Spends the family's current token and makes the next one current; any
+/// other token of the family is a replay and revokes it. One key, so one
+/// Redis Cluster slot. ARGV: now, presented jti, next jti, next expiry.
+const ROTATE_TOKEN: &str = r"
+local f = redis.call('HMGET', KEYS[1], 'user_id', 'current', 'expires_at', 'revoked')
+if not f[1] or not f[2] or not f[3] then return {'unknown'} end
+if f[4] == '1' or tonumber(f[3]) < tonumber(ARGV[1]) then return {'unknown'} end
+if f[2] ~= ARGV[2] then
+  redis.call('HSET', KEYS[1], 'revoked', '1')
+  return {'reused', f[1], f[2], f[3]}
 end
-redis.call('HSET', KEYS[1], 'spent', '1')
-return {'fresh', rec[1], rec[2], rec[3]}
+redis.call('HSET', KEYS[1], 'current', ARGV[3], 'expires_at', ARGV[4])
+redis.call('EXPIREAT', KEYS[1], ARGV[4])
+return {'fresh', f[1], f[2], f[3]}
 ";
 
 /// Writes progress only while `route_id` is still the active route.
@@ -160,7 +154,7 @@ impl RedisStore {
             conn,
             options,
             create_account: Script::new(CREATE_ACCOUNT),
-            consume_token: Script::new(CONSUME_TOKEN),
+            rotate_token: Script::new(ROTATE_TOKEN),
             save_progress: Script::new(SAVE_PROGRESS),
             remove_route: Script::new(REMOVE_ROUTE),
             hit: Script::new(HIT),
@@ -314,18 +308,18 @@ impl AccountStore for RedisStore {
 #[async_trait]
 impl TokenStore for RedisStore {
     async fn issue(&self, record: RefreshRecord) -> Result<(), StoreError> {
-        let key = self.key("refresh", &record.jti);
+        let key = self.key("family", &record.family);
         redis::pipe()
             .atomic()
             .cmd("HSET")
             .arg(&key)
             .arg("user_id")
             .arg(&record.user_id)
-            .arg("family")
-            .arg(&record.family)
+            .arg("current")
+            .arg(&record.jti)
             .arg("expires_at")
             .arg(record.expires_at)
-            .arg("spent")
+            .arg("revoked")
             .arg("0")
             .ignore()
             .cmd("EXPIREAT")
@@ -337,35 +331,51 @@ impl TokenStore for RedisStore {
             .map_err(map_err)
     }
 
-    async fn consume(&self, jti: &str) -> Result<Consumed, StoreError> {
+    async fn rotate(
+        &self,
+        family: &str,
+        jti: &str,
+        next: &RefreshRecord,
+    ) -> Result<Consumed, StoreError> {
         let reply: Vec<String> = self
-            .consume_token
-            .key(self.key("refresh", jti))
+            .rotate_token
+            .key(self.key("family", family))
             .arg(crate::clock::unix_s())
-            .arg(format!("{}:family:", self.options.prefix))
-            .arg(self.options.refresh_ttl.as_secs().max(1))
+            .arg(jti)
+            .arg(&next.jti)
+            .arg(next.expires_at)
             .invoke_async(&mut self.conn())
             .await
             .map_err(map_err)?;
         let record = |r: &[String]| -> Result<RefreshRecord, StoreError> {
             match r {
-                [_, user_id, family, expires_at] => Ok(RefreshRecord {
-                    jti: jti.to_string(),
+                [_, user_id, current, expires_at] => Ok(RefreshRecord {
+                    jti: current.clone(),
                     user_id: user_id.clone(),
-                    family: family.clone(),
+                    family: family.to_string(),
                     expires_at: expires_at
                         .parse()
                         .map_err(|e| corrupt("refresh expires_at", e))?,
                 }),
-                _ => Err(corrupt("consume reply", format!("{r:?}"))),
+                _ => Err(corrupt("rotate reply", format!("{r:?}"))),
             }
         };
         match reply.first().map(String::as_str) {
             Some("fresh") => Ok(Consumed::Fresh(record(&reply)?)),
             Some("reused") => Ok(Consumed::Reused(record(&reply)?)),
             Some("unknown") => Ok(Consumed::Unknown),
-            _ => Err(corrupt("consume reply", format!("{reply:?}"))),
+            _ => Err(corrupt("rotate reply", format!("{reply:?}"))),
         }
+    }
+
+    async fn is_revoked(&self, family: &str) -> Result<bool, StoreError> {
+        let revoked: Option<String> = redis::cmd("HGET")
+            .arg(self.key("family", family))
+            .arg("revoked")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        Ok(revoked.as_deref() == Some("1"))
     }
 }
 

@@ -62,6 +62,7 @@ async fn session(
         user_id.clone(),
         cfg.queue_frames,
         cfg.queue_bytes,
+        claims.fam.as_deref().map(Arc::from),
     );
     state.metrics.sessions.inc();
     state.fanout.take_interest(&user_id);

@@ -449,6 +449,18 @@ impl SessionCtx {
                         "token belongs to another user".into(),
                     ));
                 }
+                if state
+                    .auth
+                    .is_revoked(&claims)
+                    .await
+                    .map_err(|e| RequestError::Internal(e.to_string()))?
+                {
+                    return Err(RequestError::Client(
+                        ErrorCode::InvalidParameters,
+                        "token refused: revoked".into(),
+                    ));
+                }
+                self.handle.set_family(claims.fam.as_deref().map(Arc::from));
                 self.token_exp = claims.exp;
                 self.expiry = ExpiryPhase::Valid;
                 tracing::info!(

@@ -1,7 +1,8 @@
 //! `GET /api/v1/ws/{user_id}`: everything decided before the upgrade.
 //!
 //! A connection is refused with a plain HTTP status before any WebSocket
-//! frame exists: 401 (no/invalid/expired token, or a refresh token), 403
+//! frame exists: 401 (no/invalid/expired/revoked token, or a refresh
+//! token), 403
 //! (`sub` is not the path's user), 503 with `Retry-After` (node draining or
 //! at its connection limit). Only an authenticated rider gets a socket.
 
@@ -83,7 +84,7 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    match admit(&state, &user_id, query.as_deref(), &headers) {
+    match admit(&state, &user_id, query.as_deref(), &headers).await {
         Ok((claims, slot, source)) => {
             state.metrics.connection(ConnectOutcome::Accepted);
             let cfg = &state.config.ws;
@@ -124,7 +125,7 @@ async fn upgrade(
 
 type Admitted = (Claims, ConnectionSlot, TokenSource);
 
-fn admit(
+async fn admit(
     state: &AppState,
     user_id: &str,
     query: Option<&str>,
@@ -161,6 +162,26 @@ fn admit(
             ConnectOutcome::Forbidden,
             ApiError::Forbidden("token subject does not match the path's user"),
         ));
+    }
+    // A replayed refresh token revokes its family, access tokens included.
+    match state.auth.is_revoked(&claims).await {
+        Ok(false) => {}
+        Ok(true) => {
+            return Err((
+                ConnectOutcome::Unauthorized,
+                ApiError::Unauthorized("token revoked"),
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(event = "revocation_check_failed", cause = %e, "state store unavailable; upgrade refused");
+            return Err((
+                ConnectOutcome::OverCapacity,
+                ApiError::Unavailable {
+                    detail: "state store unavailable",
+                    retry_after_s: 2,
+                },
+            ));
+        }
     }
     let slot = ConnectionSlot::acquire(&state.connections).ok_or((
         ConnectOutcome::OverCapacity,
