@@ -37,5 +37,9 @@ run big-request-id 20
 run frame-flood 1
 run slowloris 4000
 run login-flood 64
+echo "refresh-token rotation (memory must stay flat):"
+start_node
+./target/release/navcast-bench --url "ws://$ADDR" refresh --count 300000 --pid "$node_pid"
+stop_node
 echo "pong flood with the rate limit lifted (only the write-buffer cap bounds it; the heartbeat is 60 s):"
 NAVCAST_WS_RATE_PER_S=1000000000 NAVCAST_WS_RATE_BURST=1000000000 run pong-flood 1

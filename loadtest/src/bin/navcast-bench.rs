@@ -58,6 +58,17 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Logs in once, then rotates the refresh token `--count` times from
+    /// `--clients` concurrent logins; prints the node's RSS growth.
+    Refresh {
+        #[arg(long, default_value_t = 300_000)]
+        count: u64,
+        #[arg(long, default_value_t = 4)]
+        clients: u64,
+        /// The node's pid, to read its RSS.
+        #[arg(long)]
+        pid: u32,
+    },
     /// One hostile pattern against the node, with a neighbour measured.
     Attack {
         #[arg(value_enum)]
@@ -141,6 +152,11 @@ async fn main() -> anyhow::Result<()> {
             rates,
             seconds,
         } => rtt(&cli.url, &cli.secret, connections, &rates, seconds).await,
+        Cmd::Refresh {
+            count,
+            clients,
+            pid,
+        } => refresh_loop(&cli.url, count, clients, pid).await,
         Cmd::Attack {
             kind,
             attackers,
@@ -721,4 +737,73 @@ async fn login_flood(url: &str, attackers: usize, seconds: u64) -> anyhow::Resul
         hist.max() as f64 / 1000.0,
         flood.join(", ")
     ))
+}
+
+/// `clients` logins, each rotating its refresh token `count / clients`
+/// times as fast as the node answers.
+async fn refresh_loop(url: &str, count: u64, clients: u64, pid: u32) -> anyhow::Result<()> {
+    let http = http_base(url);
+    let client = reqwest::Client::new();
+    let rss_start = rss_kib(pid);
+    let mut tokens = Vec::new();
+    for _ in 0..clients {
+        let email = format!("refresher-{}@example.com", uuid::Uuid::new_v4().simple());
+        let r = client
+            .post(format!("{http}/api/v1/auth/register"))
+            .json(&json!({"email": email, "password": "correct horse battery"}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 201, "register: {}", r.status());
+        let login: serde_json::Value = client
+            .post(format!("{http}/api/v1/auth/login"))
+            .form(&[
+                ("username", email.as_str()),
+                ("password", "correct horse battery"),
+            ])
+            .send()
+            .await?
+            .json()
+            .await?;
+        tokens.push(
+            login["refresh_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    // After the logins: their argon2 memory is not the refreshes' doing.
+    let rss_before = rss_kib(pid);
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for mut token in tokens {
+        let (client, url) = (client.clone(), format!("{http}/api/v1/auth/refresh"));
+        let n = count / clients;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n {
+                let pair: serde_json::Value = client
+                    .post(&url)
+                    .json(&json!({"refresh_token": token}))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                token = pair["refresh_token"]
+                    .as_str()
+                    .ok_or_else(|| anyhow::anyhow!("refresh refused: {pair}"))?
+                    .to_string();
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let done = count / clients * clients;
+    println!(
+        "refresh: {done} rotations from {clients} logins in {elapsed:.1} s ({:.0}/s); node RSS {rss_start} KiB at start, {rss_before} KiB after the logins, {} KiB after the rotations",
+        done as f64 / elapsed,
+        rss_kib(pid)
+    );
+    Ok(())
 }
