@@ -32,6 +32,14 @@ pub struct Config {
     /// Redis URL for the cross-node bus and shared state; none = a single
     /// node with in-memory state.
     pub redis_url: Option<String>,
+    /// How often the node checks that Redis answers and still holds its
+    /// data (the generation key). Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub redis_health_interval: Duration,
+    /// A check without an answer in this time fails; two failures in a row
+    /// mark Redis down: `/ready` 503, store requests fail at once. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub redis_health_timeout: Duration,
     /// Log format: `pretty` (default) or `json`.
     pub log_format: LogFormat,
     /// `tracing` filter directives. Default `info`.
@@ -342,6 +350,8 @@ impl Default for Config {
             node_id: format!("node-{:06x}", rand::random::<u32>() & 0xff_ffff),
             env: Environment::Dev,
             redis_url: None,
+            redis_health_interval: Duration::from_secs(1),
+            redis_health_timeout: Duration::from_secs(1),
             log_format: LogFormat::Pretty,
             log_level: "info".into(),
             data_dir: None,
@@ -663,6 +673,9 @@ impl Config {
         }
         if self.ws.pong_timeout <= self.ws.ping_interval {
             return rule("ws.pong_timeout must be longer than ws.ping_interval");
+        }
+        if self.redis_health_interval.is_zero() || self.redis_health_timeout.is_zero() {
+            return rule("redis_health_interval and redis_health_timeout must be > 0");
         }
         if self.bus.heartbeat_interval.is_zero() {
             return rule("bus.heartbeat_interval must be > 0");

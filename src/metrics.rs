@@ -114,6 +114,8 @@ pub struct Metrics {
     pub accept_other: Counter,
     pub header_timeouts: Counter,
     pub request_timeouts: Counter,
+    /// Kept by the Redis watchdog (`redis_conn::Health`).
+    pub redis: crate::redis_conn::HealthCounters,
 }
 
 impl Default for Metrics {
@@ -283,6 +285,24 @@ impl Metrics {
         let header_timeouts = http_timeouts.get_or_create_owned(&PhaseLabel { phase: "header" });
         let request_timeouts = http_timeouts.get_or_create_owned(&PhaseLabel { phase: "request" });
 
+        let redis = crate::redis_conn::HealthCounters::default();
+        registry.register(
+            "redis_up",
+            "1 while Redis answers the health check (no Redis configured: 1)",
+            redis.up.clone(),
+        );
+        redis.up.set(1);
+        registry.register(
+            "redis_failed_checks",
+            "Redis health checks without an answer in redis_health_timeout",
+            redis.failed_checks.clone(),
+        );
+        registry.register(
+            "redis_data_lost",
+            "Times Redis came back without its data (the generation key changed)",
+            redis.data_lost.clone(),
+        );
+
         Metrics {
             registry,
             sessions,
@@ -313,6 +333,7 @@ impl Metrics {
             accept_other,
             header_timeouts,
             request_timeouts,
+            redis,
         }
     }
 

@@ -53,6 +53,8 @@ struct Cached {
     route_id: String,
     rank: u8,
     route: Arc<Route>,
+    /// The watchdog's data-loss epoch when the route was last seen.
+    epoch: u64,
 }
 
 /// What navigation needs from its node, and nothing more: a session's
@@ -66,6 +68,9 @@ pub struct NavDeps {
     pub routes: Arc<dyn RouteStore>,
     /// How long an untouched route is kept (`navigation.route_ttl`).
     pub route_ttl: Duration,
+    /// The Redis watchdog: tells a route that vanished apart from one
+    /// whose state Redis lost.
+    pub health: Option<Arc<crate::redis_conn::Health>>,
 }
 
 /// One session's navigation: stateless but for the route it last rebuilt.
@@ -179,6 +184,7 @@ impl Navigator {
                 route_id: route_id.clone(),
                 rank: first.rank,
                 route: Arc::new(first.clone()),
+                epoch: Self::epoch(deps),
             });
         }
         let plan = RoutePlan {
@@ -223,16 +229,26 @@ impl Navigator {
     }
 
     async fn active(&self, deps: &NavDeps, user: &str) -> Result<RouteRecord, RequestError> {
-        deps.routes
-            .get(user)
-            .await
-            .map_err(RequestError::store)?
-            .ok_or_else(|| {
-                RequestError::client(
-                    ErrorCode::NoActiveSession,
-                    "no active navigation; send start_navigation first",
-                )
-            })
+        if let Some(record) = deps.routes.get(user).await.map_err(RequestError::store)? {
+            return Ok(record);
+        }
+        // This session had a route: was it ended, or did Redis lose it?
+        if let (Some(cached), Some(health)) = (&self.cached, &deps.health)
+            && health.check().await > cached.epoch
+        {
+            return Err(RequestError::client(
+                ErrorCode::StateLost,
+                "the server lost your navigation state; send start_navigation again",
+            ));
+        }
+        Err(RequestError::client(
+            ErrorCode::NoActiveSession,
+            "no active navigation; send start_navigation first",
+        ))
+    }
+
+    fn epoch(deps: &NavDeps) -> u64 {
+        deps.health.as_ref().map_or(0, |h| h.epoch())
     }
 
     /// The selected route of `record`, from the session cache or rebuilt.
@@ -260,6 +276,7 @@ impl Navigator {
             route_id: record.route_id.clone(),
             rank: record.selected_rank,
             route: route.clone(),
+            epoch: Self::epoch(deps),
         });
         Ok(route)
     }

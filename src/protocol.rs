@@ -258,11 +258,13 @@ pub enum ErrorCode {
     InvalidRouteRank,
     Forbidden,
     RateLimited,
+    /// The shared store came back without the rider's navigation state.
+    StateLost,
     InternalError,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::ParsingError,
         ErrorCode::UnknownMessageType,
         ErrorCode::InvalidParameters,
@@ -274,6 +276,7 @@ impl ErrorCode {
         ErrorCode::InvalidRouteRank,
         ErrorCode::Forbidden,
         ErrorCode::RateLimited,
+        ErrorCode::StateLost,
         ErrorCode::InternalError,
     ];
 
@@ -290,6 +293,7 @@ impl ErrorCode {
             ErrorCode::InvalidRouteRank => "INVALID_ROUTE_RANK",
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::StateLost => "STATE_LOST",
             ErrorCode::InternalError => "INTERNAL_ERROR",
         }
     }

@@ -654,6 +654,26 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server with SIGSTOP: its connections stay open and it
+    /// answers nothing, as a hung Redis does; [`resume`](Self::resume) ends it.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} redis-server failed");
+    }
+
     /// Starts the server again on the same port (after [`kill`](Self::kill)),
     /// empty.
     pub async fn restart(&mut self) {

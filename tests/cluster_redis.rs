@@ -776,3 +776,104 @@ async fn second_login(node: &TestNode, acct: &Account) -> Account {
         ..acct.clone()
     }
 }
+
+/// Starts a navigation and checks one update works.
+async fn navigating(node: &TestNode) -> Client {
+    let acct = account(node, None).await;
+    let mut rider = Client::connect(node, &acct).await;
+    let r = rider
+        .request(json!({"type": "start_navigation", "origin": "강남", "destination": "홍대입구"}))
+        .await;
+    assert_eq!(r["type"], "route_calculated", "{r}");
+    location_updates(&mut rider, 1).await;
+    rider
+}
+
+fn update() -> Value {
+    json!({"type": "location_update", "latitude": 37.4979, "longitude": 127.0276, "accuracy": 10})
+}
+
+/// #11 §5: a Redis that stops answering (SIGSTOP: its sockets stay open)
+/// is noticed by the health check: `/ready` turns 503 and store requests
+/// fail while Redis is still stopped; when it answers again, all is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_turns_ready_503_and_requests_fail_until_it_answers() {
+    let redis = RedisServer::start().await;
+    let nodes = redis_cluster(&redis.url(), 1, BusTopology::Broadcast, |c| {
+        c.redis_health_interval = Duration::from_millis(200);
+        c.redis_health_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let node = &nodes[0];
+    let mut rider = navigating(node).await;
+
+    redis.pause();
+    node.wait_ready(false).await;
+    let ready: Value = reqwest::get(node.http("/ready"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["redis"], "down", "{ready}");
+    let r = rider.request(update()).await;
+    assert_eq!(
+        r["code"], "INTERNAL_ERROR",
+        "answered while Redis is stopped: {r}"
+    );
+    let m = node.metrics().await;
+    assert_eq!(metric_counter(&m, "navcast_redis_up"), 0);
+    assert!(metric_counter(&m, "navcast_redis_failed_checks_total") >= 2);
+
+    redis.resume();
+    node.wait_ready(true).await;
+    location_updates(&mut rider, 1).await;
+}
+
+/// #11 §5: a Redis that comes back empty is detected by its generation
+/// key, logged and counted, and a rider whose route it lost is told so
+/// (`STATE_LOST`), not `NO_ACTIVE_SESSION`; starting again works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_comes_back_empty_tells_riders_their_state_was_lost() {
+    let redis = RedisServer::start().await;
+    let nodes = redis_cluster(&redis.url(), 1, BusTopology::Broadcast, |c| {
+        c.redis_health_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let node = &nodes[0];
+    let mut rider = navigating(node).await;
+    // Let the first check record the generation (a check also runs at once
+    // when a route is missing, which is the path under test).
+    poll_until("the generation is written", WAIT, async || {
+        let client = ::redis::Client::open(redis.url()).unwrap();
+        let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+        let g: Option<String> = ::redis::cmd("GET")
+            .arg("navcast:generation")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        g.is_some()
+    })
+    .await;
+
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("FLUSHALL")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    let r = rider.request(update()).await;
+    assert_eq!(r["code"], "STATE_LOST", "{r}");
+    let m = node.metrics().await;
+    assert_eq!(metric_counter(&m, "navcast_redis_data_lost_total"), 1);
+    let again = rider
+        .request(json!({"type": "start_navigation", "origin": "강남", "destination": "홍대입구"}))
+        .await;
+    assert_eq!(again["type"], "route_calculated", "{again}");
+    location_updates(&mut rider, 1).await;
+    // A rider who never had a route still gets NO_ACTIVE_SESSION.
+    let other = account(node, None).await;
+    let mut idle = Client::connect(node, &other).await;
+    assert_eq!(idle.request(update()).await["code"], "NO_ACTIVE_SESSION");
+}

@@ -16,6 +16,7 @@ use crate::config::{Config, JwtAlgorithm};
 use crate::limits::ConnectionLimit;
 use crate::metrics::Metrics;
 use crate::navigation::NavDeps;
+use crate::redis_conn::Health;
 use crate::session::Sessions;
 use crate::store::Stores;
 use crate::transit::{Network, Profiles, RouteEngine, Tracker, TrackerConfig};
@@ -88,11 +89,25 @@ impl AppState {
             ),
             _ => None,
         };
+        let metrics = Arc::new(Metrics::new());
+        let redis_health = match &redis {
+            Some(client) => Some(Arc::new(Health::new(
+                client.clone(),
+                &crate::store::redis::Options::default().prefix,
+                config.redis_health_timeout,
+                metrics.redis.clone(),
+            )?)),
+            None => None,
+        };
         let stores = match (parts.stores, &redis) {
             (Some(stores), _) => stores,
-            (None, Some(client)) => {
-                Stores::redis(client.clone(), crate::store::redis::Options::default())?
-            }
+            (None, Some(client)) => Stores::redis(
+                client.clone(),
+                crate::store::redis::Options {
+                    health: redis_health.clone(),
+                    ..Default::default()
+                },
+            )?,
             (None, None) => Stores::memory(),
         };
         let auth = Arc::new(AuthService::new(
@@ -106,7 +121,6 @@ impl AppState {
             let created = auth.seed(seed).await?;
             tracing::info!(event = "accounts_seeded", file = %seed.display(), created, "seed accounts loaded");
         }
-        let metrics = Arc::new(Metrics::new());
         let bus: Arc<dyn Bus> = match (parts.bus, redis) {
             (Some(bus), _) => bus,
             (None, Some(client)) => Arc::new(RedisBus::new(
@@ -135,6 +149,7 @@ impl AppState {
             tracker,
             routes: stores.routes.clone(),
             route_ttl: config.navigation.route_ttl,
+            health: redis_health.clone(),
         });
         let state = AppState(Arc::new(Inner {
             node_id: node_id.clone(),
@@ -144,6 +159,7 @@ impl AppState {
                 crate::files::soft_limit(),
             ))),
             pending: Arc::new(ConnectionLimit::new(config.http.max_pending)),
+            redis_health: redis_health.clone(),
             trusted_proxies: config.http.trusted_proxies.clone().into(),
             config,
             auth,
@@ -169,6 +185,13 @@ impl AppState {
             weak.upgrade().is_some_and(|s| s.has_interest(user))
         }));
         tokio::spawn(registry::heartbeat(Arc::downgrade(&state.0)));
+        if let Some(health) = &redis_health {
+            tokio::spawn(
+                health
+                    .clone()
+                    .run(state.config.redis_health_interval, state.stopped.clone()),
+            );
+        }
         let weak = Arc::downgrade(&fanout);
         bus.start(
             &node_id,

@@ -70,6 +70,8 @@ pub struct Inner {
     /// Sessions plus upgrades in flight, checked before an upgrade so a
     /// burst cannot overshoot `ws.max_connections`.
     pub(crate) connections: Arc<ConnectionLimit>,
+    /// The Redis watchdog, when the node uses Redis.
+    pub(crate) redis_health: Option<Arc<crate::redis_conn::Health>>,
     /// `http.trusted_proxies`, shared with the auth endpoints.
     pub(crate) trusted_proxies: Arc<[crate::config::Network]>,
     /// Accepted connections that are not sessions, under `http.max_pending`.
@@ -98,7 +100,12 @@ impl AppState {
     /// (or configured to serve degraded).
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::Acquire)
-            && (self.bus.is_connected() || self.config.bus.ready_when_degraded)
+            && ((self.bus.is_connected() && self.redis_up()) || self.config.bus.ready_when_degraded)
+    }
+
+    /// Whether Redis answers its health check (true without Redis).
+    pub fn redis_up(&self) -> bool {
+        self.redis_health.as_ref().is_none_or(|h| h.is_up())
     }
 
     /// The route engine, for station search and cache statistics.

@@ -35,11 +35,13 @@ async fn ready(State(state): State<AppState>) -> Response {
     // One reading of each flag, so the status and the body agree.
     let draining = state.draining.load(Ordering::Acquire);
     let bus = state.bus.is_connected();
-    let ready = !draining && (bus || state.config.bus.ready_when_degraded);
+    let redis = state.redis_up();
+    let ready = !draining && ((bus && redis) || state.config.bus.ready_when_degraded);
     let body = serde_json::json!({
         "ready": ready,
         "draining": draining,
         "bus": if bus { "connected" } else { "degraded" },
+        "redis": if state.redis_health.is_none() { "none" } else if redis { "up" } else { "down" },
         "node_id": &*state.node_id,
     });
     let status = if ready {
@@ -121,6 +123,11 @@ async fn stats(State(state): State<AppState>) -> impl IntoResponse {
         "write_timeouts": m.write_timeouts.get(),
         "flood_closes": m.flood_closes.get(),
         "route_cache": { "hits": m.route_cache_hits.get(), "misses": m.route_cache_misses.get() },
+        "redis": {
+            "up": state.redis_up(),
+            "failed_checks": m.redis.failed_checks.get(),
+            "data_lost": m.redis.data_lost.get(),
+        },
         "bus": {
             "kind": state.bus.kind(),
             "topology": state.config.bus.topology,

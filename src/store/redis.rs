@@ -21,6 +21,7 @@
 //! | `navcast:login:{<account hash>}:lock` | string | present while the account is locked; expires with the lockout |
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,17 +35,20 @@ use super::{
 };
 use crate::transit::TrackState;
 
-/// How a [`RedisStore`] names its keys.
-#[derive(Debug, Clone)]
+/// How a [`RedisStore`] names its keys, and the watchdog that lets its
+/// commands fail at once while Redis does not answer.
+#[derive(Clone)]
 pub struct Options {
     /// Prefix of every key. Default `navcast`.
     pub prefix: String,
+    pub health: Option<Arc<crate::redis_conn::Health>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             prefix: "navcast".into(),
+            health: None,
         }
     }
 }
@@ -149,7 +153,7 @@ fn ttl_ms(ttl: Duration) -> u64 {
 impl RedisStore {
     /// A store on `client`'s server. Connects on first use.
     pub fn new(client: redis::Client, options: Options) -> Result<RedisStore, StoreError> {
-        let conn = Connection::new(client).map_err(map_err)?;
+        let conn = Connection::new(client, options.health.clone()).map_err(map_err)?;
         Ok(RedisStore {
             conn,
             options,

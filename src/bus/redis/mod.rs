@@ -231,7 +231,7 @@ impl Bus for RedisBus {
             );
             return;
         };
-        match Connection::new(self.client.clone()) {
+        match Connection::new(self.client.clone(), None) {
             Ok(conn) => {
                 tokio::spawn(publisher::run(
                     self.shared.clone(),
