@@ -14,6 +14,9 @@ SECONDS_PER_ATTACK=${SECONDS_PER_ATTACK:-10}
 ADDR=127.0.0.1:8091
 export NAVCAST_JWT_SECRET=${NAVCAST_JWT_SECRET:-attack-secret-$(date +%s)-0123456789}
 export NAVCAST_AUTH_SEED_FILE=""
+# The default single-node setup: accounts and tokens in a state file.
+STATE=$(mktemp -d)
+export NAVCAST_STATE_DIR=$STATE
 
 cargo build --release -q -p navcast -p navcast-load
 node_pid=
@@ -24,7 +27,7 @@ start_node() {
   echo "node did not become ready" >&2; exit 1
 }
 stop_node() { [ -n "$node_pid" ] && kill "$node_pid" 2>/dev/null && wait "$node_pid" 2>/dev/null || true; node_pid=; }
-trap stop_node EXIT
+trap 'stop_node; rm -rf "$STATE"' EXIT
 
 run() {
   start_node

@@ -17,7 +17,10 @@ ulimit -n 20000
 cargo build --release -q -p navcast -p navcast-load
 node_pid=
 start_node() {
+  # In memory (no state file), and no per-address cap on connections being
+  # set up: the bench is one address opening thousands of sessions.
   NAVCAST_LISTEN=$ADDR NAVCAST_WS_RATE_PER_S=1000 NAVCAST_WS_RATE_BURST=1000 \
+  NAVCAST_STATE_DIR="" NAVCAST_HTTP_MAX_PENDING_PER_ADDRESS=100000 \
     ./target/release/navcast --log-level warn &
   node_pid=$!
   for _ in $(seq 100); do curl -sf "http://$ADDR/ready" >/dev/null && return; sleep 0.1; done

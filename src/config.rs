@@ -32,6 +32,11 @@ pub struct Config {
     /// Redis URL for the cross-node bus and shared state; none = a single
     /// node with in-memory state.
     pub redis_url: Option<String>,
+    /// Without Redis: the directory of the crash-safe file that keeps
+    /// accounts and refresh tokens across restarts (created if missing).
+    /// Default `navcast-state` (relative to the working directory); `""`
+    /// keeps everything in memory. Ignored with `redis_url`.
+    pub state_dir: Option<PathBuf>,
     /// How often the node checks that Redis answers and still holds its
     /// data (the generation key). Default 1 s.
     #[serde(with = "humantime_serde")]
@@ -350,6 +355,7 @@ impl Default for Config {
             node_id: format!("node-{:06x}", rand::random::<u32>() & 0xff_ffff),
             env: Environment::Dev,
             redis_url: None,
+            state_dir: Some(PathBuf::from("navcast-state")),
             redis_health_interval: Duration::from_secs(1),
             redis_health_timeout: Duration::from_secs(1),
             log_format: LogFormat::Pretty,
@@ -581,6 +587,13 @@ impl Config {
         let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        if config
+            .state_dir
+            .as_deref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            config.state_dir = None;
+        }
         // An empty seed file turns seeding off. Only a dev node picks up
         // `config/accounts.toml` by itself: its passwords are public.
         match config.auth.seed_file.as_deref() {

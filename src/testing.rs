@@ -50,6 +50,7 @@ pub fn test_config() -> Config {
     c.auth.argon2_memory_kib = 1024;
     c.auth.argon2_iterations = 1;
     c.auth.seed_file = None;
+    c.state_dir = None;
     c.auth.attempts_per_address = 1_000_000;
     c.auth.hashes_per_address = 1_000_000;
     c.http.max_pending_per_address = 1_000_000;
@@ -750,6 +751,8 @@ pub struct NodeProcess {
     pub port: u16,
     child: Option<Child>,
     log: tempfile::NamedTempFile,
+    /// The node's `state_dir` unless `env` names another.
+    _state: tempfile::TempDir,
 }
 
 impl NodeProcess {
@@ -760,6 +763,7 @@ impl NodeProcess {
     pub async fn start(bin: &str, env: &[(&str, &str)], max_files: Option<u32>) -> NodeProcess {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().expect("log file");
+        let state = tempfile::tempdir().expect("state dir");
         let limit = max_files
             .map(|n| format!("ulimit -n {n} && "))
             .unwrap_or_default();
@@ -775,6 +779,7 @@ impl NodeProcess {
             .env("NAVCAST_AUTH_HASHES_PER_ADDRESS", "1000000")
             .env("NAVCAST_HTTP_MAX_PENDING_PER_ADDRESS", "1000000")
             .env("NAVCAST_LOG_FORMAT", "json")
+            .env("NAVCAST_STATE_DIR", state.path())
             .stdin(Stdio::null())
             .stdout(append(log.path()))
             .stderr(append(log.path()));
@@ -788,6 +793,7 @@ impl NodeProcess {
             port,
             child: Some(child),
             log,
+            _state: state,
         };
         let url = node.http("/health");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

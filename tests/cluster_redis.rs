@@ -507,14 +507,21 @@ async fn redis_stores_keep_the_store_contracts() {
         .filter(|o| matches!(o, Consumed::Reused(_)))
         .count();
     assert_eq!((fresh, reused), (1, 1), "{outcomes:?}");
-    assert!(stores.tokens.is_revoked("fam-1").await.unwrap());
-    assert!(!stores.tokens.is_revoked("fam-9").await.unwrap());
+    assert!(
+        !stores.tokens.family_alive("fam-1").await.unwrap(),
+        "revoked"
+    );
+    assert!(
+        !stores.tokens.family_alive("fam-9").await.unwrap(),
+        "unknown"
+    );
     // A second family: rotation moves on; the earlier token is a replay.
     let fam2 = |jti: &str| RefreshRecord {
         family: "fam-2".into(),
         ..rec(jti)
     };
     stores.tokens.issue(fam2("a1")).await.unwrap();
+    assert!(stores.tokens.family_alive("fam-2").await.unwrap());
     assert!(matches!(
         stores.tokens.rotate("fam-2", "a1", &fam2("a2")).await.unwrap(),
         Consumed::Fresh(r) if r.jti == "a1"

@@ -259,12 +259,12 @@ impl AuthService {
         }
     }
 
-    /// Whether an access token's family was revoked (tokens without a
-    /// family, from before families were stamped on access tokens, are
-    /// not).
+    /// Whether an access token's login is over: its family was revoked,
+    /// or is not known (the store lost it). Tokens without a family (from
+    /// another issuer) are judged by their signature and `exp` alone.
     pub async fn is_revoked(&self, claims: &Claims) -> Result<bool, AuthError> {
         match &claims.fam {
-            Some(family) => Ok(self.tokens.is_revoked(family).await?),
+            Some(family) => Ok(!self.tokens.family_alive(family).await?),
             None => Ok(false),
         }
     }

@@ -108,7 +108,20 @@ impl AppState {
                     ..Default::default()
                 },
             )?,
-            (None, None) => Stores::memory(),
+            (None, None) => match &config.state_dir {
+                Some(dir) => {
+                    let stores = Stores::embedded(dir).map_err(|e| {
+                        anyhow::anyhow!(
+                            "state_dir {}: {e} (set NAVCAST_STATE_DIR to a writable directory, \
+                             or to \"\" to keep accounts in memory)",
+                            dir.display()
+                        )
+                    })?;
+                    tracing::info!(event = "state_store", dir = %dir.display(), "accounts and refresh tokens kept on disk");
+                    stores
+                }
+                None => Stores::memory(),
+            },
         };
         let auth = Arc::new(AuthService::new(
             keys,

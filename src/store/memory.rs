@@ -207,8 +207,12 @@ impl TokenStore for MemoryStore {
         Ok(outcome)
     }
 
-    async fn is_revoked(&self, family: &str) -> Result<bool, StoreError> {
-        Ok(self.families.get(family).is_some_and(|f| f.1))
+    async fn family_alive(&self, family: &str) -> Result<bool, StoreError> {
+        let now = chrono_now();
+        Ok(self
+            .families
+            .get(family)
+            .is_some_and(|f| !f.1 && f.0.expires_at >= now))
     }
 }
 

@@ -1,12 +1,16 @@
 //! The state-store traits: everything a node must share with other nodes.
 //!
 //! Accounts, refresh tokens, route state, guardian shares, the node
-//! registry and the login throttle's counters live behind these traits so that a single node keeps them in
-//! memory ([`memory::MemoryStore`]) and a cluster keeps them in Redis
-//! ([`redis::RedisStore`]), with the rest of the node unaware of which.
+//! registry and the login throttle's counters live behind these traits so
+//! that a single node keeps them in memory ([`memory::MemoryStore`]) and a
+//! cluster keeps them in Redis
+//! ([`redis::RedisStore`]), with the rest of the node unaware of which; a
+//! single node with a `state_dir` keeps accounts and refresh tokens on
+//! disk ([`embedded::EmbeddedStore`]).
 //! Methods are async because the Redis implementation does I/O; the memory
 //! one never awaits.
 
+pub mod embedded;
 pub mod memory;
 pub mod redis;
 
@@ -89,8 +93,10 @@ pub trait TokenStore: Send + Sync {
         jti: &str,
         next: &RefreshRecord,
     ) -> Result<Consumed, StoreError>;
-    /// Whether `family` was revoked; its access tokens are refused too.
-    async fn is_revoked(&self, family: &str) -> Result<bool, StoreError>;
+    /// Whether `family` is known, unexpired and not revoked. An access
+    /// token of any other family is refused: revoked, or its login is gone
+    /// (the store lost it, or it outlived its refresh token).
+    async fn family_alive(&self, family: &str) -> Result<bool, StoreError>;
 }
 
 /// One ranked route, stored as station codes so that any node (with the
@@ -230,6 +236,21 @@ impl Stores {
             nodes: store.clone(),
             throttle: store,
         }
+    }
+
+    /// A single node that keeps accounts and refresh-token families in a
+    /// crash-safe file under `dir` and the rest in memory.
+    pub fn embedded(dir: &std::path::Path) -> Result<Stores, StoreError> {
+        let disk = Arc::new(embedded::EmbeddedStore::open(dir)?);
+        let memory = Arc::new(memory::MemoryStore::default());
+        Ok(Stores {
+            accounts: disk.clone(),
+            tokens: disk,
+            routes: memory.clone(),
+            shares: memory.clone(),
+            nodes: memory.clone(),
+            throttle: memory,
+        })
     }
 
     /// Everything in Redis, for a cluster. Connects lazily: building this

@@ -372,14 +372,16 @@ impl TokenStore for RedisStore {
         }
     }
 
-    async fn is_revoked(&self, family: &str) -> Result<bool, StoreError> {
-        let revoked: Option<String> = redis::cmd("HGET")
+    async fn family_alive(&self, family: &str) -> Result<bool, StoreError> {
+        let (revoked, expires_at): (Option<String>, Option<i64>) = redis::cmd("HMGET")
             .arg(self.key("family", family))
             .arg("revoked")
+            .arg("expires_at")
             .query_async(&mut self.conn())
             .await
             .map_err(map_err)?;
-        Ok(revoked.as_deref() == Some("1"))
+        Ok(revoked.as_deref() == Some("0")
+            && expires_at.is_some_and(|e| e >= crate::clock::unix_s()))
     }
 }
 
