@@ -583,13 +583,15 @@ async fn slowloris(url: &str, attackers: usize, seconds: u64) -> anyhow::Result<
             Slow::Open
         }));
     }
-    // Fresh connections while the attack runs: what a probe or a new rider sees.
+    // Fresh connections from another address (127.0.0.2) while the attack
+    // runs: what a probe or a new rider sees.
     let probes = {
         let http = http_base(url);
         tokio::spawn(async move {
             let (mut ok, mut refused, mut failed) = (0u32, 0u32, 0u32);
             while tokio::time::Instant::now() < until {
                 let client = reqwest::Client::builder()
+                    .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
                     .pool_max_idle_per_host(0)
                     .timeout(Duration::from_secs(2))
                     .build()
@@ -619,7 +621,7 @@ async fn slowloris(url: &str, attackers: usize, seconds: u64) -> anyhow::Result<
         .max()
         .map_or("–".into(), |d| format!("{:.1} s", d.as_secs_f64()));
     Ok(format!(
-        "closed by the node {} (slowest after {slowest}), refused at accept (503) {refused}, still open {open}, connect failed {failed}; fresh /health probes: {ok} ok, {probe_refused} refused 503, {probe_failed} failed",
+        "closed by the node {} (slowest after {slowest}), refused at accept (503) {refused}, still open {open}, connect failed {failed}; fresh /health probes from another address: {ok} ok, {probe_refused} refused 503, {probe_failed} failed",
         closed.len()
     ))
 }
