@@ -16,7 +16,16 @@ use serde::{Deserialize, Serialize};
 
 /// Sections whose keys are reachable from the environment as
 /// `NAVCAST_<SECTION>_<KEY>`.
-const SECTIONS: [&str; 7] = ["jwt", "http", "ws", "auth", "navigation", "shutdown", "bus"];
+const SECTIONS: [&str; 8] = [
+    "jwt",
+    "http",
+    "ws",
+    "auth",
+    "navigation",
+    "shutdown",
+    "bus",
+    "history",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -60,6 +69,7 @@ pub struct Config {
     pub ws: WsConfig,
     pub navigation: NavigationConfig,
     pub bus: BusConfig,
+    pub history: HistoryConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -340,6 +350,29 @@ pub struct BusConfig {
     pub heartbeat_interval: Duration,
 }
 
+/// Each rider's stream of events (protocol v1.1): how much of it is kept
+/// for clients that come back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Events kept per stream; a client away for more misses some and is
+    /// told `recovered: false`. Default 200.
+    pub size: usize,
+    /// How long a stream's history is kept after its last event; after
+    /// that the stream starts again under a new epoch. Default 15 min.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            size: 200,
+            ttl: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
@@ -368,6 +401,7 @@ impl Default for Config {
             ws: WsConfig::default(),
             navigation: NavigationConfig::default(),
             bus: BusConfig::default(),
+            history: HistoryConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -689,6 +723,9 @@ impl Config {
         }
         if self.redis_health_interval.is_zero() || self.redis_health_timeout.is_zero() {
             return rule("redis_health_interval and redis_health_timeout must be > 0");
+        }
+        if self.history.size == 0 || self.history.ttl < Duration::from_secs(1) {
+            return rule("history.size must be > 0 and history.ttl at least 1s");
         }
         if self.bus.heartbeat_interval.is_zero() {
             return rule("bus.heartbeat_interval must be > 0");

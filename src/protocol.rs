@@ -153,6 +153,9 @@ pub enum ClientMessage {
     },
     Watch {
         user_id: String,
+        /// v1.1: recover the rider's events after this position.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<Since>,
     },
     Unwatch {
         user_id: String,
@@ -160,7 +163,37 @@ pub enum ClientMessage {
     RefreshToken {
         token: String,
     },
+    /// v1.1: recover the session's own user's stream (other devices).
+    Resume {
+        user_id: String,
+        since: Since,
+    },
     Ping {},
+}
+
+/// A position in a rider's event stream (v1.1): the last `offset` a client
+/// processed, under the stream's `epoch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// Longest `since.epoch` accepted (ours are 32 hex digits).
+pub const MAX_EPOCH_BYTES: usize = 64;
+
+/// Where a rider's stream stands, and what a recovery found (v1.1), as
+/// flattened into `watching` and `resumed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamState {
+    pub offset: u64,
+    pub epoch: String,
+    /// Present when the request had `since`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<u64>,
 }
 
 /// The request kinds, used as metric labels and to count messages by type.
@@ -176,13 +209,14 @@ pub enum RequestKind {
     Watch,
     Unwatch,
     RefreshToken,
+    Resume,
     Ping,
     /// A frame that could not be classified (bad JSON, unknown type, binary).
     Invalid,
 }
 
 impl RequestKind {
-    pub const ALL: [RequestKind; 12] = [
+    pub const ALL: [RequestKind; 13] = [
         RequestKind::StartNavigation,
         RequestKind::LocationUpdate,
         RequestKind::SwitchRoute,
@@ -193,6 +227,7 @@ impl RequestKind {
         RequestKind::Watch,
         RequestKind::Unwatch,
         RequestKind::RefreshToken,
+        RequestKind::Resume,
         RequestKind::Ping,
         RequestKind::Invalid,
     ];
@@ -209,6 +244,7 @@ impl RequestKind {
             RequestKind::Watch => "watch",
             RequestKind::Unwatch => "unwatch",
             RequestKind::RefreshToken => "refresh_token",
+            RequestKind::Resume => "resume",
             RequestKind::Ping => "ping",
             RequestKind::Invalid => "invalid",
         }
@@ -238,6 +274,7 @@ impl ClientMessage {
             ClientMessage::Watch { .. } => RequestKind::Watch,
             ClientMessage::Unwatch { .. } => RequestKind::Unwatch,
             ClientMessage::RefreshToken { .. } => RequestKind::RefreshToken,
+            ClientMessage::Resume { .. } => RequestKind::Resume,
             ClientMessage::Ping {} => RequestKind::Ping,
         }
     }
@@ -453,6 +490,14 @@ pub enum ServerMessage {
     Watching {
         user_id: String,
         active_route: Option<RouteSummary>,
+        #[serde(flatten)]
+        stream: StreamState,
+    },
+    Resumed {
+        user_id: String,
+        active_route: Option<RouteSummary>,
+        #[serde(flatten)]
+        stream: StreamState,
     },
     Unwatched {
         user_id: String,
@@ -514,6 +559,7 @@ impl ServerMessage {
             ServerMessage::Shared { .. } => OutKind::Shared,
             ServerMessage::Unshared { .. } => OutKind::Unshared,
             ServerMessage::Watching { .. } => OutKind::Watching,
+            ServerMessage::Resumed { .. } => OutKind::Resumed,
             ServerMessage::Unwatched { .. } => OutKind::Unwatched,
             ServerMessage::TokenRefreshed { .. } => OutKind::TokenRefreshed,
             ServerMessage::Pong { .. } => OutKind::Pong,
@@ -540,6 +586,7 @@ pub enum OutKind {
     Shared,
     Unshared,
     Watching,
+    Resumed,
     Unwatched,
     TokenRefreshed,
     Pong,
@@ -550,7 +597,7 @@ pub enum OutKind {
 }
 
 impl OutKind {
-    pub const ALL: [OutKind; 18] = [
+    pub const ALL: [OutKind; 19] = [
         OutKind::Connected,
         OutKind::RouteCalculated,
         OutKind::NavigationUpdate,
@@ -562,6 +609,7 @@ impl OutKind {
         OutKind::Shared,
         OutKind::Unshared,
         OutKind::Watching,
+        OutKind::Resumed,
         OutKind::Unwatched,
         OutKind::TokenRefreshed,
         OutKind::Pong,
@@ -584,6 +632,7 @@ impl OutKind {
             OutKind::Shared => "shared",
             OutKind::Unshared => "unshared",
             OutKind::Watching => "watching",
+            OutKind::Resumed => "resumed",
             OutKind::Unwatched => "unwatched",
             OutKind::TokenRefreshed => "token_refreshed",
             OutKind::Pong => "pong",
@@ -620,6 +669,11 @@ pub struct PeerEventFrame<'a> {
     pub origin_node: &'a str,
     pub seq: u64,
     pub sent_at_us: u64,
+    /// v1.1: the event's position in the rider's stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<&'a str>,
 }
 
 /// Why a text frame could not become a [`ClientMessage`].
@@ -825,7 +879,14 @@ mod tests {
                     }),
                 any::<u8>().prop_map(|target_rank| ClientMessage::SwitchRoute { target_rank }),
                 Just(ClientMessage::EndNavigation {}),
-                ".{0,40}".prop_map(|user_id| ClientMessage::Watch { user_id }),
+                (
+                    ".{0,40}",
+                    proptest::option::of((any::<u64>(), "[0-9a-f]{0,32}"))
+                )
+                    .prop_map(|(user_id, since)| ClientMessage::Watch {
+                        user_id,
+                        since: since.map(|(offset, epoch)| Since { offset, epoch }),
+                    }),
                 ".{0,40}".prop_map(|guardian_id| ClientMessage::ShareNavigation { guardian_id }),
                 Just(ClientMessage::Ping {}),
             ]

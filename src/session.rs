@@ -67,9 +67,48 @@ pub struct SessionHandle {
     queued_bytes: Arc<AtomicUsize>,
     max_queued_bytes: usize,
     pub signal: Arc<CloseSignal>,
+    /// The token family and the stream cursors, behind one lock.
+    state: Arc<parking_lot::Mutex<HandleState>>,
+}
+
+/// What a session's handle carries beside its queue.
+#[derive(Debug, Default)]
+struct HandleState {
     /// The refresh-token family of the session's access token: revoking
     /// the family closes the session. Changes with an in-band refresh.
-    family: Arc<parking_lot::Mutex<Option<Arc<str>>>>,
+    family: Option<Arc<str>>,
+    /// Where the session stands in each stream it follows (its own user's,
+    /// and each rider it watches). A handful per session at most.
+    cursors: Vec<Cursor>,
+}
+
+/// A session's position in one rider's stream (protocol v1.1): the last
+/// offset delivered under an epoch, and, while a recovery is being
+/// prepared, the live events that arrived meanwhile.
+#[derive(Debug)]
+struct Cursor {
+    stream: Arc<str>,
+    epoch: Option<Arc<str>>,
+    last: u64,
+    /// `Some` during a recovery: live events held until the missed ones
+    /// are queued, so none comes first and none twice.
+    held: Option<Vec<(u64, Arc<str>, Utf8Bytes)>>,
+}
+
+impl Cursor {
+    /// Whether an event at `offset` under `epoch` is new to the session;
+    /// moves the cursor when it is.
+    fn advance(&mut self, offset: u64, epoch: &Arc<str>) -> bool {
+        if self.epoch.as_deref() != Some(&**epoch) {
+            self.epoch = Some(epoch.clone());
+            self.last = 0;
+        }
+        if offset <= self.last {
+            return false;
+        }
+        self.last = offset;
+        true
+    }
 }
 
 /// The writer's end of a session's queue: the frames, and the byte count
@@ -100,12 +139,78 @@ pub enum SendError {
 impl SessionHandle {
     /// The refresh-token family of the session's current access token.
     pub fn family(&self) -> Option<Arc<str>> {
-        self.family.lock().clone()
+        self.state.lock().family.clone()
     }
 
     /// After an in-band refresh: the new token's family.
     pub fn set_family(&self, family: Option<Arc<str>>) {
-        *self.family.lock() = family;
+        self.state.lock().family = family;
+    }
+
+    /// Queues a `peer_event` of `stream` at `offset`/`epoch` unless the
+    /// session has had it already; while a recovery of that stream is
+    /// being prepared, holds it instead. Returns whether it was queued.
+    pub fn deliver_event(
+        &self,
+        stream: &str,
+        position: Option<(u64, &Arc<str>)>,
+        text: Utf8Bytes,
+        metrics: &Metrics,
+    ) -> bool {
+        let Some((offset, epoch)) = position else {
+            return self.send_text(text, metrics).is_ok();
+        };
+        let mut state = self.state.lock();
+        let cursor = cursor_of(&mut state.cursors, stream);
+        if let Some(held) = &mut cursor.held {
+            held.push((offset, epoch.clone(), text));
+            return false;
+        }
+        cursor.advance(offset, epoch) && self.send_text(text, metrics).is_ok()
+    }
+
+    /// Starts a recovery of `stream`: live events are held from now on.
+    pub fn hold_stream(&self, stream: &str) {
+        let mut state = self.state.lock();
+        cursor_of(&mut state.cursors, stream).held = Some(Vec::new());
+    }
+
+    /// Ends a recovery: the session stands at `last` under `epoch` (the
+    /// client's position when the missed events follow, the stream's
+    /// current one otherwise); `missed` are queued in order, then the held
+    /// live events that are still new. With `epoch` `None` (the recovery
+    /// failed) the held events are simply released. Returns how many
+    /// frames were queued.
+    pub fn release_stream(
+        &self,
+        stream: &str,
+        epoch: Option<&Arc<str>>,
+        last: u64,
+        missed: Vec<(u64, Utf8Bytes)>,
+        metrics: &Metrics,
+    ) -> usize {
+        let mut state = self.state.lock();
+        let cursor = cursor_of(&mut state.cursors, stream);
+        let held = cursor.held.take().unwrap_or_default();
+        if let Some(epoch) = epoch {
+            cursor.epoch = Some(epoch.clone());
+            cursor.last = last;
+        }
+        let mut queued = 0;
+        for (offset, text) in missed {
+            if let Some(epoch) = epoch
+                && cursor.advance(offset, epoch)
+                && self.send_text(text, metrics).is_ok()
+            {
+                queued += 1;
+            }
+        }
+        for (offset, epoch, text) in held {
+            if cursor.advance(offset, &epoch) && self.send_text(text, metrics).is_ok() {
+                queued += 1;
+            }
+        }
+        queued
     }
 
     /// Queues a text frame without waiting. A full queue — in frames or in
@@ -143,6 +248,21 @@ impl SessionHandle {
                 Err(SendError::Full)
             }
             Err(mpsc::error::TrySendError::Closed(())) => Err(SendError::Closed),
+        }
+    }
+}
+
+fn cursor_of<'a>(cursors: &'a mut Vec<Cursor>, stream: &str) -> &'a mut Cursor {
+    match cursors.iter().position(|c| &*c.stream == stream) {
+        Some(i) => &mut cursors[i],
+        None => {
+            cursors.push(Cursor {
+                stream: stream.into(),
+                epoch: None,
+                last: 0,
+                held: None,
+            });
+            cursors.last_mut().expect("just pushed")
         }
     }
 }
@@ -189,7 +309,10 @@ impl Sessions {
             queued_bytes: queued_bytes.clone(),
             max_queued_bytes: queue_bytes,
             signal: Arc::new(CloseSignal::default()),
-            family: Arc::new(parking_lot::Mutex::new(family)),
+            state: Arc::new(parking_lot::Mutex::new(HandleState {
+                family,
+                cursors: Vec::new(),
+            })),
         };
         self.by_key.insert(handle.key, handle.clone());
         self.by_user

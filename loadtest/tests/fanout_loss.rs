@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::*;
-use navcast::bus::{Bus, Deliver, Envelope};
+use navcast::bus::{Bus, Deliver, Envelope, Recovery};
 
 /// A bus that loses every `nth` envelope it is asked to publish.
 struct Lossy {
@@ -26,6 +26,13 @@ impl Bus for Lossy {
             return;
         }
         self.inner.publish(envelope)
+    }
+    fn recover(
+        &self,
+        user: &str,
+        since: Option<(u64, String)>,
+    ) -> futures_util::future::BoxFuture<'static, Result<Recovery, String>> {
+        self.inner.recover(user, since)
     }
     fn interest(&self, user: &str) {
         self.inner.interest(user)

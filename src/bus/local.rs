@@ -1,19 +1,46 @@
 //! An in-process bus: every node that shares one [`LocalHub`] receives the
-//! others' envelopes synchronously. A lone node gets its own hub and so
-//! publishes to nobody. Envelopes for other nodes go through the same
-//! bytes as on Redis (`wire`), once per publish, so in-process clusters
-//! prove the wire format too.
+//! envelopes synchronously, and the hub keeps the rider streams in memory.
+//! A lone node gets its own hub. Envelopes go through the same bytes as on
+//! Redis (`wire`), once per publish, so in-process clusters prove the wire
+//! format too.
 
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use futures_util::future::BoxFuture;
+use parking_lot::{Mutex, RwLock};
 
-use super::{Bus, Deliver, Envelope};
+use super::history::MemoryHistory;
+use super::{Bus, Deliver, Envelope, Payload, Recovery};
+use crate::config::HistoryConfig;
 
-/// The meeting point of the nodes of one process.
-#[derive(Default)]
+/// The meeting point of the nodes of one process, and their streams.
 pub struct LocalHub {
     nodes: RwLock<Vec<(String, Deliver)>>,
+    history: MemoryHistory,
+    /// Held while an event is placed in its stream and delivered, so every
+    /// node sees a stream's events in offset order.
+    order: Mutex<()>,
+}
+
+impl LocalHub {
+    pub fn new(history: HistoryConfig) -> LocalHub {
+        LocalHub {
+            nodes: RwLock::new(Vec::new()),
+            history: MemoryHistory::new(history),
+            order: Mutex::new(()),
+        }
+    }
+
+    /// Streams held now (for tests of the bound).
+    pub fn streams(&self) -> usize {
+        self.history.streams()
+    }
+}
+
+impl Default for LocalHub {
+    fn default() -> Self {
+        LocalHub::new(HistoryConfig::default())
+    }
 }
 
 #[derive(Clone)]
@@ -25,6 +52,11 @@ impl LocalBus {
     /// A bus of its own: a single node.
     pub fn new() -> LocalBus {
         LocalBus::on(Arc::new(LocalHub::default()))
+    }
+
+    /// A bus of its own with this history.
+    pub fn with_history(history: HistoryConfig) -> LocalBus {
+        LocalBus::on(Arc::new(LocalHub::new(history)))
     }
 
     /// A bus shared with every other node built on the same hub.
@@ -44,13 +76,18 @@ impl Bus for LocalBus {
         self.hub.nodes.write().push((node_id.to_string(), deliver));
     }
 
-    fn publish(&self, envelope: Envelope) {
+    fn publish(&self, mut envelope: Envelope) {
+        let is_event = matches!(envelope.payload, Payload::Event { .. });
+        let _order = is_event.then(|| self.hub.order.lock());
+        if is_event {
+            self.hub.history.append(&mut envelope);
+        }
         let targets: Vec<Deliver> = self
             .hub
             .nodes
             .read()
             .iter()
-            .filter(|(id, _)| *id != envelope.origin_node)
+            .filter(|(id, _)| is_event || *id != envelope.origin_node)
             .map(|(_, d)| d.clone())
             .collect();
         if targets.is_empty() {
@@ -67,6 +104,18 @@ impl Bus for LocalBus {
         for deliver in targets {
             deliver(envelope.clone());
         }
+    }
+
+    fn recover(
+        &self,
+        user: &str,
+        since: Option<(u64, String)>,
+    ) -> BoxFuture<'static, Result<Recovery, String>> {
+        let r = self
+            .hub
+            .history
+            .recover(user, since.as_ref().map(|(o, e)| (*o, e.as_str())));
+        Box::pin(std::future::ready(Ok(r)))
     }
 
     fn interest(&self, _user: &str) {}

@@ -37,8 +37,23 @@ pub struct Envelope {
     /// The publisher's wall clock, for fan-out latency.
     pub sent_at_us: u64,
     pub user_id: String,
+    /// v1.1, events only: the position in `user_id`'s stream, assigned by
+    /// the bus when it records the event in the stream's history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The epoch of that stream (see `docs/PROTOCOL.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// Events only: the session that produced the event, on the origin node
+    /// (which already answered it directly, so is not sent it again).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub origin_session: u64,
     #[serde(flatten)]
     pub payload: Payload,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The flat shape `Envelope` serialises to, as read back. serde cannot
@@ -53,6 +68,12 @@ struct Flat {
     seq: u64,
     sent_at_us: u64,
     user_id: String,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
+    epoch: Option<String>,
+    #[serde(default)]
+    origin_session: u64,
     kind: String,
     #[serde(default)]
     event: Option<Box<RawValue>>,
@@ -87,12 +108,36 @@ impl TryFrom<Flat> for Envelope {
             seq: flat.seq,
             sent_at_us: flat.sent_at_us,
             user_id: flat.user_id,
+            offset: flat.offset,
+            epoch: flat.epoch,
+            origin_session: flat.origin_session,
             payload,
         })
     }
 }
 
 impl Envelope {
+    /// An envelope sent now, not yet placed in a stream.
+    pub fn new(
+        origin_node: &str,
+        node_seq: u64,
+        seq: u64,
+        user_id: &str,
+        payload: Payload,
+    ) -> Envelope {
+        Envelope {
+            origin_node: origin_node.to_string(),
+            node_seq,
+            seq,
+            sent_at_us: crate::clock::unix_us(),
+            user_id: user_id.to_string(),
+            offset: None,
+            epoch: None,
+            origin_session: 0,
+            payload,
+        }
+    }
+
     /// The bytes on the wire (JSON).
     pub fn encode(&self) -> serde_json::Result<Vec<u8>> {
         serde_json::to_vec(self)
@@ -115,6 +160,9 @@ mod tests {
             seq: 3,
             sent_at_us: 42,
             user_id: "u1".into(),
+            offset: None,
+            epoch: None,
+            origin_session: 0,
             payload: Payload::Event {
                 event: RawValue::from_string(r#"{"type":"arrival","x":[1,2]}"#.into()).unwrap(),
             },
@@ -139,6 +187,22 @@ mod tests {
             Payload::Event { event } => assert_eq!(event.get(), r#"{"type":"arrival","x":[1,2]}"#),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn stream_positions_spliced_in_front_are_read() {
+        // The Redis script writes `{"offset":N,"epoch":"E",` before the
+        // rest of the envelope it was given.
+        let json = String::from_utf8(event("node-a").encode().unwrap()).unwrap();
+        let spliced = format!("{{\"offset\":12,\"epoch\":\"e1\",{}", &json[1..]);
+        let got = Envelope::decode(spliced.as_bytes()).unwrap();
+        assert_eq!((got.offset, got.epoch.as_deref()), (Some(12), Some("e1")));
+        let with_session = Envelope {
+            origin_session: 9,
+            ..event("node-a")
+        };
+        let got = Envelope::decode(&with_session.encode().unwrap()).unwrap();
+        assert_eq!(got.origin_session, 9);
     }
 
     #[test]

@@ -140,13 +140,14 @@ impl AppState {
                 client,
                 config.bus.topology,
                 &config.bus.channel,
+                &config.history,
                 BusCounters {
                     publish_failures: metrics.bus_publish_failures.clone(),
                     reconnects: metrics.bus_reconnects.clone(),
                     connected: metrics.bus_connected.clone(),
                 },
             )),
-            (None, None) => Arc::new(LocalBus::new()),
+            (None, None) => Arc::new(LocalBus::with_history(config.history.clone())),
         };
         let node_id: Arc<str> = config.node_id.clone().into();
         let sessions = Arc::new(Sessions::default());
@@ -210,7 +211,7 @@ impl AppState {
             &node_id,
             Arc::new(move |envelope| {
                 if let Some(fanout) = weak.upgrade() {
-                    fanout.deliver_remote(&envelope);
+                    fanout.deliver(&envelope);
                 }
             }),
         );

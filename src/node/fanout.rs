@@ -17,7 +17,7 @@ use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use serde_json::value::RawValue;
 
-use crate::bus::{Bus, Envelope, Payload};
+use crate::bus::{Bus, Envelope, Payload, Recovery};
 use crate::clock::unix_us;
 use crate::config::BusTopology;
 use crate::metrics::Metrics;
@@ -30,7 +30,7 @@ const INTEREST_SETTLE_MAX: Duration = Duration::from_secs(2);
 pub struct Fanout {
     /// This node's id: the `origin_node` of what it publishes.
     node_id: Arc<str>,
-    /// Decides how gaps are counted (see [`Fanout::deliver_remote`]).
+    /// Decides how gaps are counted (see [`Fanout::deliver`]).
     topology: BusTopology,
     /// Where local targets are found.
     sessions: Arc<Sessions>,
@@ -53,21 +53,21 @@ pub struct Fanout {
     last_user_seq: DashMap<String, Vec<(String, u64)>>,
 }
 
-/// The `peer_event` frame for one event, serialised once for all targets.
-fn peer_frame(
-    user: &str,
-    event: &RawValue,
-    origin: &str,
-    seq: u64,
-    sent_at_us: u64,
-) -> Option<Utf8Bytes> {
+/// The `peer_event` frame of an event envelope, serialised once for all
+/// targets; `None` for an envelope that is not an event.
+fn peer_frame(envelope: &Envelope) -> Option<Utf8Bytes> {
+    let Payload::Event { event } = &envelope.payload else {
+        return None;
+    };
     let frame = PeerEventFrame {
         kind: "peer_event",
-        user_id: user,
+        user_id: &envelope.user_id,
         event,
-        origin_node: origin,
-        seq,
-        sent_at_us,
+        origin_node: &envelope.origin_node,
+        seq: envelope.seq,
+        sent_at_us: envelope.sent_at_us,
+        offset: envelope.offset,
+        epoch: envelope.epoch.as_deref(),
     };
     serde_json::to_string(&frame).ok().map(Utf8Bytes::from)
 }
@@ -97,73 +97,88 @@ impl Fanout {
         self.node_seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Fans a navigation event of `user` out: to the user's other local
-    /// sessions (all but `origin_key`, the session that produced it) and
-    /// local watchers now, and to every other node via the bus.
+    /// Fans a navigation event of `user` out. The bus places it in the
+    /// user's stream and brings it back to every node, this one included,
+    /// in stream order; [`Fanout::deliver`] then hands it to the user's
+    /// other sessions (all but `origin_key`, which had the direct reply)
+    /// and to the watchers.
     pub(crate) fn publish(&self, user: &str, origin_key: u64, event_json: &str) {
         let Ok(raw) = RawValue::from_string(event_json.to_string()) else {
             return;
         };
-        let (seq, sent_at_us) = {
+        {
             let _order = self.publish_order.lock();
             let seq = self.sessions.next_seq(user);
-            let sent_at_us = unix_us();
-            self.bus.publish(Envelope {
-                origin_node: self.node_id.to_string(),
-                node_seq: self.next_node_seq(),
+            let mut envelope = Envelope::new(
+                &self.node_id,
+                self.next_node_seq(),
                 seq,
-                sent_at_us,
-                user_id: user.to_string(),
-                payload: Payload::Event { event: raw.clone() },
-            });
-            (seq, sent_at_us)
-        };
-        self.metrics.bus_published.inc();
-        let mut targets = self.sessions.of_user(user, Some(origin_key));
-        targets.extend(self.sessions.watchers_of(user));
-        if !targets.is_empty()
-            && let Some(text) = peer_frame(user, &raw, &self.node_id, seq, sent_at_us)
-        {
-            self.deliver_frame(&targets, text);
+                user,
+                Payload::Event { event: raw },
+            );
+            envelope.origin_session = origin_key;
+            self.bus.publish(envelope);
         }
+        self.metrics.bus_published.inc();
     }
 
-    fn deliver_frame(&self, targets: &[SessionHandle], text: Utf8Bytes) {
+    /// Queues `frame` (an event of `stream`) to each target that has not
+    /// had it.
+    fn deliver_event(&self, targets: &[SessionHandle], envelope: &Envelope, frame: Utf8Bytes) {
+        let epoch: Option<Arc<str>> = envelope.epoch.as_deref().map(Arc::from);
+        let position = envelope.offset.zip(epoch.as_ref());
         for target in targets {
-            if target.send_text(text.clone(), &self.metrics).is_ok() {
+            if target.deliver_event(&envelope.user_id, position, frame.clone(), &self.metrics) {
                 self.metrics.peer_events_delivered.inc();
                 self.metrics.message_out(OutKind::PeerEvent);
             }
         }
     }
 
-    /// An envelope from the bus. Our own are skipped: their local delivery
-    /// happened when they were published.
-    pub fn deliver_remote(&self, envelope: &Envelope) {
-        if *envelope.origin_node == *self.node_id {
+    /// The missed events of a recovery as `(offset, peer_event frame)`.
+    pub(crate) fn replay_frames(&self, recovery: &Recovery) -> Vec<(u64, Utf8Bytes)> {
+        recovery
+            .events
+            .iter()
+            .filter_map(|e| Some((e.offset?, peer_frame(e)?)))
+            .collect()
+    }
+
+    /// Counts what `release_stream` queued as delivered peer events.
+    pub(crate) fn count_replayed(&self, n: usize) {
+        self.metrics.peer_events_delivered.inc_by(n as u64);
+        for _ in 0..n {
+            self.metrics.message_out(OutKind::PeerEvent);
+        }
+    }
+
+    /// An envelope from the bus. Events come back to their origin node too
+    /// (that is where its local sessions get them, in stream order); other
+    /// notices of our own were applied when they were sent and are skipped.
+    pub fn deliver(&self, envelope: &Envelope) {
+        let own = *envelope.origin_node == *self.node_id;
+        let is_event = matches!(envelope.payload, Payload::Event { .. });
+        if own && !is_event {
             return;
         }
-        self.metrics.bus_received.inc();
-        match self.topology {
-            BusTopology::Broadcast => self.count_gap(&envelope.origin_node, envelope.node_seq),
-            BusTopology::Targeted => {
-                self.count_user_gap(&envelope.origin_node, &envelope.user_id, envelope.seq)
+        if !own {
+            self.metrics.bus_received.inc();
+            match self.topology {
+                BusTopology::Broadcast => self.count_gap(&envelope.origin_node, envelope.node_seq),
+                BusTopology::Targeted => {
+                    self.count_user_gap(&envelope.origin_node, &envelope.user_id, envelope.seq)
+                }
             }
         }
         match &envelope.payload {
-            Payload::Event { event } => {
-                let mut targets = self.sessions.of_user(&envelope.user_id, None);
+            Payload::Event { .. } => {
+                let skip = own.then_some(envelope.origin_session);
+                let mut targets = self.sessions.of_user(&envelope.user_id, skip);
                 targets.extend(self.sessions.watchers_of(&envelope.user_id));
                 if !targets.is_empty()
-                    && let Some(text) = peer_frame(
-                        &envelope.user_id,
-                        event,
-                        &envelope.origin_node,
-                        envelope.seq,
-                        envelope.sent_at_us,
-                    )
+                    && let Some(frame) = peer_frame(envelope)
                 {
-                    self.deliver_frame(&targets, text);
+                    self.deliver_event(&targets, envelope, frame);
                 }
             }
             Payload::Unshare { guardian_id } => self.revoke_watch(&envelope.user_id, guardian_id),
@@ -271,16 +286,17 @@ impl Fanout {
             self.kick_replaced(&old);
         }
         let _order = self.publish_order.lock();
-        self.bus.publish(Envelope {
-            origin_node: self.node_id.to_string(),
-            node_seq: self.next_node_seq(),
-            seq: 0,
-            sent_at_us: new.opened_at_us,
-            user_id: new.user_id.to_string(),
-            payload: Payload::Replace {
+        let mut envelope = Envelope::new(
+            &self.node_id,
+            self.next_node_seq(),
+            0,
+            &new.user_id,
+            Payload::Replace {
                 session_id: new.session_id.to_string(),
             },
-        });
+        );
+        envelope.sent_at_us = new.opened_at_us;
+        self.bus.publish(envelope);
     }
 
     /// The rider stopped sharing with `guardian`: drop that guardian's
@@ -292,16 +308,17 @@ impl Fanout {
     pub(crate) fn unshare(&self, rider: &str, guardian: &str) {
         self.revoke_watch(rider, guardian);
         let _order = self.publish_order.lock();
-        self.bus.publish(Envelope {
-            origin_node: self.node_id.to_string(),
-            node_seq: self.next_node_seq(),
-            seq: 0,
-            sent_at_us: unix_us(),
-            user_id: rider.to_string(),
-            payload: Payload::Unshare {
+        let mut envelope = Envelope::new(
+            &self.node_id,
+            self.next_node_seq(),
+            0,
+            rider,
+            Payload::Unshare {
                 guardian_id: guardian.to_string(),
             },
-        });
+        );
+        envelope.sent_at_us = unix_us();
+        self.bus.publish(envelope);
     }
 
     /// A refresh-token family of `user` was revoked: close its sessions
@@ -309,16 +326,17 @@ impl Fanout {
     pub(crate) fn revoke_family(&self, user: &str, family: &str) {
         self.close_family(user, family);
         let _order = self.publish_order.lock();
-        self.bus.publish(Envelope {
-            origin_node: self.node_id.to_string(),
-            node_seq: self.next_node_seq(),
-            seq: 0,
-            sent_at_us: unix_us(),
-            user_id: user.to_string(),
-            payload: Payload::Revoke {
+        let mut envelope = Envelope::new(
+            &self.node_id,
+            self.next_node_seq(),
+            0,
+            user,
+            Payload::Revoke {
                 family: family.to_string(),
             },
-        });
+        );
+        envelope.sent_at_us = unix_us();
+        self.bus.publish(envelope);
     }
 
     /// Closes `user`'s local sessions of `family` with 4001.
@@ -362,40 +380,51 @@ mod tests {
     use crate::bus::local::LocalBus;
 
     fn envelope(origin: &str, node_seq: u64, user: &str, seq: u64) -> Envelope {
-        Envelope {
-            origin_node: origin.into(),
+        Envelope::new(
+            origin,
             node_seq,
             seq,
-            sent_at_us: unix_us(),
-            user_id: user.into(),
-            payload: Payload::Event {
+            user,
+            Payload::Event {
                 event: RawValue::from_string(r#"{"type":"arrival"}"#.into()).unwrap(),
             },
-        }
+        )
     }
 
-    fn fanout(topology: BusTopology) -> Fanout {
-        Fanout::new(
+    /// A fan-out on a bus of its own, started, so its events come back.
+    fn fanout(topology: BusTopology) -> Arc<Fanout> {
+        let bus = Arc::new(LocalBus::new());
+        let f = Arc::new(Fanout::new(
             "self".into(),
             topology,
             Arc::new(Sessions::default()),
-            Arc::new(LocalBus::new()),
+            bus.clone(),
             Arc::new(Metrics::new()),
-        )
+        ));
+        let weak = Arc::downgrade(&f);
+        bus.start(
+            "self",
+            Arc::new(move |e| {
+                if let Some(f) = weak.upgrade() {
+                    f.deliver(&e);
+                }
+            }),
+        );
+        f
     }
 
     #[test]
     fn broadcast_counts_gaps_per_origin_by_node_seq() {
         let f = fanout(BusTopology::Broadcast);
         for n in [1, 2, 5, 6] {
-            f.deliver_remote(&envelope("x", n, "u", 0));
+            f.deliver(&envelope("x", n, "u", 0));
         }
-        f.deliver_remote(&envelope("y", 10, "u", 0));
-        f.deliver_remote(&envelope("y", 12, "v", 0));
+        f.deliver(&envelope("y", 10, "u", 0));
+        f.deliver(&envelope("y", 12, "v", 0));
         assert_eq!(f.metrics.bus_gaps.get(), 3);
         assert_eq!(f.metrics.bus_received.get(), 6);
         // Our own envelopes are neither delivered nor counted.
-        f.deliver_remote(&envelope("self", 99, "u", 0));
+        f.deliver(&envelope("self", 99, "u", 0));
         assert_eq!(f.metrics.bus_received.get(), 6);
     }
 
@@ -404,25 +433,25 @@ mod tests {
         let f = fanout(BusTopology::Targeted);
         // node_seq jumps are expected in targeted (other users' envelopes
         // go elsewhere) and are not gaps.
-        f.deliver_remote(&envelope("x", 1, "u", 1));
-        f.deliver_remote(&envelope("x", 7, "u", 2));
-        f.deliver_remote(&envelope("x", 9, "u", 5));
+        f.deliver(&envelope("x", 1, "u", 1));
+        f.deliver(&envelope("x", 7, "u", 2));
+        f.deliver(&envelope("x", 9, "u", 5));
         assert_eq!(f.metrics.bus_gaps.get(), 2);
         // Another user of the same origin is another stream.
-        f.deliver_remote(&envelope("x", 10, "v", 3));
-        f.deliver_remote(&envelope("x", 11, "v", 4));
+        f.deliver(&envelope("x", 10, "v", 3));
+        f.deliver(&envelope("x", 11, "v", 4));
         assert_eq!(f.metrics.bus_gaps.get(), 2);
         // seq 0 (replace notices) is not counted; a restart at 1 is no gap.
-        f.deliver_remote(&envelope("x", 12, "u", 0));
-        f.deliver_remote(&envelope("x", 13, "u", 1));
-        f.deliver_remote(&envelope("x", 14, "u", 2));
+        f.deliver(&envelope("x", 12, "u", 0));
+        f.deliver(&envelope("x", 13, "u", 1));
+        f.deliver(&envelope("x", 14, "u", 2));
         assert_eq!(f.metrics.bus_gaps.get(), 2);
         // After the node loses interest in a user, a later subscription
         // starts a new baseline instead of counting what it never heard.
         f.release_interest("u");
-        f.deliver_remote(&envelope("x", 40, "u", 30));
+        f.deliver(&envelope("x", 40, "u", 30));
         assert_eq!(f.metrics.bus_gaps.get(), 2);
-        f.deliver_remote(&envelope("x", 41, "u", 32));
+        f.deliver(&envelope("x", 41, "u", 32));
         assert_eq!(f.metrics.bus_gaps.get(), 3);
     }
 

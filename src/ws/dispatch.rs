@@ -17,8 +17,8 @@ use crate::clock::{unix_ms, unix_s};
 use crate::navigation::Navigator;
 use crate::node::AppState;
 use crate::protocol::{
-    ClientMessage, ErrorCode, OutKind, Reply, RequestError, RequestId, RequestKind, ServerMessage,
-    close, parse_request,
+    ClientMessage, ErrorCode, MAX_EPOCH_BYTES, OutKind, Reply, RequestError, RequestId,
+    RequestKind, ServerMessage, Since, StreamState, close, parse_request,
 };
 use crate::session::SessionHandle;
 use crate::transit::DisabilityType;
@@ -85,6 +85,19 @@ pub struct SessionCtx {
     /// Frames the rate limit refused in the current flood window.
     rejections: Rejections,
     nav: Navigator,
+    /// Set by `watch`/`resume`: what to release once the reply is queued.
+    release: Option<Release>,
+}
+
+/// A stream whose live events are held for a session until its reply to
+/// `watch`/`resume` is queued, and what follows the reply: the missed
+/// events, from `last` on under `epoch` (`None`: the request failed, the
+/// held events are released as they are).
+struct Release {
+    stream: Arc<str>,
+    epoch: Option<Arc<str>>,
+    last: u64,
+    missed: Vec<(u64, Utf8Bytes)>,
 }
 
 impl SessionCtx {
@@ -111,6 +124,7 @@ impl SessionCtx {
                 count: 0,
             },
             nav: Navigator::default(),
+            release: None,
         }
     }
 
@@ -290,8 +304,68 @@ impl SessionCtx {
                 );
             }
         }
+        // A watch or resume queued its reply above; now the missed events,
+        // then the live ones held meanwhile (or just those, if it failed).
+        if let Some(release) = self.release.take() {
+            let queued = self.handle.release_stream(
+                &release.stream,
+                release.epoch.as_ref(),
+                release.last,
+                release.missed,
+                &state.metrics,
+            );
+            state.fanout.count_replayed(queued);
+        }
         state.metrics.handled(kind, started.elapsed().as_secs_f64());
         false
+    }
+
+    /// Holds live events of `stream` for this session until the reply to
+    /// the current request is queued (see [`Release`]).
+    fn hold(&mut self, stream: &Arc<str>) {
+        self.handle.hold_stream(stream);
+        self.release = Some(Release {
+            stream: stream.clone(),
+            epoch: None,
+            last: 0,
+            missed: Vec::new(),
+        });
+    }
+
+    /// Where `stream` stands and what the client at `since` missed; sets
+    /// up the release that follows the reply and returns the reply's
+    /// stream fields.
+    async fn recover(
+        &mut self,
+        state: &AppState,
+        stream: &Arc<str>,
+        since: Option<Since>,
+    ) -> Result<StreamState, RequestError> {
+        let asked = since.is_some();
+        let since_offset = since.as_ref().map(|s| s.offset);
+        let recovery = state
+            .bus
+            .recover(stream, since.map(|s| (s.offset, s.epoch)))
+            .await
+            .map_err(|e| RequestError::Internal(format!("stream recovery: {e}")))?;
+        let missed = state.fanout.replay_frames(&recovery);
+        let last = match since_offset {
+            Some(offset) if recovery.recovered => offset,
+            _ => recovery.offset,
+        };
+        let epoch: Arc<str> = recovery.epoch.as_str().into();
+        self.release = Some(Release {
+            stream: stream.clone(),
+            epoch: Some(epoch),
+            last,
+            missed,
+        });
+        Ok(StreamState {
+            offset: recovery.offset,
+            epoch: recovery.epoch,
+            recovered: asked.then_some(recovery.recovered),
+            missed: asked.then_some(recovery.missed),
+        })
     }
 
     async fn handle_request(
@@ -391,8 +465,12 @@ impl SessionCtx {
                 state.fanout.unshare(&user, &guardian_id);
                 Ok(ServerMessage::Unshared { guardian_id })
             }
-            ClientMessage::Watch { user_id: rider } => {
+            ClientMessage::Watch {
+                user_id: rider,
+                since,
+            } => {
                 check_user_id(&rider)?;
+                check_since(since.as_ref())?;
                 let allowed = state
                     .stores
                     .shares
@@ -409,6 +487,9 @@ impl SessionCtx {
                 if !self.watched.contains(&rider) {
                     self.watched.push(rider.clone());
                 }
+                // From the registration on, the rider's live events wait
+                // until the reply and the missed events are queued.
+                self.hold(&rider);
                 // Registered again even when this session watched before: an
                 // unshare (here or on another node) removed the registration
                 // but not this session's list.
@@ -416,10 +497,31 @@ impl SessionCtx {
                     state.fanout.take_interest(&rider);
                     state.fanout.interest_settled().await;
                 }
+                let stream = self.recover(state, &rider, since).await?;
                 let active_route = self.nav.summary(&state.navigation, &rider).await?;
                 Ok(ServerMessage::Watching {
                     user_id: rider.to_string(),
                     active_route,
+                    stream,
+                })
+            }
+            ClientMessage::Resume { user_id, since } => {
+                check_since(Some(&since))?;
+                if *user_id != *user {
+                    return Err(RequestError::Client(
+                        ErrorCode::Forbidden,
+                        "resume is for your own stream; use watch for another rider".into(),
+                    ));
+                }
+                // The session's own user is already followed (interest was
+                // taken at connect).
+                self.hold(&user);
+                let stream = self.recover(state, &user, Some(since)).await?;
+                let active_route = self.nav.summary(&state.navigation, &user).await?;
+                Ok(ServerMessage::Resumed {
+                    user_id,
+                    active_route,
+                    stream,
                 })
             }
             ClientMessage::Unwatch { user_id: rider } => {
@@ -519,6 +621,16 @@ fn check_user_id(id: &str) -> Result<(), RequestError> {
         return Err(RequestError::Client(
             ErrorCode::InvalidParameters,
             "user id must be 1–128 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_since(since: Option<&Since>) -> Result<(), RequestError> {
+    if since.is_some_and(|s| s.epoch.len() > MAX_EPOCH_BYTES) {
+        return Err(RequestError::Client(
+            ErrorCode::InvalidParameters,
+            format!("since.epoch is longer than {MAX_EPOCH_BYTES} bytes"),
         ));
     }
     Ok(())

@@ -147,6 +147,7 @@ impl Guardian<'_> {
         self.next_id += 1;
         let msg = ClientMessage::Watch {
             user_id: self.rider_id.clone(),
+            since: None,
         };
         let sent = Instant::now();
         let mut watch = WatchRequest {

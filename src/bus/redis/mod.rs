@@ -24,6 +24,7 @@
 //! subscribes only while it has a session of or watching that user.
 
 mod driver;
+mod history;
 mod publisher;
 mod subscriber;
 
@@ -38,8 +39,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Bus, Deliver, Envelope, InterestCheck};
-use crate::config::BusTopology;
+use super::{Bus, Deliver, Envelope, InterestCheck, Recovery};
+use crate::config::{BusTopology, HistoryConfig};
 use crate::redis_conn::Connection;
 use driver::RedisDriver;
 
@@ -91,6 +92,9 @@ pub struct RedisBus {
     commands_rx: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
     /// Stops both tasks when the bus is dropped.
     stop: CancellationToken,
+    /// The command connection of the publisher and of recoveries; `None`
+    /// only when the URL could not configure one (every use then fails).
+    conn: Option<Connection>,
 }
 
 /// State shared by the handle and its two tasks.
@@ -105,6 +109,8 @@ struct Shared {
     failures: Mutex<FailureLog>,
     /// The node's view of interest, consulted before unsubscribing.
     interest_check: Mutex<Option<InterestCheck>>,
+    /// The rider streams' keys and scripts.
+    streams: history::Streams,
 }
 
 #[derive(Default)]
@@ -122,13 +128,24 @@ impl RedisBus {
         client: redis::Client,
         topology: BusTopology,
         channel: &str,
+        history: &HistoryConfig,
         counters: BusCounters,
     ) -> RedisBus {
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         counters.connected.set(0);
+        let conn = match Connection::new(client.clone(), None) {
+            Ok(conn) => Some(conn),
+            Err(e) => {
+                // Only a configuration mistake gets here; every publish
+                // will then count as a failure.
+                tracing::error!(event = "bus_publisher_failed", cause = %e, "bus commands will fail");
+                None
+            }
+        };
         RedisBus {
-            shared: Arc::new(Shared::new(topology, channel, counters)),
+            shared: Arc::new(Shared::new(topology, channel, history, counters)),
+            conn,
             client,
             publish_tx,
             publish_rx: Mutex::new(Some(publish_rx)),
@@ -151,8 +168,14 @@ impl Drop for RedisBus {
 }
 
 impl Shared {
-    fn new(topology: BusTopology, channel: &str, counters: BusCounters) -> Shared {
+    fn new(
+        topology: BusTopology,
+        channel: &str,
+        history: &HistoryConfig,
+        counters: BusCounters,
+    ) -> Shared {
         Shared {
+            streams: history::Streams::new(channel, history),
             topology,
             channel: channel.to_string(),
             connected: AtomicBool::new(false),
@@ -231,20 +254,13 @@ impl Bus for RedisBus {
             );
             return;
         };
-        match Connection::new(self.client.clone(), None) {
-            Ok(conn) => {
-                tokio::spawn(publisher::run(
-                    self.shared.clone(),
-                    conn,
-                    publish_rx,
-                    self.stop.clone(),
-                ));
-            }
-            Err(e) => {
-                // Only a configuration mistake gets here; every publish
-                // will then count as a failure.
-                tracing::error!(event = "bus_publisher_failed", cause = %e, "bus publisher not started");
-            }
+        if let Some(conn) = &self.conn {
+            tokio::spawn(publisher::run(
+                self.shared.clone(),
+                conn.clone(),
+                publish_rx,
+                self.stop.clone(),
+            ));
         }
         tokio::spawn(subscriber::run(
             self.shared.clone(),
@@ -267,6 +283,23 @@ impl Bus for RedisBus {
                 self.shared.publish_failed(1, &"publisher stopped");
             }
         }
+    }
+
+    fn recover(
+        &self,
+        user: &str,
+        since: Option<(u64, String)>,
+    ) -> BoxFuture<'static, Result<Recovery, String>> {
+        let (shared, conn, user) = (self.shared.clone(), self.conn.clone(), user.to_string());
+        Box::pin(async move {
+            let mut conn = conn.ok_or("no Redis connection")?;
+            match tokio::time::timeout(IO_TIMEOUT, shared.streams.recover(&mut conn, &user, since))
+                .await
+            {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("stream recovery timed out".to_string()),
+            }
+        })
     }
 
     fn interest(&self, user: &str) {
@@ -316,18 +349,20 @@ impl Bus for RedisBus {
 mod tests {
     use super::*;
 
-    #[test]
-    fn targeted_channels_are_per_user() {
+    #[tokio::test]
+    async fn targeted_channels_are_per_user() {
         let counters = BusCounters::default();
         let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
+        let history = HistoryConfig::default();
         let bus = RedisBus::new(
             client.clone(),
             BusTopology::Targeted,
             "nc",
+            &history,
             counters.clone(),
         );
         assert_eq!(bus.channel_for("u1"), "nc:u:u1");
-        let bus = RedisBus::new(client, BusTopology::Broadcast, "nc", counters);
+        let bus = RedisBus::new(client, BusTopology::Broadcast, "nc", &history, counters);
         assert_eq!(bus.channel_for("u1"), "nc");
     }
 }

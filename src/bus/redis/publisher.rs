@@ -1,6 +1,7 @@
 //! The publisher task: drains the bus's bounded queue and sends what it
-//! finds as one pipeline of `PUBLISH`es, so a burst of events costs one
-//! round trip. A failed or slow pipeline is counted and logged once per
+//! finds as one pipeline, so a burst of envelopes costs one round trip: an
+//! event as the stream script (offset, history and `PUBLISH` in one call,
+//! see `history.rs`), a control notice as a plain `PUBLISH`. A failed or slow pipeline is counted and logged once per
 //! burst (see `Shared::publish_failed`); it never reaches a session.
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{IO_TIMEOUT, PUBLISH_BATCH, Shared};
-use crate::bus::Envelope;
+use crate::bus::{Envelope, Payload};
 use crate::redis_conn::Connection;
 
 /// Sends queued envelopes, a pipeline per batch, until the bus is dropped.
@@ -29,14 +30,24 @@ pub(super) async fn run(
             return;
         }
         let mut pipe = redis::pipe();
+        if batch
+            .iter()
+            .any(|e| matches!(e.payload, Payload::Event { .. }))
+        {
+            shared.streams.load_append(&mut pipe);
+        }
         let mut queued = 0u64;
         for envelope in batch.drain(..) {
             match envelope.encode() {
                 Ok(bytes) => {
-                    pipe.cmd("PUBLISH")
-                        .arg(shared.channel_for(&envelope.user_id))
-                        .arg(bytes)
-                        .ignore();
+                    let channel = shared.channel_for(&envelope.user_id);
+                    if matches!(envelope.payload, Payload::Event { .. }) {
+                        shared
+                            .streams
+                            .append_to(&mut pipe, &envelope.user_id, &channel, &bytes);
+                    } else {
+                        pipe.cmd("PUBLISH").arg(channel).arg(bytes).ignore();
+                    }
                     queued += 1;
                 }
                 Err(e) => shared.publish_failed(1, &format!("envelope not serialisable: {e}")),

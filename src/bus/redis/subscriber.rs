@@ -362,7 +362,12 @@ mod tests {
 
     impl Harness {
         fn start(topology: BusTopology) -> Harness {
-            let shared = Arc::new(Shared::new(topology, "nc", BusCounters::default()));
+            let shared = Arc::new(Shared::new(
+                topology,
+                "nc",
+                &crate::config::HistoryConfig::default(),
+                BusCounters::default(),
+            ));
             let (conns, next) = mpsc::unbounded_channel();
             let (commands, commands_rx) = mpsc::unbounded_channel();
             let (tx, delivered) = mpsc::unbounded_channel();
@@ -419,16 +424,15 @@ mod tests {
     }
 
     fn envelope(origin: &str) -> Vec<u8> {
-        Envelope {
-            origin_node: origin.into(),
-            node_seq: 1,
-            seq: 1,
-            sent_at_us: 1,
-            user_id: "u1".into(),
-            payload: Payload::Event {
+        Envelope::new(
+            origin,
+            1,
+            1,
+            "u1",
+            Payload::Event {
                 event: RawValue::from_string("{}".into()).unwrap(),
             },
-        }
+        )
         .encode()
         .unwrap()
     }
