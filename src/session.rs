@@ -169,6 +169,11 @@ impl SessionHandle {
         cursor.advance(offset, epoch) && self.send_text(text, metrics).is_ok()
     }
 
+    /// The session no longer follows `stream` (unwatch).
+    pub fn forget_stream(&self, stream: &str) {
+        self.state.lock().cursors.retain(|c| &*c.stream != stream);
+    }
+
     /// Starts a recovery of `stream`: live events are held from now on.
     pub fn hold_stream(&self, stream: &str) {
         let mut state = self.state.lock();
@@ -178,14 +183,17 @@ impl SessionHandle {
     /// Ends a recovery: the session stands at `last` under `epoch` (the
     /// client's position when the missed events follow, the stream's
     /// current one otherwise); `missed` are queued in order, then the held
-    /// live events that are still new. With `epoch` `None` (the recovery
-    /// failed) the held events are simply released. Returns how many
-    /// frames were queued.
+    /// live events that are still new. When the client gave no position
+    /// (`told` false) and the session already follows this epoch, its
+    /// cursor stays where it is, so an event already on its way is not
+    /// dropped. With `epoch` `None` (the recovery failed) the held events
+    /// are simply released. Returns how many frames were queued.
     pub fn release_stream(
         &self,
         stream: &str,
         epoch: Option<&Arc<str>>,
         last: u64,
+        told: bool,
         missed: Vec<(u64, Utf8Bytes)>,
         metrics: &Metrics,
     ) -> usize {
@@ -193,8 +201,11 @@ impl SessionHandle {
         let cursor = cursor_of(&mut state.cursors, stream);
         let held = cursor.held.take().unwrap_or_default();
         if let Some(epoch) = epoch {
-            cursor.epoch = Some(epoch.clone());
-            cursor.last = last;
+            let following = cursor.epoch.as_deref() == Some(&**epoch);
+            if told || !following {
+                cursor.epoch = Some(epoch.clone());
+                cursor.last = last;
+            }
         }
         let mut queued = 0;
         for (offset, text) in missed {
@@ -406,6 +417,47 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn texts(outbox: &mut Outbox) -> Vec<String> {
+        let mut got = Vec::new();
+        while let Ok(Message::Text(t)) = outbox.rx.try_recv() {
+            got.push(t.to_string());
+        }
+        got
+    }
+
+    #[test]
+    fn cursors_drop_repeats_and_hold_live_events_during_a_recovery() {
+        let sessions = Sessions::default();
+        let (h, mut out) = sessions.open("s".into(), "u".into(), 100, 1 << 20, None);
+        let m = Metrics::new();
+        let e1: Arc<str> = "e1".into();
+        let ev = |n: u64| Utf8Bytes::from(format!("ev{n}"));
+        assert!(h.deliver_event("r", Some((1, &e1)), ev(1), &m));
+        assert!(!h.deliver_event("r", Some((1, &e1)), ev(1), &m), "a repeat");
+        assert!(h.deliver_event("r", Some((2, &e1)), ev(2), &m));
+        // A recovery: live 5 and 6 arrive while it is prepared; 3–5 are
+        // the missed events; 5 must come once, and all in order.
+        h.hold_stream("r");
+        assert!(!h.deliver_event("r", Some((5, &e1)), ev(5), &m));
+        assert!(!h.deliver_event("r", Some((6, &e1)), ev(6), &m));
+        let missed = (3..=5).map(|n| (n, ev(n))).collect();
+        assert_eq!(h.release_stream("r", Some(&e1), 2, true, missed, &m), 4);
+        assert_eq!(texts(&mut out), ["ev1", "ev2", "ev3", "ev4", "ev5", "ev6"]);
+        // A re-watch without a position keeps the cursor: 7, on its way
+        // while the stream said 8, still arrives.
+        h.hold_stream("r");
+        assert_eq!(
+            h.release_stream("r", Some(&e1), 8, false, Vec::new(), &m),
+            0
+        );
+        assert!(h.deliver_event("r", Some((7, &e1)), ev(7), &m));
+        // A new epoch starts over.
+        let e2: Arc<str> = "e2".into();
+        assert!(h.deliver_event("r", Some((1, &e2)), ev(1), &m));
+        h.forget_stream("r");
+        assert!(h.state.lock().cursors.is_empty());
+    }
 
     #[test]
     fn the_queue_is_bounded_in_bytes_as_well_as_frames() {

@@ -120,7 +120,10 @@ async fn lost_history_is_reported_with_the_current_state() {
     let back = g
         .request(json!({"type": "watch", "user_id": w.rider.user_id, "since": {"offset": 1, "epoch": epoch}}))
         .await;
-    assert_eq!(back["recovered"], false, "only 5 of the 9 missed are kept: {back}");
+    assert_eq!(
+        back["recovered"], false,
+        "only 5 of the 9 missed are kept: {back}"
+    );
     assert_eq!(back["missed"], 9);
     assert_eq!(back["offset"], 10);
     assert!(back["active_route"]["route_id"].is_string(), "{back}");
@@ -163,7 +166,10 @@ async fn another_device_of_the_rider_resumes_its_own_stream() {
         .request(json!({"type": "resume", "user_id": rider.user_id, "since": {"offset": 1, "epoch": epoch}}))
         .await;
     assert_eq!(back["type"], "resumed", "{back}");
-    assert_eq!((back["recovered"].clone(), back["missed"].clone()), (json!(true), json!(3)));
+    assert_eq!(
+        (back["recovered"].clone(), back["missed"].clone()),
+        (json!(true), json!(3))
+    );
     assert!(back["active_route"]["route_id"].is_string(), "{back}");
     assert_eq!(offsets(&mut watch, 3, &epoch).await, [2, 3, 4]);
     // The device that sent an event does not get it back.
@@ -177,4 +183,3 @@ async fn another_device_of_the_rider_resumes_its_own_stream() {
         .await;
     assert_eq!(refused["code"], "FORBIDDEN", "{refused}");
 }
-

@@ -97,6 +97,8 @@ struct Release {
     stream: Arc<str>,
     epoch: Option<Arc<str>>,
     last: u64,
+    /// Whether the client gave its position (`since`).
+    told: bool,
     missed: Vec<(u64, Utf8Bytes)>,
 }
 
@@ -311,6 +313,7 @@ impl SessionCtx {
                 &release.stream,
                 release.epoch.as_ref(),
                 release.last,
+                release.told,
                 release.missed,
                 &state.metrics,
             );
@@ -328,6 +331,7 @@ impl SessionCtx {
             stream: stream.clone(),
             epoch: None,
             last: 0,
+            told: false,
             missed: Vec::new(),
         });
     }
@@ -358,6 +362,7 @@ impl SessionCtx {
             stream: stream.clone(),
             epoch: Some(epoch),
             last,
+            told: asked,
             missed,
         });
         Ok(StreamState {
@@ -528,6 +533,7 @@ impl SessionCtx {
                 check_user_id(&rider)?;
                 if let Some(i) = self.watched.iter().position(|w| **w == *rider) {
                     self.watched.swap_remove(i);
+                    self.handle.forget_stream(&rider);
                     if state.sessions.unwatch(&rider, self.handle.key) {
                         state.fanout.release_interest(&rider);
                     }
