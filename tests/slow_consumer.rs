@@ -8,6 +8,8 @@ use serde_json::json;
 
 /// Frames the slow session may queue before it is closed.
 const QUEUE_FRAMES: usize = 16;
+/// Events the rider's stream history keeps.
+const HISTORY: usize = 4;
 
 /// What RSS may grow by besides the frames the slow session holds: the
 /// allocator's rounding and page granularity over the rider's own few
@@ -22,6 +24,9 @@ async fn slow_consumer_is_closed_with_4008_and_memory_stays_bounded() {
     cfg.ws.queue_frames = QUEUE_FRAMES;
     cfg.ws.rate_per_s = 100_000.0;
     cfg.ws.rate_burst = 100_000.0;
+    // The rider's stream keeps its last events (protocol v1.1): a few here,
+    // counted in the bound below.
+    cfg.history.size = HISTORY;
     let node = TestNode::start(cfg).await;
     let rider = account(&node, None).await;
     let guardian = account(&node, None).await;
@@ -47,7 +52,7 @@ async fn slow_consumer_is_closed_with_4008_and_memory_stays_bounded() {
     // sending (and the one it has taken out of the queue to send next);
     // a peer_event frame is the event plus an envelope of under 256 bytes.
     let frame_bytes = first.to_string().len() as u64 + 256;
-    let bound = (QUEUE_FRAMES as u64 + 2) * frame_bytes;
+    let bound = (QUEUE_FRAMES as u64 + 2 + HISTORY as u64) * frame_bytes;
     let rss_before = node.stats().await["memory"]["rss_bytes"].as_u64().unwrap();
 
     // Each route_calculated event is several KiB; push until the node
@@ -67,7 +72,7 @@ async fn slow_consumer_is_closed_with_4008_and_memory_stays_bounded() {
     let growth = rss_after.saturating_sub(rss_before);
     assert!(
         growth <= bound + ALLOCATOR_SLACK,
-        "memory bounded by {QUEUE_FRAMES} queued frames of {frame_bytes} B ({bound} B) \
+        "memory bounded by {QUEUE_FRAMES} queued frames and {HISTORY} kept events of {frame_bytes} B ({bound} B) \
          + {ALLOCATOR_SLACK} B slack: {rss_before} → {rss_after} after {pushed} events"
     );
     // The rider is unaffected.
