@@ -185,6 +185,23 @@ fn tokens(body: &[u8]) -> Result<Session, Cause> {
     }
 }
 
+/// Whether a JWT's `exp` has passed (or is within 5 s). Read without
+/// checking the signature: the client only decides whether to refresh.
+pub(crate) fn token_expired(token: &str) -> bool {
+    use base64::Engine;
+    let exp = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["exp"].as_i64());
+    exp.is_some_and(|exp| exp <= navcast::clock::unix_s() + 5)
+}
+
 /// `POST /api/v1/auth/refresh`: a new token pair.
 pub(crate) async fn refresh(
     t: &Transport,

@@ -103,3 +103,33 @@ async fn a_whole_bus_delivers_every_peer_event() {
     assert_eq!(f.received, f.expected);
     assert_failed(&out, "lost peer_events", false);
 }
+
+/// #13 §2: guardians refresh their tokens like riders. Tokens live 6 s and
+/// the node warns 4 s before, so a 20 s run keeps its guardians only by
+/// refreshing in band: no 4001, no 401 on a reconnect, no event lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guardians_outlive_their_tokens_by_refreshing() {
+    let nodes = Node::cluster_with(
+        2,
+        |c| {
+            c.jwt.access_ttl = std::time::Duration::from_secs(6);
+            c.ws.token_expiry_warning = std::time::Duration::from_secs(4);
+        },
+        |b| b,
+    )
+    .await;
+    let out = run_fanout(&nodes).await;
+    let f = out.summary.fanout;
+    assert_eq!((f.lost, f.gaps), (0, 0), "{f:?}");
+    assert!(f.expected > 20, "{f:?}");
+    assert_eq!(
+        out.summary.close_codes.keys().collect::<Vec<_>>(),
+        vec!["1000"],
+        "no session ended with 4001"
+    );
+    // 20 riders and 10 guardians, each refreshing every couple of seconds.
+    let refreshes = out.summary.cell(navcast_load::summary::Metric::Refresh);
+    assert!(refreshes.count >= 60, "{}", refreshes.count);
+    assert_eq!(refreshes.failures, 0);
+    assert_failed(&out, "lost peer_events", false);
+}

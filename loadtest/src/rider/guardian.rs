@@ -2,6 +2,9 @@
 //! the next host, so fan-out crosses nodes when there are several), waits
 //! for the rider's share, watches, and checks every `peer_event` it gets.
 //!
+//! Like a rider it refreshes its token in band on `token_expiring`, and
+//! over HTTP before reconnecting when it was away past the token's expiry.
+//!
 //! Each peer event is a fan-out latency sample (from the node's
 //! `sent_at_us`) and a `seq` to check. When the rider stops, the guardian
 //! waits up to `fanout_grace_s` for the events still in flight; whatever
@@ -24,7 +27,7 @@ use super::{
     End, Pair, RiderPlan, RunCtx, close_normal, connect, ending, finish_close, login_until,
     wait_true,
 };
-use crate::accounts::Session;
+use crate::accounts::{self, Session, token_expired};
 use crate::net::Ws;
 use crate::summary::Metric;
 
@@ -45,6 +48,10 @@ pub(super) async fn guardian(ctx: Arc<RunCtx>, plan: RiderPlan, pair: Arc<Pair>,
         check: SeqCheck::default(),
         next_id: 0,
         done_rx,
+        host,
+        refresh: None,
+        refresh_started: Instant::now(),
+        refresh_id: None,
     };
     g.watch_until_done(host).await;
     g.tally();
@@ -94,6 +101,13 @@ struct Guardian<'a> {
     next_id: u64,
     /// Turns true when the rider stopped.
     done_rx: watch::Receiver<bool>,
+    /// The host of the current session (refreshes go there too).
+    host: usize,
+    /// The HTTP refresh started by `token_expiring`, like a rider's.
+    refresh: Option<tokio::task::JoinHandle<Result<(Session, usize), String>>>,
+    refresh_started: Instant,
+    /// The in-band `refresh_token` sent, until its reply.
+    refresh_id: Option<u64>,
 }
 
 impl Guardian<'_> {
@@ -104,6 +118,14 @@ impl Guardian<'_> {
         loop {
             if *self.done_rx.borrow() {
                 return;
+            }
+            self.host = host;
+            // Away past the token's expiry (no session to refresh in band):
+            // refresh over HTTP first, as a phone coming back does.
+            if token_expired(&self.session.access) && !self.refresh_now().await {
+                host += 1;
+                self.back_off().await;
+                continue;
             }
             let Some((mut ws, node)) = connect(self.ctx, host, &self.session).await else {
                 host += 1;
@@ -131,6 +153,45 @@ impl Guardian<'_> {
                     host += 1;
                     self.back_off().await;
                 }
+            }
+        }
+    }
+
+    /// A refresh over HTTP outside a session; false if it failed.
+    async fn refresh_now(&mut self) -> bool {
+        let timeout = Duration::from_secs_f64(self.ctx.spec.login_timeout_s);
+        let started = Instant::now();
+        let r = accounts::refresh(
+            &self.ctx.transport,
+            self.host,
+            &self.session.refresh,
+            timeout,
+        )
+        .await;
+        self.refreshed_session(r, started).is_some()
+    }
+
+    /// Records a finished HTTP refresh and keeps its tokens; the new
+    /// access token when it worked.
+    fn refreshed_session(
+        &mut self,
+        r: Result<(Session, usize), String>,
+        started: Instant,
+    ) -> Option<String> {
+        match r {
+            Ok((session, bytes)) => {
+                self.ctx
+                    .rec
+                    .success(Metric::Refresh, started.elapsed(), bytes);
+                let access = session.access.clone();
+                self.session = session;
+                Some(access)
+            }
+            Err(cause) => {
+                self.ctx
+                    .rec
+                    .failure(Metric::Refresh, Some(started.elapsed()), &cause);
+                None
             }
         }
     }
@@ -183,7 +244,22 @@ impl Guardian<'_> {
                 close_normal(ws).await;
                 return End::Stopped;
             }
+            let refreshing = self.refresh.is_some();
             tokio::select! {
+                r = async { self.refresh.as_mut().expect("refreshing").await }, if refreshing => {
+                    self.refresh = None;
+                    let started = self.refresh_started;
+                    let r = r.unwrap_or_else(|e| Err(e.to_string()));
+                    if let Some(access) = self.refreshed_session(r, started) {
+                        self.next_id += 1;
+                        self.refresh_id = Some(self.next_id);
+                        let msg = ClientMessage::RefreshToken { token: access };
+                        if ws.send(Message::text(encode(&msg, self.next_id))).await.is_err() {
+                            finish_close(ws).await;
+                            return End::Lost(1006);
+                        }
+                    }
+                }
                 _ = wait_true(&mut self.done_rx), if drain_until.is_none() => {
                     drain_until = Some(Instant::now() + grace);
                 }
@@ -228,6 +304,25 @@ impl Guardian<'_> {
                     &format!("error {}", code.as_str()),
                 ),
                 _ => rec.exception("unexpected reply to watch"),
+            }
+            return;
+        }
+        if self.refresh_id.is_some() && request_id(&reply) == self.refresh_id {
+            self.refresh_id = None;
+            if let ServerMessage::Error { code, .. } = reply.message {
+                rec.exception(&format!("in-band refresh refused: {}", code.as_str()));
+            }
+            return;
+        }
+        if matches!(reply.message, ServerMessage::TokenExpiring { .. }) {
+            if self.refresh.is_none() {
+                let (transport, host) = (self.ctx.transport.clone(), self.host);
+                let token = self.session.refresh.clone();
+                let timeout = Duration::from_secs_f64(self.ctx.spec.login_timeout_s);
+                self.refresh_started = Instant::now();
+                self.refresh = Some(tokio::spawn(async move {
+                    accounts::refresh(&transport, host, &token, timeout).await
+                }));
             }
             return;
         }
