@@ -526,6 +526,10 @@ pub enum ServerMessage {
         origin_node: String,
         seq: u64,
         sent_at_us: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
     },
 }
 

@@ -115,6 +115,14 @@ pub(crate) struct RiderSpec {
     /// How long a guardian waits after its rider stopped for the last
     /// peer events still in flight.
     pub(crate) fanout_grace_s: f64,
+    /// Share of guardians that go through tunnels: the network vanishes
+    /// (no reading, no writing, no close frame), comes back, and the
+    /// guardian reconnects with jittered backoff and `watch` with `since`.
+    pub(crate) tunnel_share: f64,
+    /// How long a tunnel lasts, seconds, uniform in [lo, hi] (time-scaled).
+    pub(crate) tunnel_s: [f64; 2],
+    /// Time between tunnels, seconds, uniform in [lo, hi] (time-scaled).
+    pub(crate) tunnel_every_s: [f64; 2],
 }
 
 /// Relative weights of `start_navigation` and `location_update` ticks.
@@ -150,6 +158,9 @@ impl Default for RiderSpec {
             stations: KINDMAP_STATIONS.iter().map(|s| s.to_string()).collect(),
             trace: None,
             fanout_grace_s: 2.0,
+            tunnel_share: 0.0,
+            tunnel_s: [10.0, 60.0],
+            tunnel_every_s: [30.0, 120.0],
         }
     }
 }
@@ -265,6 +276,15 @@ impl Profile {
         let r = &file.rider;
         if !(r.update_interval_s[0] > 0.0 && r.update_interval_s[1] >= r.update_interval_s[0]) {
             bail!("rider.update_interval_s must be [lo, hi] with 0 < lo <= hi");
+        }
+        let range_ok = |[lo, hi]: [f64; 2]| lo > 0.0 && hi >= lo;
+        if !((0.0..=1.0).contains(&r.tunnel_share)
+            && range_ok(r.tunnel_s)
+            && range_ok(r.tunnel_every_s))
+        {
+            bail!(
+                "rider.tunnel_share must be in [0, 1], tunnel_s and tunnel_every_s [lo, hi] with 0 < lo <= hi"
+            );
         }
         if !(0.0..=1.0).contains(&r.guardian_share) || !(0.0..=1.0).contains(&r.deviating_share) {
             bail!("rider shares must be within 0..1");

@@ -39,6 +39,7 @@ pub(crate) struct FanoutLive {
     pub(crate) received: AtomicU64,
     pub(crate) duplicates: AtomicU64,
     pub(crate) reorders: AtomicU64,
+    pub(crate) recovered: AtomicU64,
     pub(crate) gaps: AtomicU64,
     pub(crate) lost: AtomicU64,
 }

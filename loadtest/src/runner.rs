@@ -589,6 +589,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         reorders: ld(&f.reorders),
         gaps: ld(&f.gaps),
         lost: ld(&f.lost),
+        recovered: ld(&f.recovered),
     };
     summary.server = std::mem::take(&mut *server_samples.lock().unwrap_or_else(|e| e.into_inner()));
     if interrupted {

@@ -28,10 +28,15 @@ pub enum Metric {
     WsShareNavigation,
     WsWatch,
     FanoutDelivery,
+    /// From the network's return after a tunnel to `watching` (guardians).
+    WsReconnect,
+    /// How long a guardian in a tunnel saw nothing: from entering it to
+    /// the `watching` reply after it.
+    GuardianBlind,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 8] = [
+    pub const ALL: [Metric; 10] = [
         Metric::Login,
         Metric::Refresh,
         Metric::WsConnect,
@@ -40,6 +45,8 @@ impl Metric {
         Metric::WsShareNavigation,
         Metric::WsWatch,
         Metric::FanoutDelivery,
+        Metric::WsReconnect,
+        Metric::GuardianBlind,
     ];
     pub(crate) const COUNT: usize = Metric::ALL.len();
 
@@ -53,6 +60,8 @@ impl Metric {
             Metric::WsShareNavigation => "ws_share_navigation",
             Metric::WsWatch => "ws_watch",
             Metric::FanoutDelivery => "fanout_delivery",
+            Metric::WsReconnect => "ws_reconnect",
+            Metric::GuardianBlind => "guardian_blind",
         }
     }
 
@@ -75,7 +84,10 @@ impl Metric {
     /// Requests the client made (fan-out deliveries are received, not
     /// requested, and have their own criterion).
     pub(crate) fn is_request(self) -> bool {
-        self != Metric::FanoutDelivery
+        !matches!(
+            self,
+            Metric::FanoutDelivery | Metric::WsReconnect | Metric::GuardianBlind
+        )
     }
 }
 
@@ -184,8 +196,11 @@ pub struct FanoutCounts {
     /// Sequence numbers skipped.
     pub gaps: u64,
     /// Per rider/guardian pair, the larger of the gaps and the shortfall
-    /// of received against expected, summed.
+    /// of received against expected, summed: events lost for good.
     pub lost: u64,
+    /// Events a guardian got back by `watch` with `since` after a tunnel.
+    #[serde(default)]
+    pub recovered: u64,
 }
 
 /// A sample of a node's `/stats`.
@@ -389,6 +404,7 @@ impl Summary {
         a.received += b.received;
         a.duplicates += b.duplicates;
         a.reorders += b.reorders;
+        a.recovered += b.recovered;
         a.gaps += b.gaps;
         a.lost += b.lost;
         let (a, b) = (&mut self.client, &o.client);

@@ -133,3 +133,53 @@ async fn guardians_outlive_their_tokens_by_refreshing() {
     assert_eq!(refreshes.failures, 0);
     assert_failed(&out, "lost peer_events", false);
 }
+
+const TUNNELS: &str = r#"
+name = "tunnels"
+description = "10 riders, each watched by a guardian that keeps going through tunnels"
+[[stage]]
+name = "ramp"
+end_s = 2
+users = 10
+spawn_rate = 10
+[[stage]]
+name = "hold"
+end_s = 24
+users = 10
+[rider]
+guardian_share = 1.0
+update_interval_s = [0.5, 1.0]
+tunnel_share = 1.0
+tunnel_s = [2.0, 4.0]
+tunnel_every_s = [3.0, 5.0]
+"#;
+
+/// #13 §2: guardians lose their network (no read, no write, no close
+/// frame) for seconds at a time, come back with jittered backoff on the
+/// other node, and `watch` with `since`: every event the riders produced
+/// meanwhile is recovered, none is lost for good, none arrives twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guardians_through_tunnels_lose_nothing() {
+    let nodes = Node::cluster_with(2, |_| {}, |b| b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_profile(&dir, "tunnels.toml", TUNNELS);
+    let out = run(&hosts(&nodes), &file, &["--server-stats-every", "0"]).await;
+    let f = out.summary.fanout;
+    assert!(f.expected > 50, "{f:?}");
+    assert_eq!((f.lost, f.duplicates, f.gaps), (0, 0, 0), "{f:?}");
+    assert!(f.recovered > 0, "events came back through recovery: {f:?}");
+    let reconnects = out.summary.cell(navcast_load::summary::Metric::WsReconnect);
+    assert!(
+        reconnects.count >= 10,
+        "every guardian went through a tunnel: {}",
+        reconnects.count
+    );
+    assert_eq!(reconnects.failures, 0);
+    assert!(
+        out.summary
+            .cell(navcast_load::summary::Metric::GuardianBlind)
+            .count
+            >= 10
+    );
+    assert_failed(&out, "lost peer_events", false);
+}

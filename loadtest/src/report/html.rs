@@ -443,14 +443,15 @@ th{{background:#f6f6f6}}td:first-child,th:first-child,td.l,th.l{{text-align:left
     let f = &s.fanout;
     let _ = write!(
         o,
-        "<h2>Fan-out (peer events to guardians)</h2><table><tr><th>expected</th><th>received</th><th>lost</th><th>gaps in seq</th><th>duplicates</th><th>reorders</th></tr><tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+        "<h2>Fan-out (peer events to guardians)</h2><table><tr><th>expected</th><th>received</th><th>lost</th><th>gaps in seq</th><th>duplicates</th><th>reorders</th><th>recovered after a tunnel</th></tr><tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
         f.expected,
         f.received,
         if f.lost == 0 { "pass" } else { "fail" },
         f.lost,
         f.gaps,
         f.duplicates,
-        f.reorders
+        f.reorders,
+        f.recovered
     );
 
     if let Some(c) = client_cost(s) {

@@ -69,8 +69,8 @@ pub fn text_report(s: &Summary, eval: &Evaluation) -> String {
     let f = &s.fanout;
     let _ = writeln!(
         out,
-        "fan-out: expected {} received {} lost {} gaps {} duplicates {} reorders {}",
-        f.expected, f.received, f.lost, f.gaps, f.duplicates, f.reorders
+        "fan-out: expected {} received {} lost {} gaps {} duplicates {} reorders {} recovered {}",
+        f.expected, f.received, f.lost, f.gaps, f.duplicates, f.reorders, f.recovered
     );
     if let Some(line) = client_line(s) {
         let _ = writeln!(out, "{line}");

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use navcast::clock::unix_us;
-use navcast::protocol::{ClientMessage, Reply, ServerMessage};
+use navcast::protocol::{ClientMessage, Reply, ServerMessage, Since};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::Message;
@@ -52,6 +52,10 @@ pub(super) async fn guardian(ctx: Arc<RunCtx>, plan: RiderPlan, pair: Arc<Pair>,
         refresh: None,
         refresh_started: Instant::now(),
         refresh_id: None,
+        tunnels: rand::random::<f64>() < ctx.spec.tunnel_share,
+        next_tunnel: None,
+        position: None,
+        back_from_tunnel: None,
     };
     g.watch_until_done(host).await;
     g.tally();
@@ -108,6 +112,27 @@ struct Guardian<'a> {
     refresh_started: Instant,
     /// The in-band `refresh_token` sent, until its reply.
     refresh_id: Option<u64>,
+    /// Whether this guardian goes through tunnels (`rider.tunnel_share`).
+    tunnels: bool,
+    /// When the next tunnel starts (set once a watch is answered).
+    next_tunnel: Option<Instant>,
+    /// The last stream position processed: `(offset, epoch)`.
+    position: Option<(u64, String)>,
+    /// After a tunnel: when it began and when the network came back,
+    /// until the `watching` reply that ends it.
+    back_from_tunnel: Option<(Instant, Instant)>,
+}
+
+/// A duration uniform in `[lo, hi]` seconds, time-scaled.
+fn uniform_s([lo, hi]: [f64; 2], scale: f64) -> Duration {
+    Duration::from_secs_f64((lo + rand::random::<f64>() * (hi - lo)) * scale)
+}
+
+/// The wait before reconnect attempt `n` (0, 1, …) after a tunnel:
+/// exponential backoff with full jitter, base 0.5 s, cap 30 s.
+fn jittered_backoff(n: u32) -> Duration {
+    let cap = 0.5 * 2f64.powi(n.min(16) as i32);
+    Duration::from_secs_f64(rand::random::<f64>() * cap.min(30.0))
 }
 
 impl Guardian<'_> {
@@ -116,7 +141,9 @@ impl Guardian<'_> {
     async fn watch_until_done(&mut self, mut host: usize) {
         let rec = &self.ctx.rec;
         loop {
-            if *self.done_rx.borrow() {
+            // A guardian back from a tunnel reconnects even after its rider
+            // stopped: the events of the tunnel are still to be recovered.
+            if *self.done_rx.borrow() && self.back_from_tunnel.is_none() {
                 return;
             }
             self.host = host;
@@ -128,12 +155,49 @@ impl Guardian<'_> {
                 continue;
             }
             let Some((mut ws, node)) = connect(self.ctx, host, &self.session).await else {
+                if *self.done_rx.borrow() {
+                    return;
+                }
                 host += 1;
                 self.back_off().await;
                 continue;
             };
             let mut watch = self.send_watch(&mut ws).await;
             let end = self.read_session(&mut ws, &mut watch).await;
+            if let End::Tunnel = end {
+                // The network vanishes: no reading, no writing, no close
+                // frame. Events keep coming to the rider (and are expected
+                // of this guardian, who gets them back with `since`).
+                let entered = Instant::now();
+                let outage = uniform_s(self.ctx.spec.tunnel_s, self.ctx.time_scale);
+                tokio::select! {
+                    _ = tokio::time::sleep(outage) => {}
+                    _ = wait_true(&mut self.done_rx) => {}
+                }
+                drop(ws);
+                rec.node_close(&node);
+                rec.closed(1006);
+                let back = Instant::now();
+                self.back_from_tunnel = Some((entered, back));
+                // Reconnect with jittered backoff (first attempt after a
+                // jittered pause too: every phone of a tunnel comes back
+                // at once).
+                let mut attempt = 0;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(jittered_backoff(attempt)) => {}
+                        _ = wait_true(&mut self.done_rx) => {}
+                    }
+                    if !token_expired(&self.session.access) || self.refresh_now().await {
+                        break;
+                    }
+                    if *self.done_rx.borrow() && attempt >= 3 {
+                        return;
+                    }
+                    attempt += 1;
+                }
+                continue;
+            }
             self.pair.watching.send_replace(false);
             rec.node_close(&node);
             match end {
@@ -141,6 +205,7 @@ impl Guardian<'_> {
                     rec.closed(1000);
                     return;
                 }
+                End::Tunnel => {}
                 End::Lost(code) => {
                     rec.closed(code);
                     if watch.pending {
@@ -206,9 +271,14 @@ impl Guardian<'_> {
 
     async fn send_watch(&mut self, ws: &mut Ws) -> WatchRequest {
         self.next_id += 1;
+        // After a tunnel, ask for what was missed.
+        let since = self
+            .back_from_tunnel
+            .and(self.position.clone())
+            .map(|(offset, epoch)| Since { offset, epoch });
         let msg = ClientMessage::Watch {
             user_id: self.rider_id.clone(),
-            since: None,
+            since,
         };
         let sent = Instant::now();
         let mut watch = WatchRequest {
@@ -267,6 +337,10 @@ impl Guardian<'_> {
                     close_normal(ws).await;
                     return End::Stopped;
                 }
+                _ = sleep_until(self.next_tunnel.unwrap_or(far)), if self.next_tunnel.is_some() && drain_until.is_none() => {
+                    self.next_tunnel = None;
+                    return End::Tunnel;
+                }
                 _ = sleep_until(watch.deadline), if watch.pending => {
                     watch.pending = false;
                     self.ctx.rec.failure(Metric::WsWatch, Some(watch.sent.elapsed()), "timeout");
@@ -294,9 +368,28 @@ impl Guardian<'_> {
         if watch.pending && request_id(&reply) == Some(watch.id) {
             watch.pending = false;
             match reply.message {
-                ServerMessage::Watching { .. } => {
+                ServerMessage::Watching { stream, .. } => {
                     rec.success(Metric::WsWatch, watch.sent.elapsed(), text.len());
                     self.pair.watching.send_replace(true);
+                    if let Some((entered, back)) = self.back_from_tunnel.take() {
+                        rec.success(Metric::WsReconnect, back.elapsed(), 0);
+                        rec.success(Metric::GuardianBlind, entered.elapsed(), 0);
+                        if stream.recovered == Some(true) {
+                            rec.fanout
+                                .recovered
+                                .fetch_add(stream.missed.unwrap_or(0), Ordering::Relaxed);
+                        }
+                    }
+                    // Not recovered (or a first watch): go on from here.
+                    if stream.recovered != Some(true) {
+                        self.position = Some((stream.offset, stream.epoch));
+                    }
+                    if self.tunnels {
+                        self.next_tunnel = Some(
+                            Instant::now()
+                                + uniform_s(self.ctx.spec.tunnel_every_s, self.ctx.time_scale),
+                        );
+                    }
                 }
                 ServerMessage::Error { code, .. } => rec.failure(
                     Metric::WsWatch,
@@ -330,9 +423,14 @@ impl Guardian<'_> {
             origin_node,
             seq,
             sent_at_us,
+            offset,
+            epoch,
             ..
         } = reply.message
         {
+            if let (Some(offset), Some(epoch)) = (offset, epoch) {
+                self.position = Some((offset, epoch));
+            }
             let latency = Duration::from_micros(unix_us().saturating_sub(sent_at_us));
             if self.check.see(&origin_node, seq) {
                 rec.success(Metric::FanoutDelivery, latency, text.len());

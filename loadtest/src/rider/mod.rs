@@ -146,6 +146,8 @@ enum End {
     Stopped,
     /// The server or the network ended it, with this close code.
     Lost(u16),
+    /// A guardian entered a tunnel: the session is abandoned, not closed.
+    Tunnel,
 }
 
 /// Waits until a flag turns true (or its sender is gone), holding no

@@ -192,6 +192,8 @@ impl<'a> Rider<'a> {
                     ctx.rec.closed(1000);
                     return;
                 }
+                // Riders do not go through tunnels (yet); only guardians.
+                End::Tunnel => {}
                 End::Lost(code) => {
                     ctx.rec.closed(code);
                     for p in std::mem::take(&mut self.pending) {
