@@ -209,6 +209,9 @@ pub fn evaluate(s: &Summary) -> Evaluation {
     if let Some(l) = t.login_p95_ms {
         out.push(p95_verdict("login p95", &cell(Metric::Login), l));
     }
+    if let Some(l) = t.reconnect_p95_ms {
+        out.push(p95_verdict("reconnect p95", &cell(Metric::WsReconnect), l));
+    }
     if let Some(l) = t.fanout_p95_ms {
         let c = cell(Metric::FanoutDelivery);
         if c.hist.is_empty() && s.fanout.expected == 0 {

@@ -177,6 +177,8 @@ pub(crate) struct Thresholds {
     pub(crate) location_update_p95_ms: Option<f64>,
     pub(crate) login_p95_ms: Option<f64>,
     pub(crate) fanout_p95_ms: Option<f64>,
+    /// p95 from a tunnel's end to `watching` (guardians in tunnels).
+    pub(crate) reconnect_p95_ms: Option<f64>,
     /// Failed requests / requests; 0 means no failure at all.
     pub(crate) error_rate_max: f64,
     /// Lost peer events (gaps in `seq`, or fewer received than published).
@@ -200,6 +202,7 @@ impl Default for Thresholds {
             start_navigation_p95_ms: Some(50.0),
             location_update_p95_ms: Some(20.0),
             login_p95_ms: None,
+            reconnect_p95_ms: None,
             fanout_p95_ms: None,
             error_rate_max: 0.0,
             lost_peer_events_max: 0,
@@ -333,6 +336,7 @@ impl Profile {
                 "location_update_p95_ms" => t.location_update_p95_ms = opt,
                 "login_p95_ms" => t.login_p95_ms = opt,
                 "fanout_p95_ms" => t.fanout_p95_ms = opt,
+                "reconnect_p95_ms" => t.reconnect_p95_ms = opt,
                 "error_rate_max" => t.error_rate_max = need()?,
                 "lost_peer_events_max" => t.lost_peer_events_max = need()? as u64,
                 "spread_tolerance" => t.spread_tolerance = opt,

@@ -243,7 +243,7 @@ impl Shared {
 }
 
 impl Bus for RedisBus {
-    fn start(&self, node_id: &str, deliver: Deliver) {
+    fn start(&self, _node_id: &str, deliver: Deliver) {
         let (Some(publish_rx), Some(commands_rx)) = (
             self.publish_rx.lock().take(),
             self.commands_rx.lock().take(),
@@ -265,7 +265,6 @@ impl Bus for RedisBus {
         tokio::spawn(subscriber::run(
             self.shared.clone(),
             RedisDriver::new(self.client.clone()),
-            node_id.to_string(),
             commands_rx,
             deliver,
             self.stop.clone(),

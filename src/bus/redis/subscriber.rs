@@ -67,7 +67,6 @@ struct Outage {
 pub(super) async fn run<D: PubSubDriver>(
     shared: Arc<Shared>,
     mut driver: D,
-    node_id: String,
     mut commands: mpsc::UnboundedReceiver<Command>,
     deliver: Deliver,
     stop: CancellationToken,
@@ -98,7 +97,6 @@ pub(super) async fn run<D: PubSubDriver>(
                         log_connected(&shared, &mut outage, channels.active.len());
                         outage.last_cause = run_connected(
                             &shared,
-                            &node_id,
                             &mut conn,
                             &mut commands,
                             &mut channels,
@@ -188,7 +186,6 @@ fn log_connect_failed(outage: &mut Outage, delay: Duration) {
 /// returns the cause.
 async fn run_connected<C: PubSubConn>(
     shared: &Shared,
-    node_id: &str,
     conn: &mut C,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     channels: &mut Channels,
@@ -200,7 +197,7 @@ async fn run_connected<C: PubSubConn>(
         tokio::select! {
             _ = stop.cancelled() => return "bus stopped".into(),
             msg = conn.next_message() => match msg {
-                Some(msg) => on_message(node_id, msg.as_ref(), deliver),
+                Some(msg) => on_message(msg.as_ref(), deliver),
                 None => return "connection closed".into(),
             },
             cmd = commands.recv() => {
@@ -278,11 +275,11 @@ async fn sync_channels<C: PubSubConn>(conn: &mut C, channels: &mut Channels) -> 
     Ok(())
 }
 
-fn on_message(node_id: &str, bytes: &[u8], deliver: &Deliver) {
+fn on_message(bytes: &[u8], deliver: &Deliver) {
     match Envelope::decode(bytes) {
-        // Our own envelopes come back on channels we share with others;
-        // their local delivery already happened.
-        Some(envelope) if envelope.origin_node == node_id => {}
+        // Our own envelopes too: an event reaches this node's sessions
+        // only this way, in stream order (the fan-out skips our own
+        // control notices, which were applied when sent).
         Some(envelope) => deliver(Arc::new(envelope)),
         None => tracing::warn!(
             event = "bus_message_malformed",
@@ -375,7 +372,6 @@ mod tests {
             tokio::spawn(run(
                 shared.clone(),
                 StubDriver { next },
-                "me".into(),
                 commands_rx,
                 Arc::new(move |e| {
                     let _ = tx.send(e);
@@ -499,13 +495,13 @@ mod tests {
         assert_eq!(h.shared.counters.reconnects.get(), 1);
         assert_eq!(h.shared.counters.connected.get(), 1);
 
-        // Delivery works on the new link; our own envelopes and garbage
-        // are not delivered.
+        // Delivery works on the new link, our own envelopes included (the
+        // fan-out decides what they mean); garbage is not delivered.
         feed2.send(envelope("me")).unwrap();
         feed2.send(b"not an envelope".to_vec()).unwrap();
         feed2.send(envelope("other")).unwrap();
-        let got = h.delivered.recv().await.unwrap();
-        assert_eq!(got.origin_node, "other");
+        assert_eq!(h.delivered.recv().await.unwrap().origin_node, "me");
+        assert_eq!(h.delivered.recv().await.unwrap().origin_node, "other");
         assert!(h.delivered.try_recv().is_err());
         h.stop.cancel();
     }
