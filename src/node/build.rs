@@ -131,8 +131,36 @@ impl AppState {
             stores.throttle.clone(),
         )?);
         if let Some(seed) = &config.auth.seed_file {
-            let created = auth.seed(seed).await?;
-            tracing::info!(event = "accounts_seeded", file = %seed.display(), created, "seed accounts loaded");
+            match auth.seed(seed).await {
+                Ok(created) => {
+                    tracing::info!(event = "accounts_seeded", file = %seed.display(), created, "seed accounts loaded");
+                }
+                // A store that is down or still loading (Redis right after
+                // a restart) must not keep the node from starting: seed
+                // once it answers.
+                Err(e)
+                    if e.downcast_ref::<crate::store::StoreError>()
+                        .is_some_and(|e| matches!(e, crate::store::StoreError::Unavailable(_))) =>
+                {
+                    tracing::warn!(event = "accounts_seed_deferred", cause = %e, "seeding when the store answers");
+                    let (auth, seed) = (auth.clone(), seed.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            match auth.seed(&seed).await {
+                                Ok(created) => {
+                                    tracing::info!(event = "accounts_seeded", file = %seed.display(), created, "seed accounts loaded");
+                                    return;
+                                }
+                                Err(e) => {
+                                    tracing::debug!(event = "accounts_seed_deferred", cause = %e, "store still unavailable");
+                                }
+                            }
+                        }
+                    });
+                }
+                Err(e) => return Err(e),
+            }
         }
         let bus: Arc<dyn Bus> = match (parts.bus, redis) {
             (Some(bus), _) => bus,
