@@ -27,6 +27,8 @@ pub struct Cli {
     pub(crate) command: Command,
 }
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Subcommand)]
 pub(crate) enum Command {
     /// Run a load profile against one or more nodes.
@@ -143,6 +145,10 @@ pub(crate) struct RunArgs {
     /// intervals and drift, whatever the segmentation).
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
+    /// A label for the network the run went over (e.g. `4g: 40 ms ± 15 ms,
+    /// 0.2 % loss`), written in every report; `scripts/netem.sh` sets it.
+    #[arg(long)]
+    pub(crate) network: Option<String>,
     /// Start the test at this Unix time in ms (segments started apart).
     #[arg(long)]
     pub(crate) start_at: Option<u64>,
@@ -261,6 +267,9 @@ impl RunArgs {
             push("--ca-file", c.into());
         }
         push("--seed", self.seed.to_string().into());
+        if let Some(n) = &self.network {
+            push("--network", n.into());
+        }
         push("--tick-grid-ms", self.tick_grid_ms.to_string().into());
         push("--start-at", start_at.to_string().into());
         push(

@@ -397,6 +397,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         hosts: args.target.host.clone(),
         seed: args.seed,
         time_scale: profile.time_scale,
+        network: args.network.clone(),
         segments: vec![args.segment.to_string()],
         started_unix_ms: start_ms,
         thresholds: profile.thresholds.clone(),

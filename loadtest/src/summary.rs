@@ -240,6 +240,9 @@ pub struct Summary {
     pub(crate) hosts: Vec<String>,
     pub(crate) seed: u64,
     pub(crate) time_scale: f64,
+    /// The network the run went over, when it was not plain loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) network: Option<String>,
     /// The segments this summary covers (`1/1` for a whole run).
     pub segments: Vec<String>,
     pub(crate) started_unix_ms: u64,

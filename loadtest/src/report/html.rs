@@ -190,7 +190,7 @@ th{{background:#f6f6f6}}td:first-child,th:first-child,td.l,th.l{{text-align:left
     );
     let _ = write!(
         o,
-        r#"<h1>navcast-load report: {} <span class="badge {}">{}</span></h1><p class="meta">{}<br>hosts: {} · segments: {} · seed {} · time scale {} · {:.0} s from {} · {}</p>"#,
+        r#"<h1>navcast-load report: {} <span class="badge {}">{}</span></h1><p class="meta">{}<br>hosts: {} · segments: {} · seed {} · time scale {} · {:.0} s from {} · {}{}</p>"#,
         esc(&s.profile),
         if passed { "bp" } else { "bf" },
         if passed { "PASS" } else { "FAIL" },
@@ -201,7 +201,11 @@ th{{background:#f6f6f6}}td:first-child,th:first-child,td.l,th.l{{text-align:left
         s.time_scale,
         s.duration_s(),
         utc(s.started_unix_ms),
-        esc(&s.tool)
+        esc(&s.tool),
+        s.network
+            .as_deref()
+            .map(|n| format!("<br>network: {}", esc(n)))
+            .unwrap_or_default()
     );
     for why in &s.stopped_early {
         let _ = write!(o, "<p class=\"fail\">Stopped early: {}</p>", esc(why));

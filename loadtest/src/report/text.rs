@@ -19,6 +19,9 @@ pub fn text_report(s: &Summary, eval: &Evaluation) -> String {
         s.segments.join(" "),
         s.duration_s()
     );
+    if let Some(network) = &s.network {
+        let _ = writeln!(out, "network: {network}");
+    }
     let _ = writeln!(
         out,
         "{:<10} {:<22} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
