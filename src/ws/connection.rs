@@ -190,7 +190,7 @@ async fn reader(
                         break;
                     }
                     Some(Err(e)) => {
-                        on_read_error(&signal, e);
+                        on_read_error(&signal, e, &state.metrics);
                         break;
                     }
                     Some(Ok(Message::Text(text))) => {
@@ -261,9 +261,23 @@ async fn answer_received(
 }
 
 /// Maps a read error to the close code the contract documents.
-fn on_read_error(signal: &CloseSignal, e: axum::Error) {
+fn on_read_error(signal: &CloseSignal, e: axum::Error, metrics: &Metrics) {
     let inner = e.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
+        // Reading a client ping queues its pong; with the write buffer
+        // full of unread pongs the read itself fails: the peer does not
+        // read, the same 4008 as when the writer finds the buffer full.
+        Some(tungstenite::Error::WriteBufferFull(_)) => {
+            if signal.reason().is_none() {
+                metrics.queue_full.inc();
+                tracing::warn!(
+                    event = "session_queue_full",
+                    cause = "write buffer full: the peer does not read",
+                    "closing with 4008"
+                );
+            }
+            signal.close(close::TOO_SLOW, "write buffer full");
+        }
         Some(tungstenite::Error::Capacity(_)) => {
             tracing::info!(
                 event = "frame_too_large",
