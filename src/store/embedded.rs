@@ -21,9 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
-use serde::{Deserialize, Serialize};
 
-use super::{Account, AccountStore, Consumed, RefreshRecord, StoreError, TokenStore};
+use super::{Account, AccountStore, Consumed, RefreshRecord, StoreError, TokenFamily, TokenStore};
 
 /// user id → account (JSON).
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
@@ -34,12 +33,6 @@ const FAMILIES: TableDefinition<&str, &[u8]> = TableDefinition::new("families");
 
 /// Expired families are swept every this many family writes (and at open).
 const SWEEP_EVERY: u64 = 4096;
-
-#[derive(Serialize, Deserialize)]
-struct Family {
-    record: RefreshRecord,
-    revoked: bool,
-}
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -92,7 +85,7 @@ impl EmbeddedStore {
         {
             let mut t = tx.open_table(FAMILIES).map_err(|e| failed("families", e))?;
             t.retain(|_, v| {
-                serde_json::from_slice::<Family>(v).is_ok_and(|f| f.record.expires_at >= now)
+                serde_json::from_slice::<TokenFamily>(v).is_ok_and(|f| f.record.expires_at >= now)
             })
             .map_err(|e| failed("sweep", e))?;
         }
@@ -184,11 +177,8 @@ impl AccountStore for EmbeddedStore {
 impl TokenStore for EmbeddedStore {
     async fn issue(&self, record: RefreshRecord) -> Result<(), StoreError> {
         let family = record.family.clone();
-        let json = serde_json::to_vec(&Family {
-            record,
-            revoked: false,
-        })
-        .map_err(|e| corrupt("family", e))?;
+        let json =
+            serde_json::to_vec(&TokenFamily::new(record)).map_err(|e| corrupt("family", e))?;
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(|e| failed("begin", e))?;
             {
@@ -216,7 +206,7 @@ impl TokenStore for EmbeddedStore {
                 let tx = db.begin_write().map_err(|e| failed("begin", e))?;
                 let outcome = {
                     let mut t = tx.open_table(FAMILIES).map_err(|e| failed("families", e))?;
-                    let current: Option<Family> =
+                    let current: Option<TokenFamily> =
                         match t.get(family.as_str()).map_err(|e| failed("family", e))? {
                             Some(v) => Some(
                                 serde_json::from_slice(v.value())
@@ -224,28 +214,12 @@ impl TokenStore for EmbeddedStore {
                             ),
                             None => None,
                         };
-                    let (outcome, write) = match current {
-                        None => (Consumed::Unknown, None),
-                        Some(f) if f.revoked || f.record.expires_at < now => {
-                            (Consumed::Unknown, None)
-                        }
-                        Some(f) if f.record.jti != jti => {
-                            let record = f.record.clone();
-                            (
-                                Consumed::Reused(record),
-                                Some(Family { revoked: true, ..f }),
-                            )
-                        }
-                        Some(f) => (
-                            Consumed::Fresh(f.record),
-                            Some(Family {
-                                record: next,
-                                revoked: false,
-                            }),
-                        ),
+                    let Some(mut f) = current else {
+                        return Ok(Consumed::Unknown);
                     };
-                    if let Some(w) = write {
-                        let json = serde_json::to_vec(&w).map_err(|e| corrupt("family", e))?;
+                    let outcome = f.rotate(&jti, &next, now);
+                    if !matches!(outcome, Consumed::Unknown) {
+                        let json = serde_json::to_vec(&f).map_err(|e| corrupt("family", e))?;
                         t.insert(family.as_str(), json.as_slice())
                             .map_err(|e| failed("family", e))?;
                     }
@@ -265,8 +239,8 @@ impl TokenStore for EmbeddedStore {
             let tx = db.begin_read().map_err(|e| failed("begin", e))?;
             let t = tx.open_table(FAMILIES).map_err(|e| failed("families", e))?;
             match t.get(family.as_str()).map_err(|e| failed("family", e))? {
-                Some(v) => serde_json::from_slice::<Family>(v.value())
-                    .map(|f| !f.revoked && f.record.expires_at >= crate::clock::unix_s())
+                Some(v) => serde_json::from_slice::<TokenFamily>(v.value())
+                    .map(|f| f.alive(crate::clock::unix_s()))
                     .map_err(|e| corrupt("family", e)),
                 None => Ok(false),
             }

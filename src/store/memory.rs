@@ -19,7 +19,7 @@ pub struct MemoryStore {
     /// Lower-cased email → user id; the uniqueness constraint.
     emails: DashMap<String, String>,
     /// Refresh-token families: the current token, and whether revoked.
-    families: DashMap<String, (RefreshRecord, bool)>,
+    families: DashMap<String, TokenFamily>,
     /// Family writes since the last sweep of expired families.
     family_writes: std::sync::atomic::AtomicU64,
     /// Active route per rider, with its expiry.
@@ -162,8 +162,7 @@ impl MemoryStore {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if n % SWEEP_EVERY == SWEEP_EVERY - 1 {
             let now = chrono_now();
-            self.families
-                .retain(|_, (record, _)| record.expires_at >= now);
+            self.families.retain(|_, f| f.record.expires_at >= now);
         }
     }
 
@@ -176,7 +175,8 @@ impl MemoryStore {
 #[async_trait]
 impl TokenStore for MemoryStore {
     async fn issue(&self, record: RefreshRecord) -> Result<(), StoreError> {
-        self.families.insert(record.family.clone(), (record, false));
+        self.families
+            .insert(record.family.clone(), TokenFamily::new(record));
         self.family_written();
         Ok(())
     }
@@ -187,32 +187,19 @@ impl TokenStore for MemoryStore {
         jti: &str,
         next: &RefreshRecord,
     ) -> Result<Consumed, StoreError> {
-        let now = chrono_now();
         let outcome = match self.families.get_mut(family) {
             None => Consumed::Unknown,
-            Some(mut entry) => {
-                let (record, revoked) = entry.value_mut();
-                if *revoked || record.expires_at < now {
-                    Consumed::Unknown
-                } else if record.jti != jti {
-                    *revoked = true;
-                    Consumed::Reused(record.clone())
-                } else {
-                    let spent = std::mem::replace(record, next.clone());
-                    Consumed::Fresh(spent)
-                }
-            }
+            Some(mut f) => f.rotate(jti, next, chrono_now()),
         };
         self.family_written();
         Ok(outcome)
     }
 
     async fn family_alive(&self, family: &str) -> Result<bool, StoreError> {
-        let now = chrono_now();
         Ok(self
             .families
             .get(family)
-            .is_some_and(|f| !f.1 && f.0.expires_at >= now))
+            .is_some_and(|f| f.alive(chrono_now())))
     }
 }
 

@@ -77,6 +77,41 @@ pub enum Consumed {
     Unknown,
 }
 
+/// A family as the memory and embedded stores keep it, with the rotation
+/// rule both apply (the Redis script `ROTATE_TOKEN` is the same rule).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenFamily {
+    pub record: RefreshRecord,
+    pub revoked: bool,
+}
+
+impl TokenFamily {
+    pub fn new(record: RefreshRecord) -> TokenFamily {
+        TokenFamily {
+            record,
+            revoked: false,
+        }
+    }
+
+    /// Known, unexpired and not revoked at `now` (Unix seconds).
+    pub fn alive(&self, now: i64) -> bool {
+        !self.revoked && self.record.expires_at >= now
+    }
+
+    /// Spends `jti`: the current token makes `next` current; any other
+    /// token of a live family revokes it.
+    pub fn rotate(&mut self, jti: &str, next: &RefreshRecord, now: i64) -> Consumed {
+        if !self.alive(now) {
+            Consumed::Unknown
+        } else if self.record.jti != jti {
+            self.revoked = true;
+            Consumed::Reused(self.record.clone())
+        } else {
+            Consumed::Fresh(std::mem::replace(&mut self.record, next.clone()))
+        }
+    }
+}
+
 /// Refresh-token rotation. One record per family, not per token: the
 /// current token is all that spending needs, and any other token of a
 /// known family is by definition an earlier one, so replay detection needs
