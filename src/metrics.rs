@@ -62,15 +62,18 @@ pub enum ConnectOutcome {
     Forbidden,
     OverCapacity,
     Draining,
+    /// The token could not be checked against the store (revocation).
+    StoreUnavailable,
 }
 
 impl ConnectOutcome {
-    pub const ALL: [ConnectOutcome; 5] = [
+    pub const ALL: [ConnectOutcome; 6] = [
         ConnectOutcome::Accepted,
         ConnectOutcome::Unauthorized,
         ConnectOutcome::Forbidden,
         ConnectOutcome::OverCapacity,
         ConnectOutcome::Draining,
+        ConnectOutcome::StoreUnavailable,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -79,6 +82,7 @@ impl ConnectOutcome {
             ConnectOutcome::Forbidden => "forbidden",
             ConnectOutcome::OverCapacity => "over_capacity",
             ConnectOutcome::Draining => "draining",
+            ConnectOutcome::StoreUnavailable => "store_unavailable",
         }
     }
 }

@@ -95,12 +95,34 @@ pub struct Inner {
     registry_left: tokio::sync::Mutex<bool>,
 }
 
+/// See [`AppState::readiness`].
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness {
+    pub draining: bool,
+    pub bus: bool,
+    pub redis: bool,
+    pub ready: bool,
+}
+
 impl AppState {
     /// Whether the node can serve: not draining, and the bus reachable
     /// (or configured to serve degraded).
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Acquire)
-            && ((self.bus.is_connected() && self.redis_up()) || self.config.bus.ready_when_degraded)
+        self.readiness().ready
+    }
+
+    /// One reading of everything readiness depends on, so `/ready`'s
+    /// status and body agree.
+    pub fn readiness(&self) -> Readiness {
+        let draining = self.draining.load(Ordering::Acquire);
+        let bus = self.bus.is_connected();
+        let redis = self.redis_up();
+        Readiness {
+            draining,
+            bus,
+            redis,
+            ready: !draining && ((bus && redis) || self.config.bus.ready_when_degraded),
+        }
     }
 
     /// Whether Redis answers its health check (true without Redis).

@@ -32,16 +32,13 @@ async fn health() -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
-    // One reading of each flag, so the status and the body agree.
-    let draining = state.draining.load(Ordering::Acquire);
-    let bus = state.bus.is_connected();
-    let redis = state.redis_up();
-    let ready = !draining && ((bus && redis) || state.config.bus.ready_when_degraded);
+    let r = state.readiness();
+    let ready = r.ready;
     let body = serde_json::json!({
         "ready": ready,
-        "draining": draining,
-        "bus": if bus { "connected" } else { "degraded" },
-        "redis": if state.redis_health.is_none() { "none" } else if redis { "up" } else { "down" },
+        "draining": r.draining,
+        "bus": if r.bus { "connected" } else { "degraded" },
+        "redis": if state.redis_health.is_none() { "none" } else if r.redis { "up" } else { "down" },
         "node_id": &*state.node_id,
     });
     let status = if ready {
@@ -101,6 +98,7 @@ async fn stats(State(state): State<AppState>) -> impl IntoResponse {
             "rejected_forbidden": m.connections(ConnectOutcome::Forbidden),
             "rejected_over_capacity": m.connections(ConnectOutcome::OverCapacity),
             "rejected_draining": m.connections(ConnectOutcome::Draining),
+            "rejected_store_unavailable": m.connections(ConnectOutcome::StoreUnavailable),
         },
         "http": {
             "open": state.pending.current(),

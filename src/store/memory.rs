@@ -20,8 +20,6 @@ pub struct MemoryStore {
     emails: DashMap<String, String>,
     /// Refresh-token families: the current token, and whether revoked.
     families: DashMap<String, TokenFamily>,
-    /// Family writes since the last sweep of expired families.
-    family_writes: std::sync::atomic::AtomicU64,
     /// Active route per rider, with its expiry.
     routes: DashMap<String, (RouteRecord, Instant)>,
     /// (rider, guardian) pairs.
@@ -33,8 +31,9 @@ pub struct MemoryStore {
     /// Failed logins per account: count, when they are forgotten, and the
     /// end of the lockout in force.
     failures: DashMap<String, Failures>,
-    /// Throttle writes since the last sweep of expired entries.
-    throttle_writes: std::sync::atomic::AtomicU64,
+    /// Writes of expiring entries (families, throttle counters) since the
+    /// last sweep of the expired ones.
+    expiring_writes: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -44,19 +43,23 @@ struct Failures {
     locked_until: Option<Instant>,
 }
 
-/// Expired throttle entries are swept every this many writes, so keys an
-/// attacker never reuses (random emails, many addresses) do not pile up.
+/// Expired entries are swept every this many writes of expiring ones.
 const SWEEP_EVERY: u64 = 1024;
 
 impl MemoryStore {
-    fn throttle_written(&self) {
+    /// Counts a write of an expiring entry; every `SWEEP_EVERY` writes,
+    /// drops every expired family and throttle entry, so keys a client
+    /// never reuses (random emails, many logins) do not pile up.
+    fn expiring_written(&self) {
         let n = self
-            .throttle_writes
+            .expiring_writes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if n % SWEEP_EVERY == SWEEP_EVERY - 1 {
             let now = Instant::now();
             self.hits.retain(|_, (_, end)| *end > now);
             self.failures.retain(|_, f| f.forget_at > now);
+            let now = chrono_now();
+            self.families.retain(|_, f| f.record.expires_at >= now);
         }
     }
 
@@ -81,7 +84,7 @@ impl ThrottleStore for MemoryStore {
             e.0 += 1;
             *e
         };
-        self.throttle_written();
+        self.expiring_written();
         Ok((count, end - now))
     }
 
@@ -122,7 +125,7 @@ impl ThrottleStore for MemoryStore {
             f.forget_at = now + policy.max + lock.unwrap_or_default();
             lock
         };
-        self.throttle_written();
+        self.expiring_written();
         Ok(lock)
     }
 
@@ -156,16 +159,6 @@ impl AccountStore for MemoryStore {
 }
 
 impl MemoryStore {
-    fn family_written(&self) {
-        let n = self
-            .family_writes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if n % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            let now = chrono_now();
-            self.families.retain(|_, f| f.record.expires_at >= now);
-        }
-    }
-
     /// Refresh-token families held now (for tests of the bound).
     pub fn families(&self) -> usize {
         self.families.len()
@@ -177,7 +170,7 @@ impl TokenStore for MemoryStore {
     async fn issue(&self, record: RefreshRecord) -> Result<(), StoreError> {
         self.families
             .insert(record.family.clone(), TokenFamily::new(record));
-        self.family_written();
+        self.expiring_written();
         Ok(())
     }
 
@@ -191,7 +184,7 @@ impl TokenStore for MemoryStore {
             None => Consumed::Unknown,
             Some(mut f) => f.rotate(jti, next, chrono_now()),
         };
-        self.family_written();
+        self.expiring_written();
         Ok(outcome)
     }
 

@@ -175,7 +175,7 @@ async fn admit(
         Err(e) => {
             tracing::warn!(event = "revocation_check_failed", cause = %e, "state store unavailable; upgrade refused");
             return Err((
-                ConnectOutcome::OverCapacity,
+                ConnectOutcome::StoreUnavailable,
                 ApiError::Unavailable {
                     detail: "state store unavailable",
                     retry_after_s: 2,
