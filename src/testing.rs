@@ -667,12 +667,7 @@ impl RedisServer {
     }
 
     fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("redis-server running").id();
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &pid.to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -{signal} redis-server failed");
+        send_signal(self.child.as_ref().expect("redis-server running"), signal);
     }
 
     /// Starts the server again on the same port (after [`kill`](Self::kill)),
@@ -727,6 +722,17 @@ fn spawn_redis(port: u16, dir: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start redis-server ({e}); {REDIS_MISSING}"))
+}
+
+/// Sends `signal` (e.g. `TERM`, `STOP`) to `child` with `kill`; fails the
+/// test if it cannot.
+fn send_signal(child: &Child, signal: &str) {
+    let pid = child.id();
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{signal} {pid} failed");
 }
 
 /// Whether a Redis server on `port` answers PING.
@@ -833,12 +839,7 @@ impl NodeProcess {
 
     /// Sends `signal` (e.g. `TERM`) with `kill`.
     pub fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &pid.to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -{signal} {pid} failed");
+        send_signal(self.child.as_ref().expect("running"), signal);
     }
 
     /// The exit status, if the process has exited.

@@ -646,16 +646,7 @@ async fn login_flood(url: &str, attackers: usize, seconds: u64) -> anyhow::Resul
     for i in 0..20u8 {
         let ip: std::net::IpAddr = std::net::Ipv4Addr::new(127, 0, 0, 2 + i).into();
         let client = reqwest::Client::builder().local_address(ip).build()?;
-        let email = format!(
-            "flood-bystander-{}@example.com",
-            uuid::Uuid::new_v4().simple()
-        );
-        let r = client
-            .post(format!("{http}/api/v1/auth/register"))
-            .json(&json!({"email": email, "password": "correct horse battery"}))
-            .send()
-            .await?;
-        anyhow::ensure!(r.status() == 201, "register: {}", r.status());
+        let email = register(&client, &http, "flood-bystander").await?;
         riders.push((client, email));
     }
     let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
@@ -695,10 +686,7 @@ async fn login_flood(url: &str, attackers: usize, seconds: u64) -> anyhow::Resul
                     total += 1;
                     let r = client
                         .post(&url)
-                        .form(&[
-                            ("username", email.as_str()),
-                            ("password", "correct horse battery"),
-                        ])
+                        .form(&[("username", email.as_str()), ("password", PASSWORD)])
                         .timeout(Duration::from_secs(10))
                         .send()
                         .await;
@@ -741,6 +729,21 @@ async fn login_flood(url: &str, attackers: usize, seconds: u64) -> anyhow::Resul
     ))
 }
 
+/// The password of every account the bench registers.
+const PASSWORD: &str = "correct horse battery";
+
+/// Registers a new account named after `kind`; returns its email.
+async fn register(client: &reqwest::Client, http: &str, kind: &str) -> anyhow::Result<String> {
+    let email = format!("{kind}-{}@example.com", uuid::Uuid::new_v4().simple());
+    let r = client
+        .post(format!("{http}/api/v1/auth/register"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 201, "register: {}", r.status());
+    Ok(email)
+}
+
 /// `clients` logins, each rotating its refresh token `count / clients`
 /// times as fast as the node answers.
 async fn refresh_loop(url: &str, count: u64, clients: u64, pid: u32) -> anyhow::Result<()> {
@@ -749,19 +752,10 @@ async fn refresh_loop(url: &str, count: u64, clients: u64, pid: u32) -> anyhow::
     let rss_start = rss_kib(pid);
     let mut tokens = Vec::new();
     for _ in 0..clients {
-        let email = format!("refresher-{}@example.com", uuid::Uuid::new_v4().simple());
-        let r = client
-            .post(format!("{http}/api/v1/auth/register"))
-            .json(&json!({"email": email, "password": "correct horse battery"}))
-            .send()
-            .await?;
-        anyhow::ensure!(r.status() == 201, "register: {}", r.status());
+        let email = register(&client, &http, "refresher").await?;
         let login: serde_json::Value = client
             .post(format!("{http}/api/v1/auth/login"))
-            .form(&[
-                ("username", email.as_str()),
-                ("password", "correct horse battery"),
-            ])
+            .form(&[("username", email.as_str()), ("password", PASSWORD)])
             .send()
             .await?
             .json()
