@@ -30,6 +30,10 @@ use crate::node::AppState;
 use crate::protocol::{ServerMessage, close};
 use crate::session::{CloseSignal, Outbox};
 
+/// How long a closing writer may spend on what it was writing, then on the
+/// replies still queued and the close frame.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+
 /// How long the reader waits for the peer's close reply after ours.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
@@ -373,13 +377,22 @@ impl Writer {
                 _ = signal.token.cancelled() => break Ok(()),
                 msg = self.outbox.rx.recv() => {
                     let Some(msg) = msg else { break Ok(()) };
+                    let batch = self.write_batch(&mut sink, msg);
+                    let mut batch = std::pin::pin!(batch);
                     tokio::select! {
                         biased;
-                        r = self.write_batch(&mut sink, msg) => if r.is_err() { break r },
+                        r = &mut batch => if r.is_err() { break r },
                         // A peer that stopped reading can block a write (here
                         // and for a ping); a close decision (heartbeat, 4008,
-                        // drain, …) must still get through at once.
-                        _ = signal.token.cancelled() => break Ok(()),
+                        // drain, …) must still get through at once. A reply
+                        // in mid-write is not dropped on a drain or a normal
+                        // close: it gets the close's flush time to finish.
+                        _ = signal.token.cancelled() => {
+                            if signal.reason().is_none_or(|r| r.code != close::TOO_SLOW) {
+                                let _ = tokio::time::timeout(CLOSE_FLUSH, &mut batch).await;
+                            }
+                            break Ok(());
+                        }
                     }
                 }
                 _ = ping.tick() => {
@@ -428,7 +441,7 @@ impl Writer {
         // On a drain or a normal close, flush replies already queued; a session
         // closed for being too slow gets only the close frame.
         let flush_queued = code != close::TOO_SLOW;
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = tokio::time::timeout(CLOSE_FLUSH, async {
             if flush_queued {
                 while let Ok(msg) = self.outbox.rx.try_recv() {
                     if sink.feed(msg).await.is_err() {
