@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # A load test over a phone-like link: the cluster (Redis, 3 nodes, nginx) in
 # one network namespace, navcast-load in another, joined by a veth pair
-# whose both ends delay and drop packets with `tc netem`.
+# whose both directions delay and drop packets: with the kernel's `tc
+# netem` qdisc where the kernel has it, else with navcast-netem (the same
+# delay, jitter and loss applied in user space to packets that iptables
+# sends to NFQUEUE; it does not reorder). SHAPER=kernel|user forces one.
 #   scripts/netem.sh 4g|3g|lossy|none [LOAD_PROFILE]      (as root)
 # Link profiles, each direction: 4g 40 ms ± 15 ms, 0.2 % loss; 3g 150 ms
 # ± 50 ms, 1 % loss; lossy 80 ms, 5 % loss; none: the same namespaces and
@@ -17,11 +20,11 @@ LINK=${1:?usage: scripts/netem.sh 4g|3g|lossy [LOAD_PROFILE]}
 LOAD=${2:-config/loadtest/step-1000.toml}
 TIME_SCALE=${TIME_SCALE:-0.1}
 case $LINK in
-  4g) NETEM="delay 40ms 15ms loss 0.2%"; ONE_WAY=40; JITTER=15 ;;
-  3g) NETEM="delay 150ms 50ms loss 1%"; ONE_WAY=150; JITTER=50 ;;
-  lossy) NETEM="delay 80ms loss 5%"; ONE_WAY=80; JITTER=0 ;;
+  4g) NETEM="delay 40ms 15ms loss 0.2%"; ONE_WAY=40; JITTER=15; LOSS=0.2 ;;
+  3g) NETEM="delay 150ms 50ms loss 1%"; ONE_WAY=150; JITTER=50; LOSS=1 ;;
+  lossy) NETEM="delay 80ms loss 5%"; ONE_WAY=80; JITTER=0; LOSS=5 ;;
   # The same two namespaces and veth without netem: the baseline.
-  none) NETEM=""; ONE_WAY=0; JITTER=0 ;;
+  none) NETEM=""; ONE_WAY=0; JITTER=0; LOSS=0 ;;
   *) echo "netem: unknown link profile $LINK (4g, 3g, lossy, none)" >&2; exit 2 ;;
 esac
 [ "$(id -u)" = 0 ] || { echo "netem: needs root (network namespaces, tc)" >&2; exit 1; }
@@ -29,10 +32,16 @@ for tool in ip tc openssl; do
   command -v "$tool" >/dev/null || { echo "netem: $tool is missing: apt-get install -y iproute2 openssl" >&2; exit 1; }
 done
 command -v modprobe >/dev/null && { modprobe sch_netem 2>/dev/null || true; }
+SHAPER=${SHAPER:-auto}
 
 SRV=ncsrv$$ CLI=nccli$$ SRV_IP=10.77.0.1 CLI_IP=10.77.0.2
 WORK=$(mktemp -d)
+SHAPER_PID=
 cleanup() {
+  if [ -n "$SHAPER_PID" ]; then
+    kill "$SHAPER_PID" 2>/dev/null && wait "$SHAPER_PID" 2>/dev/null || true
+    cat "$WORK/shaper.log" 2>/dev/null | grep -v ready || true
+  fi
   ip netns exec "$SRV" env CLUSTER_DIR="$WORK/cluster" BIND=$SRV_IP scripts/cluster.sh down >/dev/null 2>&1 || true
   ip netns del "$SRV" 2>/dev/null || true
   ip netns del "$CLI" 2>/dev/null || true
@@ -41,7 +50,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-cargo build --release -q -p navcast -p navcast-load
+cargo build --release -q -p navcast -p navcast-load --bins
 
 ip netns add "$SRV"
 ip netns add "$CLI"
@@ -53,13 +62,45 @@ ip -n "$CLI" addr add $CLI_IP/24 dev "v$CLI"
 for ns in "$SRV" "$CLI"; do
   ip -n "$ns" link set lo up
   ip -n "$ns" link set "v$ns" up
-  # Delay and loss on each side's way out: both directions of the link.
-  # shellcheck disable=SC2086
-  if [ -n "$NETEM" ] && ! ip netns exec "$ns" tc qdisc add dev "v$ns" root netem $NETEM; then
-    echo "netem: this kernel ($(uname -r)) has no netem qdisc: it needs CONFIG_NET_SCH_NETEM (module sch_netem)" >&2
-    exit 1
-  fi
 done
+# Which shaper: the kernel's netem qdisc if it has one.
+if [ -n "$NETEM" ] && [ "$SHAPER" = auto ]; then
+  # shellcheck disable=SC2086
+  if ip netns exec "$CLI" tc qdisc add dev "v$CLI" root netem $NETEM 2>/dev/null; then
+    ip netns exec "$CLI" tc qdisc del dev "v$CLI" root
+    SHAPER=kernel
+  else
+    SHAPER=user
+  fi
+fi
+if [ -n "$NETEM" ] && [ "$SHAPER" = kernel ]; then
+  for ns in "$SRV" "$CLI"; do
+    # Delay and loss on each side's way out: both directions of the link.
+    # shellcheck disable=SC2086
+    if ! ip netns exec "$ns" tc qdisc add dev "v$ns" root netem $NETEM; then
+      echo "netem: this kernel ($(uname -r)) has no netem qdisc (CONFIG_NET_SCH_NETEM); run with SHAPER=user" >&2
+      exit 1
+    fi
+  done
+elif [ -n "$NETEM" ]; then
+  command -v iptables >/dev/null || { echo "netem: iptables is missing: apt-get install -y iptables" >&2; exit 1; }
+  # Both directions of the client's end go through navcast-netem: queue 0
+  # what the client sends, queue 1 what it receives. Segmentation offload
+  # is capped so a dropped packet is one segment, as on a radio link.
+  ip -n "$CLI" link set "v$CLI" gso_max_segs 1 2>/dev/null || true
+  ip -n "$SRV" link set "v$SRV" gso_max_segs 1 2>/dev/null || true
+  ip netns exec "$CLI" ./target/release/navcast-netem --delay-ms "$ONE_WAY" --jitter-ms "$JITTER" \
+    --loss-pct "$LOSS" --queues 0,1 >"$WORK/shaper.log" 2>&1 &
+  SHAPER_PID=$!
+  for _ in $(seq 100); do
+    grep -q ready "$WORK/shaper.log" 2>/dev/null && break
+    kill -0 "$SHAPER_PID" 2>/dev/null || { cat "$WORK/shaper.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  grep -q ready "$WORK/shaper.log" || { echo "netem: navcast-netem did not start" >&2; exit 1; }
+  ip netns exec "$CLI" iptables -t mangle -A OUTPUT -o "v$CLI" -j NFQUEUE --queue-num 0
+  ip netns exec "$CLI" iptables -t mangle -A PREROUTING -i "v$CLI" -j NFQUEUE --queue-num 1
+fi
 
 # A certificate for the cluster's address on the link.
 mkdir -p "$WORK/tls"
@@ -68,6 +109,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
   -addext "subjectAltName=IP:$SRV_IP" -addext "basicConstraints=critical,CA:FALSE" >/dev/null 2>&1
 
 DESCRIBE="${NETEM:-no delay, no loss} each way"
+[ -n "$NETEM" ] && DESCRIBE="$DESCRIBE, $SHAPER shaper"
 echo "netem: link $LINK ($DESCRIBE); cluster in $SRV at $SRV_IP, client in $CLI"
 ip netns exec "$SRV" env CLUSTER_DIR="$WORK/cluster" BIND=$SRV_IP \
   TLS_CERT="$WORK/tls/cert.pem" TLS_KEY="$WORK/tls/key.pem" \

@@ -163,10 +163,13 @@ pub enum ClientMessage {
     RefreshToken {
         token: String,
     },
-    /// v1.1: recover the session's own user's stream (other devices).
+    /// v1.1: the session's own user's navigation snapshot and stream
+    /// position, recovering the stream's events after `since` (those of
+    /// the user's other devices) when given.
     Resume {
         user_id: String,
-        since: Since,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<Since>,
     },
     Ping {},
 }

@@ -6,7 +6,7 @@
 
 use navcast::config::BusTopology;
 use navcast::testing::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Ten updates along a line, each a navigation event.
 async fn updates(rider: &mut Client, n: usize) {
@@ -22,11 +22,12 @@ async fn updates(rider: &mut Client, n: usize) {
     }
 }
 
-async fn start(rider: &mut Client) {
+async fn start(rider: &mut Client) -> Value {
     let r = rider
         .request(json!({"type": "start_navigation", "origin": "서울역", "destination": "홍대입구"}))
         .await;
     assert_eq!(r["type"], "route_calculated", "{r}");
+    r
 }
 
 /// The next `n` peer events: their offsets, checking the epoch.
@@ -185,4 +186,36 @@ async fn another_device_of_the_rider_resumes_its_own_stream() {
         .request(json!({"type": "resume", "user_id": other.user_id, "since": {"offset": 0, "epoch": epoch}}))
         .await;
     assert_eq!(refused["code"], "FORBIDDEN", "{refused}");
+}
+
+/// A rider's only phone comes back and asks for its navigation with a
+/// `resume` without `since`: the snapshot and the position, nothing
+/// replayed.
+#[tokio::test]
+async fn a_lone_phone_resumes_its_route_without_since() {
+    let node = TestNode::single(|_| {}).await;
+    let rider = account(&node, None).await;
+    let mut phone = Client::connect(&node, &rider).await;
+    let route = start(&mut phone).await;
+    updates(&mut phone, 2).await;
+    drop(phone);
+
+    let mut phone = Client::connect(&node, &rider).await;
+    let back = phone
+        .request(json!({"type": "resume", "user_id": rider.user_id}))
+        .await;
+    assert_eq!(back["type"], "resumed", "{back}");
+    assert_eq!(
+        back["active_route"]["route_id"], route["route_id"],
+        "{back}"
+    );
+    assert_eq!(back["offset"], json!(3), "{back}");
+    assert!(back.get("recovered").is_none(), "{back}");
+    assert!(back.get("missed").is_none(), "{back}");
+    phone.assert_none_pending("peer_event").await;
+    // The route goes on where it was.
+    let next = phone
+        .request(json!({"type": "location_update", "latitude": SEOUL_STATION.0, "longitude": SEOUL_STATION.1}))
+        .await;
+    assert_ne!(next["type"], "error", "{next}");
 }

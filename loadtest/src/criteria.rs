@@ -87,7 +87,11 @@ fn verdict(criterion: &str, target: String, observed: String, ok: bool) -> Verdi
 }
 
 fn p95_verdict(criterion: &str, cell: &Cell, limit_ms: f64) -> Verdict {
-    match cell.hist.quantile(0.95) {
+    quantile_verdict(criterion, cell, 0.95, limit_ms)
+}
+
+fn quantile_verdict(criterion: &str, cell: &Cell, q: f64, limit_ms: f64) -> Verdict {
+    match cell.hist.quantile(q) {
         Some(p) => verdict(
             criterion,
             format!("< {limit_ms} ms"),
@@ -211,6 +215,23 @@ pub fn evaluate(s: &Summary) -> Evaluation {
     }
     if let Some(l) = t.reconnect_p95_ms {
         out.push(p95_verdict("reconnect p95", &cell(Metric::WsReconnect), l));
+    }
+    if let Some(l) = t.reconnect_p99_ms {
+        out.push(quantile_verdict(
+            "reconnect p99",
+            &cell(Metric::WsReconnect),
+            0.99,
+            l,
+        ));
+    }
+    if let Some(max) = t.reconnect_failures_max {
+        let c = cell(Metric::WsReconnect);
+        out.push(verdict(
+            "failed reconnects",
+            format!("<= {max}"),
+            format!("{} of {}", c.failures, c.count),
+            c.failures <= max,
+        ));
     }
     if let Some(l) = t.fanout_p95_ms {
         let c = cell(Metric::FanoutDelivery);

@@ -115,9 +115,11 @@ pub(crate) struct RiderSpec {
     /// How long a guardian waits after its rider stopped for the last
     /// peer events still in flight.
     pub(crate) fanout_grace_s: f64,
-    /// Share of guardians that go through tunnels: the network vanishes
-    /// (no reading, no writing, no close frame), comes back, and the
-    /// guardian reconnects with jittered backoff and `watch` with `since`.
+    /// Share of riders, and separately of guardians, that go through
+    /// tunnels: the network vanishes (no reading, no writing, no close
+    /// frame), comes back, and the user reconnects with jittered backoff;
+    /// a rider then sends `resume` and carries on with its route, a
+    /// guardian sends `watch` with `since`.
     pub(crate) tunnel_share: f64,
     /// How long a tunnel lasts, seconds, uniform in [lo, hi] (time-scaled).
     pub(crate) tunnel_s: [f64; 2],
@@ -177,8 +179,15 @@ pub(crate) struct Thresholds {
     pub(crate) location_update_p95_ms: Option<f64>,
     pub(crate) login_p95_ms: Option<f64>,
     pub(crate) fanout_p95_ms: Option<f64>,
-    /// p95 from a tunnel's end to `watching` (guardians in tunnels).
+    /// p95 from the network's return (a tunnel's end, or the moment the
+    /// connection was lost) to `watching` / `resumed`.
     pub(crate) reconnect_p95_ms: Option<f64>,
+    /// The same at p99 (the reconnect storm's criterion).
+    pub(crate) reconnect_p99_ms: Option<f64>,
+    /// Reconnects that did not end in `watching` / `resumed` with the
+    /// route still there: not back before the end, resume refused or timed
+    /// out, route lost. `None` disables the criterion.
+    pub(crate) reconnect_failures_max: Option<u64>,
     /// Failed requests / requests; 0 means no failure at all.
     pub(crate) error_rate_max: f64,
     /// Lost peer events (gaps in `seq`, or fewer received than published).
@@ -203,6 +212,8 @@ impl Default for Thresholds {
             location_update_p95_ms: Some(20.0),
             login_p95_ms: None,
             reconnect_p95_ms: None,
+            reconnect_p99_ms: None,
+            reconnect_failures_max: None,
             fanout_p95_ms: None,
             error_rate_max: 0.0,
             lost_peer_events_max: 0,
@@ -337,6 +348,8 @@ impl Profile {
                 "login_p95_ms" => t.login_p95_ms = opt,
                 "fanout_p95_ms" => t.fanout_p95_ms = opt,
                 "reconnect_p95_ms" => t.reconnect_p95_ms = opt,
+                "reconnect_p99_ms" => t.reconnect_p99_ms = opt,
+                "reconnect_failures_max" => t.reconnect_failures_max = opt.map(|v| v as u64),
                 "error_rate_max" => t.error_rate_max = need()?,
                 "lost_peer_events_max" => t.lost_peer_events_max = need()? as u64,
                 "spread_tolerance" => t.spread_tolerance = opt,

@@ -511,7 +511,7 @@ impl SessionCtx {
                 })
             }
             ClientMessage::Resume { user_id, since } => {
-                check_since(Some(&since))?;
+                check_since(since.as_ref())?;
                 if *user_id != *user {
                     return Err(RequestError::Client(
                         ErrorCode::Forbidden,
@@ -521,7 +521,7 @@ impl SessionCtx {
                 // The session's own user is already followed (interest was
                 // taken at connect).
                 self.hold(&user);
-                let stream = self.recover(state, &user, Some(since)).await?;
+                let stream = self.recover(state, &user, since).await?;
                 let active_route = self.nav.summary(&state.navigation, &user).await?;
                 Ok(ServerMessage::Resumed {
                     user_id,

@@ -4,6 +4,8 @@
 //!
 //! Like a rider it refreshes its token in band on `token_expiring`, and
 //! over HTTP before reconnecting when it was away past the token's expiry.
+//! After a lost connection or a tunnel it reconnects with jittered backoff
+//! and watches again with `since`, so it recovers what it missed.
 //!
 //! Each peer event is a fan-out latency sample (from the node's
 //! `sent_at_us`) and a `seq` to check. When the rider stops, the guardian
@@ -24,8 +26,8 @@ use tokio_tungstenite::tungstenite::Message;
 use super::seq::SeqCheck;
 use super::wire::{encode, request_id};
 use super::{
-    End, Pair, RiderPlan, RunCtx, close_normal, connect, ending, finish_close, login_until,
-    wait_true,
+    End, Pair, RiderPlan, RunCtx, close_normal, connect, ending, finish_close, jittered_backoff,
+    login_until, uniform_s, wait_true,
 };
 use crate::accounts::{self, Session, token_expired};
 use crate::net::Ws;
@@ -56,8 +58,13 @@ pub(super) async fn guardian(ctx: Arc<RunCtx>, plan: RiderPlan, pair: Arc<Pair>,
         next_tunnel: None,
         position: None,
         back_from_tunnel: None,
+        attempts: 0,
     };
     g.watch_until_done(host).await;
+    if g.back_from_tunnel.is_some() {
+        ctx.rec
+            .failure(Metric::WsReconnect, None, "not back before the end");
+    }
     g.tally();
 }
 
@@ -118,21 +125,11 @@ struct Guardian<'a> {
     next_tunnel: Option<Instant>,
     /// The last stream position processed: `(offset, epoch)`.
     position: Option<(u64, String)>,
-    /// After a tunnel: when it began and when the network came back,
-    /// until the `watching` reply that ends it.
+    /// After a tunnel or a lost connection: when it began and when the
+    /// network came back, until the `watching` reply that ends it.
     back_from_tunnel: Option<(Instant, Instant)>,
-}
-
-/// A duration uniform in `[lo, hi]` seconds, time-scaled.
-fn uniform_s([lo, hi]: [f64; 2], scale: f64) -> Duration {
-    Duration::from_secs_f64((lo + rand::random::<f64>() * (hi - lo)) * scale)
-}
-
-/// The wait before reconnect attempt `n` (0, 1, …) after a tunnel:
-/// exponential backoff with full jitter, base 0.5 s, cap 30 s.
-fn jittered_backoff(n: u32) -> Duration {
-    let cap = 0.5 * 2f64.powi(n.min(16) as i32);
-    Duration::from_secs_f64(rand::random::<f64>() * cap.min(30.0))
+    /// Reconnect attempts since the last answered watch (the backoff's n).
+    attempts: u32,
 }
 
 impl Guardian<'_> {
@@ -151,7 +148,7 @@ impl Guardian<'_> {
             // refresh over HTTP first, as a phone coming back does.
             if token_expired(&self.session.access) && !self.refresh_now().await {
                 host += 1;
-                self.back_off().await;
+                self.reconnect_pause().await;
                 continue;
             }
             let Some((mut ws, node)) = connect(self.ctx, host, &self.session).await else {
@@ -159,7 +156,7 @@ impl Guardian<'_> {
                     return;
                 }
                 host += 1;
-                self.back_off().await;
+                self.reconnect_pause().await;
                 continue;
             };
             let mut watch = self.send_watch(&mut ws).await;
@@ -198,10 +195,10 @@ impl Guardian<'_> {
                 }
                 continue;
             }
-            self.pair.watching.send_replace(false);
             rec.node_close(&node);
             match end {
                 End::Stopped => {
+                    self.pair.watching.send_replace(false);
                     rec.closed(1000);
                     return;
                 }
@@ -215,8 +212,18 @@ impl Guardian<'_> {
                             &format!("connection closed ({code})"),
                         );
                     }
+                    // With a stream position, the events from here on are
+                    // recovered with `since` after the reconnect, so the
+                    // rider's events still count as expected; without one
+                    // (the watch was never answered) they cannot be.
+                    if self.position.is_some() {
+                        let now = Instant::now();
+                        self.back_from_tunnel.get_or_insert((now, now));
+                    } else {
+                        self.pair.watching.send_replace(false);
+                    }
                     host += 1;
-                    self.back_off().await;
+                    self.reconnect_pause().await;
                 }
             }
         }
@@ -261,10 +268,14 @@ impl Guardian<'_> {
         }
     }
 
-    /// A second before the next attempt, cut short when the rider stops.
-    async fn back_off(&mut self) {
+    /// The pause before the next reconnect attempt: jittered backoff
+    /// (docs/CLIENTS.md §4), counted from the last session that worked;
+    /// cut short when the rider stops.
+    async fn reconnect_pause(&mut self) {
+        let wait = jittered_backoff(self.attempts);
+        self.attempts += 1;
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = wait_true(&mut self.done_rx) => {}
         }
     }
@@ -370,6 +381,7 @@ impl Guardian<'_> {
             match reply.message {
                 ServerMessage::Watching { stream, .. } => {
                     rec.success(Metric::WsWatch, watch.sent.elapsed(), text.len());
+                    self.attempts = 0;
                     self.pair.watching.send_replace(true);
                     if let Some((entered, back)) = self.back_from_tunnel.take() {
                         rec.success(Metric::WsReconnect, back.elapsed(), 0);

@@ -146,8 +146,21 @@ enum End {
     Stopped,
     /// The server or the network ended it, with this close code.
     Lost(u16),
-    /// A guardian entered a tunnel: the session is abandoned, not closed.
+    /// The user entered a tunnel: the session is abandoned, not closed.
     Tunnel,
+}
+
+/// A duration uniform in `[lo, hi]` seconds, time-scaled.
+fn uniform_s([lo, hi]: [f64; 2], scale: f64) -> Duration {
+    Duration::from_secs_f64((lo + rand::random::<f64>() * (hi - lo)) * scale)
+}
+
+/// The wait before reconnect attempt `n` (0, 1, …) after a lost
+/// connection or a tunnel: exponential backoff with full jitter, base
+/// 0.5 s, cap 30 s (docs/CLIENTS.md §4).
+fn jittered_backoff(n: u32) -> Duration {
+    let cap = 0.5 * 2f64.powi(n.min(16) as i32);
+    Duration::from_secs_f64(rand::random::<f64>() * cap.min(30.0))
 }
 
 /// Waits until a flag turns true (or its sender is gone), holding no

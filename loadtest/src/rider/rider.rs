@@ -3,7 +3,11 @@
 //! It logs in, connects, reads `connected`, shares with its guardian and
 //! waits until the guardian watches, starts a navigation, then sends a
 //! request on a timer every 3–5 s (start_navigation or location_update,
-//! 1:10) until its stop time. Replies are matched by `request_id`; latency
+//! 1:10) until its stop time. When its connection is lost, or the network
+//! vanishes in a tunnel (`rider.tunnel_share`), it reconnects with
+//! jittered backoff, sends `resume` and carries on with the route the
+//! reply says it still has: the reconnect is a `ws_reconnect` sample, a
+//! route the store lost is a failure of it. Replies are matched by `request_id`; latency
 //! of a timer-driven request is measured from its scheduled time, so a
 //! stalled client or server cannot hide latency.
 
@@ -21,10 +25,10 @@ use tokio_tungstenite::tungstenite::Message;
 use super::guardian::guardian;
 use super::wire::{Head, encode, request_id};
 use super::{
-    End, Pair, RiderPlan, RunCtx, close_normal, connect, ending, finish_close, login_until,
-    sleep_or_abort, wait_true,
+    End, Pair, RiderPlan, RunCtx, close_normal, connect, ending, finish_close, jittered_backoff,
+    login_until, sleep_or_abort, uniform_s, wait_true,
 };
-use crate::accounts::{self, Session};
+use crate::accounts::{self, Session, token_expired};
 use crate::motion::{Walk, offset};
 use crate::net::{Ws, cause_of};
 use crate::rng::Rng;
@@ -36,6 +40,9 @@ enum Kind {
     Start,
     Update,
     Share,
+    /// `resume` after a reconnect: measured as `ws_reconnect` from the
+    /// network's return.
+    Resume,
     /// In-band token refresh: no metric of its own.
     Control,
 }
@@ -54,7 +61,7 @@ fn metric_of(kind: Kind) -> Option<Metric> {
         Kind::Start => Some(Metric::WsStartNavigation),
         Kind::Update => Some(Metric::WsLocationUpdate),
         Kind::Share => Some(Metric::WsShareNavigation),
-        Kind::Control => None,
+        Kind::Resume | Kind::Control => None,
     }
 }
 
@@ -116,6 +123,16 @@ struct Rider<'a> {
     trace_offset_s: f64,
     refresh: Option<tokio::task::JoinHandle<Result<(Session, usize), String>>>,
     refresh_started: Instant,
+    /// Whether this rider goes through tunnels (`rider.tunnel_share`).
+    tunnels: bool,
+    /// When the next tunnel starts (set once a session is under way).
+    next_tunnel: Option<Instant>,
+    /// After a tunnel or a lost connection: when the rider lost the
+    /// network and when it came back, until the `resumed` reply.
+    away: Option<(Instant, Instant)>,
+    /// Reconnect attempts since the last session that resumed (the
+    /// backoff's n).
+    attempts: u32,
 }
 
 impl<'a> Rider<'a> {
@@ -154,6 +171,12 @@ impl<'a> Rider<'a> {
             trace_offset_s,
             refresh: None,
             refresh_started: plan.start,
+            // A stream of its own, so the other draws stay as they were.
+            tunnels: Rng::for_rider(ctx.seed, plan.user, plan.incarnation, 2).unit()
+                < ctx.spec.tunnel_share,
+            next_tunnel: None,
+            away: None,
+            attempts: 0,
         }
     }
 
@@ -174,27 +197,52 @@ impl<'a> Rider<'a> {
         }
         loop {
             if self.past_stop() {
-                return;
+                break;
+            }
+            // Away past the token's expiry: refresh over HTTP first, as a
+            // phone coming back does.
+            if self
+                .session
+                .as_ref()
+                .is_some_and(|s| token_expired(&s.access))
+                && !self.refresh_now().await
+            {
+                self.host += 1;
+                if !self.reconnect_pause().await {
+                    break;
+                }
+                continue;
             }
             let session = self.session.clone().expect("logged in");
             let Some((mut ws, node)) = connect(ctx, self.host, &session).await else {
                 self.host += 1;
-                let next = (Instant::now() + Duration::from_secs(1)).min(self.plan.stop);
-                if !sleep_or_abort(next, &ctx.abort).await {
-                    return;
+                if !self.reconnect_pause().await {
+                    break;
                 }
                 continue;
             };
             let end = self.session_loop(&mut ws).await;
-            ctx.rec.node_close(&node);
             match end {
                 End::Stopped => {
+                    ctx.rec.node_close(&node);
                     ctx.rec.closed(1000);
-                    return;
+                    break;
                 }
-                // Riders do not go through tunnels (yet); only guardians.
-                End::Tunnel => {}
+                End::Tunnel => {
+                    // The network vanishes: nothing read or written, no
+                    // close frame; the node finds out by its heartbeat.
+                    let entered = Instant::now();
+                    let outage = uniform_s(ctx.spec.tunnel_s, ctx.time_scale);
+                    let back = (entered + outage).min(self.plan.stop);
+                    let _ = sleep_or_abort(back, &ctx.abort).await;
+                    drop(ws);
+                    ctx.rec.node_close(&node);
+                    ctx.rec.closed(1006);
+                    self.away = Some((entered, Instant::now()));
+                    self.skip_missed_ticks();
+                }
                 End::Lost(code) => {
+                    ctx.rec.node_close(&node);
                     ctx.rec.closed(code);
                     for p in std::mem::take(&mut self.pending) {
                         if let Some(m) = metric_of(p.kind) {
@@ -205,13 +253,64 @@ impl<'a> Rider<'a> {
                             self.need_start = true;
                         }
                     }
+                    let now = Instant::now();
+                    self.away.get_or_insert((now, now));
                     // Reconnect, to the next host when there are several.
                     self.host += 1;
-                    let next = (Instant::now() + Duration::from_secs(1)).min(self.plan.stop);
-                    if !sleep_or_abort(next, &ctx.abort).await {
-                        return;
-                    }
                 }
+            }
+            if !self.reconnect_pause().await {
+                break;
+            }
+            self.skip_missed_ticks();
+        }
+        if self.away.is_some() {
+            ctx.rec
+                .failure(Metric::WsReconnect, None, "not back before the stop");
+        }
+    }
+
+    /// The pause before a reconnect attempt: exponential backoff with full
+    /// jitter (docs/CLIENTS.md §4). False when the stop time came first.
+    async fn reconnect_pause(&mut self) -> bool {
+        let wait = jittered_backoff(self.attempts);
+        self.attempts += 1;
+        let at = (Instant::now() + wait).min(self.plan.stop);
+        sleep_or_abort(at, &self.ctx.abort).await && !self.past_stop()
+    }
+
+    /// While offline the rider sent nothing; its timer resumes from now
+    /// instead of firing every tick it missed at once.
+    fn skip_missed_ticks(&mut self) {
+        let now = Instant::now();
+        if self.tick_base < now {
+            let [lo, hi] = self.ctx.spec.update_interval_s;
+            self.tick_base = now + Duration::from_secs_f64(self.rng.range(lo, hi));
+            self.next_tick = self.ctx.on_grid(self.tick_base);
+        }
+    }
+
+    /// A refresh over HTTP outside a session; false if it failed.
+    async fn refresh_now(&mut self) -> bool {
+        let Some(session) = &self.session else {
+            return false;
+        };
+        let timeout = Duration::from_secs_f64(self.ctx.spec.login_timeout_s);
+        let started = Instant::now();
+        let r = accounts::refresh(&self.ctx.transport, self.host, &session.refresh, timeout).await;
+        match r {
+            Ok((session, bytes)) => {
+                self.ctx
+                    .rec
+                    .success(Metric::Refresh, started.elapsed(), bytes);
+                self.session = Some(session);
+                true
+            }
+            Err(cause) => {
+                self.ctx
+                    .rec
+                    .failure(Metric::Refresh, Some(started.elapsed()), &cause);
+                false
             }
         }
     }
@@ -303,12 +402,30 @@ impl<'a> Rider<'a> {
         if let Err(end) = self.setup(ws).await {
             return end;
         }
-        if !self.started_once {
+        if self.away.is_some() {
+            // Back after a tunnel or a lost connection: the route lives in
+            // the store, `resume` says whether it is still there.
+            let msg = ClientMessage::Resume {
+                user_id: self
+                    .session
+                    .as_ref()
+                    .map(|s| s.user_id.clone())
+                    .unwrap_or_default(),
+                since: None,
+            };
+            if let Err(end) = self.send(ws, &msg, Kind::Resume, Instant::now()).await {
+                return end;
+            }
+        } else if !self.started_once {
             self.started_once = true;
             let now = Instant::now();
             if let Err(end) = self.send_start(ws, now).await {
                 return end;
             }
+        }
+        if self.tunnels && self.next_tunnel.is_none() {
+            self.next_tunnel =
+                Some(Instant::now() + uniform_s(self.ctx.spec.tunnel_every_s, self.ctx.time_scale));
         }
         // The timers live across iterations and are reset only when their
         // deadline changes: creating and dropping three timer entries and a
@@ -320,6 +437,7 @@ impl<'a> Rider<'a> {
         let mut stop_sleep = pin!(sleep_until(self.plan.stop));
         let mut deadline_sleep = pin!(sleep_until(far));
         let mut deadline_at = far;
+        let mut tunnel_sleep = pin!(sleep_until(self.next_tunnel.unwrap_or(far)));
         loop {
             if self.stopping && self.pending.is_empty() {
                 close_normal(ws).await;
@@ -341,6 +459,13 @@ impl<'a> Rider<'a> {
                 deadline_sleep.as_mut().reset(want);
                 deadline_at = want;
             }
+            // A tunnel starts between requests: a phone that enters one
+            // with a request in flight is a lost connection, not a tunnel.
+            let tunnel_ready =
+                !self.stopping && self.pending.is_empty() && self.next_tunnel.is_some();
+            if tunnel_ready && Some(tunnel_sleep.deadline()) != self.next_tunnel {
+                tunnel_sleep.as_mut().reset(self.next_tunnel.unwrap_or(far));
+            }
             let refreshing = self.refresh.is_some();
             let stopping = self.stopping;
             let refresh = &mut self.refresh;
@@ -359,6 +484,10 @@ impl<'a> Rider<'a> {
                 }
                 _ = &mut deadline_sleep, if deadline.is_some() => {
                     self.expire();
+                }
+                _ = &mut tunnel_sleep, if tunnel_ready => {
+                    self.next_tunnel = None;
+                    return End::Tunnel;
                 }
                 r = async { refresh.as_mut().expect("refreshing").await }, if refreshing => {
                     self.refresh = None;
@@ -478,6 +607,13 @@ impl<'a> Rider<'a> {
                 if p.kind == Kind::Start {
                     self.need_start = true;
                 }
+                if p.kind == Kind::Resume && self.away.take().is_some() {
+                    self.ctx.rec.failure(
+                        Metric::WsReconnect,
+                        Some(now.duration_since(p.scheduled)),
+                        "resume timeout",
+                    );
+                }
             } else {
                 i += 1;
             }
@@ -538,9 +674,17 @@ impl<'a> Rider<'a> {
         let latency = Instant::now().duration_since(p.scheduled);
         let metric = metric_of(p.kind);
         if let ServerMessage::Error { code, .. } = &msg {
-            match metric {
-                Some(m) => rec.failure(m, Some(latency), &format!("error {}", code.as_str())),
-                None => rec.exception(&format!("in-band refresh refused: {}", code.as_str())),
+            match (metric, p.kind) {
+                (Some(m), _) => rec.failure(m, Some(latency), &format!("error {}", code.as_str())),
+                (None, Kind::Resume) => {
+                    self.away = None;
+                    rec.failure(
+                        Metric::WsReconnect,
+                        Some(latency),
+                        &format!("resume refused: {}", code.as_str()),
+                    );
+                }
+                (None, _) => rec.exception(&format!("in-band refresh refused: {}", code.as_str())),
             }
             if p.kind == Kind::Start {
                 self.need_start = true;
@@ -572,7 +716,35 @@ impl<'a> Rider<'a> {
                 self.next_origin = Some(self.destination);
             }
             ServerMessage::Shared { .. } => self.shared = true,
+            ServerMessage::Resumed { active_route, .. } => self.resumed(active_route.is_some()),
             _ => {}
+        }
+    }
+
+    /// The `resumed` reply after a reconnect: the reconnect's time, and
+    /// whether the route the rider was on is still there.
+    fn resumed(&mut self, has_route: bool) {
+        let Some((_, back)) = self.away.take() else {
+            return;
+        };
+        self.attempts = 0;
+        let rec = &self.ctx.rec;
+        let navigating = self.started_once && !self.need_start && self.walk.is_some();
+        if navigating && !has_route {
+            // The store lost the navigation: counted, and started again.
+            rec.failure(
+                Metric::WsReconnect,
+                Some(back.elapsed()),
+                "route not resumed",
+            );
+            self.need_start = true;
+        } else {
+            rec.success(Metric::WsReconnect, back.elapsed(), 0);
+        }
+        if !self.started_once {
+            // Lost before the first navigation started: start it now.
+            self.need_start = true;
+            self.started_once = true;
         }
     }
 
