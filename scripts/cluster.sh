@@ -4,6 +4,7 @@
 #   scripts/cluster.sh up|down|status
 # Settings (environment, defaults shown):
 #   NODES=3 NODE_BASE_PORT=9001 REDIS_PORT=6380 HTTP_PORT=8080 HTTPS_PORT=8443
+#   NGINX_WORKERS=2 (each carries ~4 500 wss sessions)
 #   BIND=127.0.0.1 CLUSTER_DIR=.cluster NAVCAST_BUS_TOPOLOGY=broadcast
 #   TLS_CERT/TLS_KEY (default: a generated dev certificate)
 #   NODE_BIN (default: target/release/navcast, built when missing or stale)
@@ -105,7 +106,7 @@ up() {
   sed -e "s#@@RUN@@#$RUN#g" -e "s#@@LOGS@@#$LOGS#g" -e "s#@@TMP@@#$TMP#g" \
       -e "s#@@BIND@@#$BIND#g" -e "s#@@HTTP_PORT@@#$HTTP_PORT#g" \
       -e "s#@@HTTPS_PORT@@#$HTTPS_PORT#g" -e "s#@@TLS_CERT@@#$cert#g" \
-      -e "s#@@TLS_KEY@@#$key#g" nginx/navcast.conf.template \
+      -e "s#@@TLS_KEY@@#$key#g" -e "s#@@WORKERS@@#${NGINX_WORKERS:-2}#g" nginx/navcast.conf.template \
     | awk -v ups="$upstreams" '/@@UPSTREAMS@@/ { printf "%s", ups; next } { print }' \
     > "$DIR/nginx.conf"
   nginx -t -q -c "$DIR/nginx.conf" -p "$DIR" -g "error_log $LOGS/nginx-error.log;"
