@@ -12,8 +12,10 @@
 # config/loadtest/step-1000.toml at TIME_SCALE (default 0.1). The latency
 # thresholds are raised by what the link adds: one round trip per request
 # (two jitters), three for a connect (TCP, TLS 1.3, upgrade). Reports go to
-# reports/netem-<link>*. Only the namespaces' own addresses (10.77.0.1/2)
-# are used; the namespaces go away on exit, ctrl-c included.
+# reports/netem-<link>*. Then it times TLS reconnects to nginx over the
+# link, full handshakes against resumed ones (navcast-bench tls,
+# TLS_SAMPLES=30; 0 skips it). Only the namespaces' own addresses
+# (10.77.0.1/2) are used; the namespaces go away on exit, ctrl-c included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LINK=${1:?usage: scripts/netem.sh 4g|3g|lossy [LOAD_PROFILE]}

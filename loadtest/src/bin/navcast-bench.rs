@@ -27,9 +27,10 @@ struct Cli {
     /// Base URL of the node, e.g. ws://127.0.0.1:8080
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     url: String,
-    /// The node's HS256 secret (NAVCAST_JWT_SECRET).
+    /// The node's HS256 secret (NAVCAST_JWT_SECRET); every subcommand
+    /// but `tls` and `refresh` needs it.
     #[arg(long, env = "NAVCAST_JWT_SECRET")]
-    secret: String,
+    secret: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -68,6 +69,23 @@ enum Cmd {
         /// The node's pid, to read its RSS.
         #[arg(long)]
         pid: u32,
+    },
+    /// TLS reconnects to `--tls-addr`: full handshakes against resumed
+    /// ones (TLS 1.3 and 1.2), timed from the TCP connect to the end of
+    /// the handshake, as a phone coming back sees them.
+    Tls {
+        /// host:port of the TLS listener (nginx).
+        #[arg(long)]
+        tls_addr: String,
+        /// The server name to send and verify (default: the host).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// CA certificate (PEM) the server's certificate chains to.
+        #[arg(long)]
+        ca_file: std::path::PathBuf,
+        /// Timed handshakes per kind.
+        #[arg(long, default_value_t = 30)]
+        count: usize,
     },
     /// One hostile pattern against the node, with a neighbour measured.
     Attack {
@@ -141,17 +159,22 @@ async fn connect(base: &str, secret: &str) -> anyhow::Result<Ws> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let secret = || {
+        cli.secret
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--secret (or NAVCAST_JWT_SECRET) is needed"))
+    };
     match cli.cmd {
         Cmd::Idle {
             sessions,
             pid,
             parallel,
-        } => idle(&cli.url, &cli.secret, sessions, pid, parallel).await,
+        } => idle(&cli.url, &secret()?, sessions, pid, parallel).await,
         Cmd::Rtt {
             connections,
             rates,
             seconds,
-        } => rtt(&cli.url, &cli.secret, connections, &rates, seconds).await,
+        } => rtt(&cli.url, &secret()?, connections, &rates, seconds).await,
         Cmd::Refresh {
             count,
             clients,
@@ -162,8 +185,94 @@ async fn main() -> anyhow::Result<()> {
             attackers,
             seconds,
             pid,
-        } => attack(&cli.url, &cli.secret, kind, attackers, seconds, pid).await,
+        } => attack(&cli.url, &secret()?, kind, attackers, seconds, pid).await,
+        Cmd::Tls {
+            ref tls_addr,
+            ref server_name,
+            ref ca_file,
+            count,
+        } => tls_reconnects(tls_addr, server_name.as_deref(), ca_file, count).await,
     }
+}
+
+/// Full against resumed TLS handshakes, per protocol version.
+async fn tls_reconnects(
+    addr: &str,
+    server_name: Option<&str>,
+    ca_file: &std::path::Path,
+    count: usize,
+) -> anyhow::Result<()> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_file)? {
+        roots.add(cert?)?;
+    }
+    let host = server_name
+        .map(str::to_string)
+        .unwrap_or_else(|| addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_string());
+    let name = rustls_pki_types::ServerName::try_from(host)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    for (label, version) in [
+        ("TLS 1.3", &rustls::version::TLS13),
+        ("TLS 1.2", &rustls::version::TLS12),
+    ] {
+        let config = |resume: bool| -> anyhow::Result<Arc<rustls::ClientConfig>> {
+            let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[version])?
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            if !resume {
+                c.resumption = rustls::client::Resumption::disabled();
+            }
+            Ok(Arc::new(c))
+        };
+        let mut report = Vec::new();
+        for resume in [false, true] {
+            let connector = tokio_rustls::TlsConnector::from(config(resume)?);
+            let mut times = Vec::with_capacity(count);
+            let mut resumed = 0;
+            // With resumption, one untimed handshake first fills the cache.
+            for i in 0..count + usize::from(resume) {
+                let t0 = Instant::now();
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                let mut tls = connector.connect(name.clone(), tcp).await?;
+                let took = t0.elapsed();
+                if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    resumed += 1;
+                }
+                // A request and its answer: TLS 1.3 tickets arrive after
+                // the handshake, and are only read with the response.
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                tls.write_all(
+                    b"GET /health HTTP/1.1\r\nHost: navcast\r\nConnection: close\r\n\r\n",
+                )
+                .await?;
+                let mut sink = Vec::new();
+                let _ = tls.read_to_end(&mut sink).await;
+                if !(resume && i == 0) {
+                    times.push(took);
+                }
+            }
+            if resume && resumed > 0 {
+                // The priming handshake was a full one.
+                resumed = resumed.min(count);
+            }
+            times.sort();
+            let q =
+                |p: f64| times[((times.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3;
+            report.push(format!(
+                "{}: p50 {:.1} ms, p95 {:.1} ms ({} of {} resumed)",
+                if resume { "resumption on" } else { "full" },
+                q(0.5),
+                q(0.95),
+                resumed,
+                count
+            ));
+        }
+        println!("tls {label} to {addr}: {}", report.join("; "));
+    }
+    Ok(())
 }
 
 async fn idle(url: &str, secret: &str, n: usize, pid: u32, parallel: usize) -> anyhow::Result<()> {
