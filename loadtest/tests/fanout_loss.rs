@@ -136,7 +136,7 @@ async fn guardians_outlive_their_tokens_by_refreshing() {
 
 const TUNNELS: &str = r#"
 name = "tunnels"
-description = "10 riders, each watched by a guardian that keeps going through tunnels"
+description = "10 riders, each watched by a guardian; riders and guardians keep going through tunnels"
 [[stage]]
 name = "ramp"
 end_s = 2
@@ -157,7 +157,8 @@ tunnel_every_s = [3.0, 5.0]
 /// #13 §2: guardians lose their network (no read, no write, no close
 /// frame) for seconds at a time, come back with jittered backoff on the
 /// other node, and `watch` with `since`: every event the riders produced
-/// meanwhile is recovered, none is lost for good, none arrives twice.
+/// meanwhile is recovered, none is lost for good, none arrives twice. The
+/// riders go through tunnels too and come back with `resume`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guardians_through_tunnels_lose_nothing() {
     let nodes = Node::cluster_with(2, |_| {}, |b| b).await;
@@ -169,17 +170,22 @@ async fn guardians_through_tunnels_lose_nothing() {
     assert_eq!((f.lost, f.duplicates, f.gaps), (0, 0, 0), "{f:?}");
     assert!(f.recovered > 0, "events came back through recovery: {f:?}");
     let reconnects = out.summary.cell(navcast_load::summary::Metric::WsReconnect);
+    let guardians = out
+        .summary
+        .cell(navcast_load::summary::Metric::GuardianBlind)
+        .count;
     assert!(
-        reconnects.count >= 10,
-        "every guardian went through a tunnel: {}",
+        guardians >= 10,
+        "every guardian went through a tunnel: {guardians}"
+    );
+    // The riders went through tunnels too (`tunnel_share` is for both):
+    // each came back with `resume` and found its route (a route lost
+    // would be a failed reconnect).
+    assert!(
+        reconnects.count >= guardians + 10,
+        "every rider went through a tunnel: {} reconnects, {guardians} of guardians",
         reconnects.count
     );
-    assert_eq!(reconnects.failures, 0);
-    assert!(
-        out.summary
-            .cell(navcast_load::summary::Metric::GuardianBlind)
-            .count
-            >= 10
-    );
+    assert_eq!(reconnects.failures, 0, "{:?}", out.summary.failures);
     assert_failed(&out, "lost peer_events", false);
 }

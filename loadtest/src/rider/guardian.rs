@@ -27,7 +27,7 @@ use super::seq::SeqCheck;
 use super::wire::{encode, request_id};
 use super::{
     End, Pair, RiderPlan, RunCtx, close_normal, connect, ending, finish_close, jittered_backoff,
-    login_until, uniform_s, wait_true,
+    login_until, unfinished_reconnect, uniform_s, wait_true,
 };
 use crate::accounts::{self, Session, token_expired};
 use crate::net::Ws;
@@ -61,9 +61,8 @@ pub(super) async fn guardian(ctx: Arc<RunCtx>, plan: RiderPlan, pair: Arc<Pair>,
         attempts: 0,
     };
     g.watch_until_done(host).await;
-    if g.back_from_tunnel.is_some() {
-        ctx.rec
-            .failure(Metric::WsReconnect, None, "not back before the end");
+    if let Some((_, back)) = g.back_from_tunnel {
+        unfinished_reconnect(&ctx.rec, back);
     }
     g.tally();
 }

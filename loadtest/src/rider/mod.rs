@@ -163,6 +163,18 @@ fn jittered_backoff(n: u32) -> Duration {
     Duration::from_secs_f64(rand::random::<f64>() * cap.min(30.0))
 }
 
+/// A reconnect still under way when the run ends is a failure only if the
+/// network had been back for longer than this (the backoff's cap): a
+/// shorter one was cut by the end, not refused by the server.
+const RECONNECT_JUDGED_AFTER: Duration = Duration::from_secs(30);
+
+/// Records a reconnect the end of the run cut short, when it counts.
+fn unfinished_reconnect(rec: &Recorder, back: Instant) {
+    if back.elapsed() > RECONNECT_JUDGED_AFTER {
+        rec.failure(Metric::WsReconnect, None, "not back before the end");
+    }
+}
+
 /// Waits until a flag turns true (or its sender is gone), holding no
 /// borrow of the channel across the caller's other awaits.
 async fn wait_true(rx: &mut watch::Receiver<bool>) {

@@ -26,7 +26,7 @@ use super::guardian::guardian;
 use super::wire::{Head, encode, request_id};
 use super::{
     End, Pair, RiderPlan, RunCtx, close_normal, connect, ending, finish_close, jittered_backoff,
-    login_until, sleep_or_abort, uniform_s, wait_true,
+    login_until, sleep_or_abort, unfinished_reconnect, uniform_s, wait_true,
 };
 use crate::accounts::{self, Session, token_expired};
 use crate::motion::{Walk, offset};
@@ -264,9 +264,8 @@ impl<'a> Rider<'a> {
             }
             self.skip_missed_ticks();
         }
-        if self.away.is_some() {
-            ctx.rec
-                .failure(Metric::WsReconnect, None, "not back before the stop");
+        if let Some((_, back)) = self.away {
+            unfinished_reconnect(&ctx.rec, back);
         }
     }
 
