@@ -38,8 +38,9 @@ SHAPER=${SHAPER:-auto}
 
 SRV=ncsrv$$ CLI=nccli$$ SRV_IP=10.77.0.1 CLI_IP=10.77.0.2
 WORK=$(mktemp -d)
-SHAPER_PID=
+SHAPER_PID= RMEM_RESTORE=
 cleanup() {
+  [ -n "$RMEM_RESTORE" ] && sysctl -qw net.core.rmem_default="$RMEM_RESTORE"
   if [ -n "$SHAPER_PID" ]; then
     kill "$SHAPER_PID" 2>/dev/null && wait "$SHAPER_PID" 2>/dev/null || true
     cat "$WORK/shaper.log" 2>/dev/null | grep -v ready || true
@@ -91,7 +92,19 @@ elif [ -n "$NETEM" ]; then
   # is capped so a dropped packet is one segment, as on a radio link.
   ip -n "$CLI" link set "v$CLI" gso_max_segs 1 2>/dev/null || true
   ip -n "$SRV" link set "v$SRV" gso_max_segs 1 2>/dev/null || true
-  ip netns exec "$CLI" ./target/release/navcast-netem --delay-ms "$ONE_WAY" --jitter-ms "$JITTER" \
+  # Real-time priority, as the kernel's qdisc would have: a shaper that
+  # waits for a core while the load runs adds delay the profile lacks.
+  rt=()
+  command -v chrt >/dev/null && rt=(chrt -f 20)
+  # The kernel hands the queued packets over a netlink socket whose buffer
+  # is net.core.rmem_default (global, not per namespace; 208 KiB): a burst
+  # of replies overflows it, and each message lost there is a packet
+  # dropped beyond the profile's loss. The shaper's socket is created with
+  # 8 MiB; the default is put back as soon as it is.
+  rmem=$(sysctl -n net.core.rmem_default)
+  RMEM_RESTORE=$rmem
+  sysctl -qw net.core.rmem_default=8388608
+  ip netns exec "$CLI" "${rt[@]}" ./target/release/navcast-netem --delay-ms "$ONE_WAY" --jitter-ms "$JITTER" \
     --loss-pct "$LOSS" --queues 0,1 >"$WORK/shaper.log" 2>&1 &
   SHAPER_PID=$!
   for _ in $(seq 100); do
@@ -99,6 +112,8 @@ elif [ -n "$NETEM" ]; then
     kill -0 "$SHAPER_PID" 2>/dev/null || { cat "$WORK/shaper.log" >&2; exit 1; }
     sleep 0.05
   done
+  sysctl -qw net.core.rmem_default="$rmem"
+  RMEM_RESTORE=
   grep -q ready "$WORK/shaper.log" || { echo "netem: navcast-netem did not start" >&2; exit 1; }
   ip netns exec "$CLI" iptables -t mangle -A OUTPUT -o "v$CLI" -j NFQUEUE --queue-num 0
   ip netns exec "$CLI" iptables -t mangle -A PREROUTING -i "v$CLI" -j NFQUEUE --queue-num 1
@@ -141,6 +156,12 @@ ip netns exec "$CLI" ./target/release/navcast-load run \
   --csv "reports/netem-$LINK-$name" --html "reports/netem-$LINK-$name.html" \
   --json "reports/netem-$LINK-$name.json"
 status=$?
+# A phone coming back: full TLS handshakes against resumed ones, through
+# the same link to nginx.
+if [ "${TLS_SAMPLES:-30}" -gt 0 ]; then
+  ip netns exec "$CLI" ./target/release/navcast-bench tls --tls-addr "$SRV_IP:8443" \
+    --ca-file "$WORK/tls/cert.pem" --count "${TLS_SAMPLES:-30}"
+fi
 set -e
 echo "netem: reports in reports/netem-$LINK-$name*"
 exit $status
