@@ -42,6 +42,7 @@ pub(crate) mod ops;
 pub mod peer;
 pub mod protocol;
 pub(crate) mod redis_conn;
+pub mod request_id;
 mod server;
 pub(crate) mod session;
 pub mod store;

@@ -252,7 +252,8 @@ impl SessionHandle {
                         event = "session_queue_full",
                         session_id = %self.session_id,
                         user_id = %self.user_id,
-                        "outbound queue full; closing with 4008"
+                        cause = "outbound queue full: the peer reads slower than it is sent to",
+                        "closing with 4008"
                     );
                 }
                 self.signal.close(close::TOO_SLOW, "outbound queue full");

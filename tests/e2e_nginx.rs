@@ -420,3 +420,78 @@ async fn accounts_and_routes_survive_a_redis_kill() {
         "the route carried on: {u}"
     );
 }
+
+/// The lines of every node's JSON log and of nginx's access log.
+fn log_lines(c: &Cluster) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let read = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(c.dir.path().join("logs").join(name))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let nodes = (1..=3)
+        .flat_map(|i| read(&format!("node-{i}.log")))
+        .collect();
+    (nodes, read("nginx-access.log"))
+}
+
+/// #15 §4: nginx hands the node the client's address and its request id,
+/// so a failed login from one phone can be found in nginx's access log
+/// and in the node's log by the same id, with the phone's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_address_and_request_id_reach_the_node_through_nginx() {
+    let c = Cluster::up();
+    let pem = std::fs::read(&c.ca).unwrap();
+    // A phone at its own loopback address.
+    let phone = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .local_address(std::net::IpAddr::from([127, 0, 0, 7]))
+        .build()
+        .unwrap();
+    let r = phone
+        .post(c.url("/api/v1/auth/login"))
+        .form(&[("username", "nobody@navcast.test"), ("password", "wrong")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let mut found = None;
+    poll_until("the failed login in both logs", WAIT, async || {
+        let (nodes, nginx) = log_lines(&c);
+        let line = nodes.iter().find(|l| l["event"] == "login_failed");
+        let Some(id) = line.and_then(|l| l["span"]["request_id"].as_str()) else {
+            return false;
+        };
+        found = Some((line.unwrap().clone(), id.to_string()));
+        nginx.iter().any(|l| l["request_id"] == id)
+    })
+    .await;
+    let (line, id) = found.unwrap();
+    assert_eq!(line["client"], "127.0.0.7", "{line}");
+    assert_eq!(id.len(), 32, "nginx's $request_id: {id}");
+    let (_, nginx) = log_lines(&c);
+    let entry = nginx
+        .iter()
+        .find(|l| l["request_id"] == id.as_str())
+        .unwrap();
+    assert_eq!(entry["remote"], "127.0.0.7", "{entry}");
+    assert_eq!(entry["status"], 401, "{entry}");
+
+    // A session carries the id of its upgrade in every line.
+    let (user, token) = c.account().await;
+    let rider = c.connect(&user, &token).await;
+    poll_until("session_opened with a request id", WAIT, async || {
+        let (nodes, _) = log_lines(&c);
+        nodes.iter().any(|l| {
+            l["event"] == "session_opened"
+                && l["span"]["user_id"] == user.as_str()
+                && l["span"]["request_id"]
+                    .as_str()
+                    .is_some_and(|s| s.len() == 32)
+        })
+    })
+    .await;
+    drop(rider);
+}

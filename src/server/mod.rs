@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::ws::router())
         .merge(crate::auth::http::router())
         .merge(crate::ops::router())
+        .layer(axum::middleware::from_fn(crate::request_id::span))
         .with_state(state)
 }
 

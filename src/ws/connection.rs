@@ -37,7 +37,15 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 /// How long the reader waits for the peer's close reply after ours.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
-pub(super) async fn run(state: AppState, socket: WebSocket, claims: Claims, slot: ConnectionSlot) {
+/// Runs one session; `request_id` is nginx's id of the upgrade request
+/// (`X-Request-Id`), logged with every line of the session.
+pub(super) async fn run(
+    state: AppState,
+    socket: WebSocket,
+    claims: Claims,
+    slot: ConnectionSlot,
+    request_id: Option<Arc<str>>,
+) {
     let session_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
     let user_id: Arc<str> = claims.sub.clone().into();
     let span = tracing::info_span!(
@@ -45,7 +53,11 @@ pub(super) async fn run(state: AppState, socket: WebSocket, claims: Claims, slot
         session_id = %session_id,
         user_id = %user_id,
         node_id = %state.node_id,
+        request_id = tracing::field::Empty,
     );
+    if let Some(id) = &request_id {
+        span.record("request_id", &**id);
+    }
     session(state, socket, claims, slot, session_id, user_id)
         .instrument(span)
         .await;
@@ -285,7 +297,8 @@ fn on_read_error(signal: &CloseSignal, e: axum::Error, metrics: &Metrics) {
         Some(tungstenite::Error::Capacity(_)) => {
             tracing::info!(
                 event = "frame_too_large",
-                "frame over the size limit; closing with 1009"
+                cause = "a frame over ws.max_frame_bytes",
+                "closing with 1009"
             );
             signal.close(close::TOO_BIG, "frame too large");
         }

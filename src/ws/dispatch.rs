@@ -21,6 +21,7 @@ use crate::protocol::{
     RequestKind, ServerMessage, Since, StreamState, close, parse_request,
 };
 use crate::session::SessionHandle;
+use crate::telemetry::LogLimiter;
 use crate::transit::DisabilityType;
 
 /// A token bucket: `rate` per second, holding up to `burst`.
@@ -70,6 +71,9 @@ enum ExpiryPhase {
     Warned,
 }
 
+/// How often one session may log a refused request.
+const REFUSALS_LOG_EVERY: Duration = Duration::from_secs(10);
+
 pub struct SessionCtx {
     pub handle: SessionHandle,
     pub user_id: Arc<str>,
@@ -87,6 +91,10 @@ pub struct SessionCtx {
     nav: Navigator,
     /// Set by `watch`/`resume`: what to release once the reply is queued.
     release: Option<Release>,
+    /// One `bad_request` / `request_failed` / `rate_limited` line per
+    /// session per 10 s, with the count held back: a flooding client must
+    /// not flood the log.
+    refusals_log: LogLimiter,
 }
 
 /// A stream whose live events are held for a session until its reply to
@@ -127,6 +135,7 @@ impl SessionCtx {
             },
             nav: Navigator::default(),
             release: None,
+            refusals_log: LogLimiter::new(REFUSALS_LOG_EVERY),
         }
     }
 
@@ -172,6 +181,30 @@ impl SessionCtx {
         self.send(state, ServerMessage::Error { code, message }, request_id);
     }
 
+    /// Logs a refused request (at most one line per session per
+    /// [`REFUSALS_LOG_EVERY`], with how many were held back) and answers it.
+    fn refuse(
+        &mut self,
+        state: &AppState,
+        event: &'static str,
+        kind: RequestKind,
+        code: ErrorCode,
+        message: String,
+        request_id: Option<RequestId>,
+    ) {
+        if let Some(suppressed) = self.refusals_log.allow() {
+            tracing::info!(
+                event,
+                r#type = kind.as_str(),
+                code = code.as_str(),
+                cause = %message,
+                suppressed,
+                "request refused"
+            );
+        }
+        self.send_error(state, code, message, request_id);
+    }
+
     /// Counts a malformed frame; true if the session must now close (1008).
     fn protocol_error(&mut self, state: &AppState) -> bool {
         self.protocol_errors += 1;
@@ -179,6 +212,7 @@ impl SessionCtx {
             tracing::info!(
                 event = "too_many_protocol_errors",
                 count = self.protocol_errors,
+                cause = "ws.max_protocol_errors malformed frames in a row",
                 "closing with 1008"
             );
             self.handle
@@ -242,20 +276,24 @@ impl SessionCtx {
             Ok(parsed) => parsed,
             Err(e) => {
                 state.metrics.message_in(e.kind);
-                tracing::debug!(
-                    event = "bad_request",
-                    code = e.code.as_str(),
-                    "request refused"
+                self.refuse(
+                    state,
+                    "bad_request",
+                    e.kind,
+                    e.code,
+                    e.message,
+                    e.request_id,
                 );
-                self.send_error(state, e.code, e.message, e.request_id);
                 return self.protocol_error(state);
             }
         };
         let kind = message.kind();
         state.metrics.message_in(kind);
         if !self.rate.allow() {
-            self.send_error(
+            self.refuse(
                 state,
+                "rate_limited",
+                kind,
                 ErrorCode::RateLimited,
                 "too many requests; slow down".into(),
                 request_id,
@@ -288,13 +326,7 @@ impl SessionCtx {
                 }
             }
             Err(RequestError::Client(code, message)) => {
-                tracing::debug!(
-                    event = "request_failed",
-                    r#type = kind.as_str(),
-                    code = code.as_str(),
-                    "request refused"
-                );
-                self.send_error(state, code, message, request_id);
+                self.refuse(state, "request_failed", kind, code, message, request_id);
             }
             Err(RequestError::Internal(cause)) => {
                 tracing::error!(event = "request_internal_error", r#type = kind.as_str(), cause = %cause, "request failed");
@@ -611,7 +643,8 @@ impl SessionCtx {
             ExpiryPhase::Warned => {
                 tracing::info!(
                     event = "token_expired",
-                    "token expired without refresh; closing with 4001"
+                    cause = "no refresh_token before the token's exp",
+                    "closing with 4001"
                 );
                 self.handle
                     .signal

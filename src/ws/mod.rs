@@ -11,6 +11,7 @@ mod dispatch;
 
 use crate::limits::ConnectionSlot;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
@@ -98,6 +99,7 @@ async fn upgrade(
                 ws.set_selected_protocol(HeaderValue::from_static("bearer"));
             }
             let state2 = state.clone();
+            let request_id = crate::request_id::of(&headers).map(Arc::<str>::from);
             // Counted by the drain from now on, not only once the upgrade
             // task has started the session.
             let tracked = state.tasks.token();
@@ -105,7 +107,7 @@ async fn upgrade(
                 tracing::info!(event = "ws_upgrade_failed", cause = %e, "WebSocket upgrade failed");
             })
             .on_upgrade(move |socket| async move {
-                connection::run(state2, socket, claims, slot).await;
+                connection::run(state2, socket, claims, slot, request_id).await;
                 drop(tracked);
             })
         }

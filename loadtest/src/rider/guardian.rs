@@ -439,11 +439,18 @@ impl Guardian<'_> {
             ..
         } = reply.message
         {
-            if let (Some(offset), Some(epoch)) = (offset, epoch) {
-                self.position = Some((offset, epoch));
-            }
             let latency = Duration::from_micros(unix_us().saturating_sub(sent_at_us));
-            if self.check.see(&origin_node, seq) {
+            let fresh = match (offset, epoch) {
+                (Some(offset), Some(epoch)) => {
+                    let fresh = self.check.see_offset(&epoch, offset);
+                    if fresh {
+                        self.position = Some((offset, epoch));
+                    }
+                    fresh
+                }
+                _ => self.check.see(&origin_node, seq),
+            };
+            if fresh {
                 rec.success(Metric::FanoutDelivery, latency, text.len());
             }
         }
