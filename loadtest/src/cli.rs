@@ -169,6 +169,12 @@ pub(crate) struct RunArgs {
     /// point and vanishes at high rates. 0 schedules each tick exactly.
     #[arg(long, default_value_t = 20.0)]
     pub(crate) tick_grid_ms: f64,
+    /// Serve the run's live measures for Prometheus on this address
+    /// (`/metrics`: requests, failures, latency histograms, riders,
+    /// fan-out, client CPU). With `--processes N`, segment i listens on
+    /// the port + i - 1.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
     /// The executable `--processes` starts (default: this one).
     #[arg(long, hide = true)]
     pub(crate) self_exe: Option<PathBuf>,
@@ -271,6 +277,10 @@ impl RunArgs {
             push("--network", n.into());
         }
         push("--tick-grid-ms", self.tick_grid_ms.to_string().into());
+        if let Some(mut addr) = self.metrics_listen {
+            addr.set_port(addr.port() + segment.index as u16);
+            push("--metrics-listen", addr.to_string().into());
+        }
         push("--start-at", start_at.to_string().into());
         push(
             "--server-stats-every",

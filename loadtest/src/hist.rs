@@ -71,6 +71,15 @@ impl Hist {
         self.len() == 0
     }
 
+    /// Samples at or below `us` (within the histogram's precision).
+    pub(crate) fn count_at_most(&self, us: u64) -> u64 {
+        self.0
+            .as_ref()
+            .filter(|h| !h.is_empty())
+            .map(|h| h.count_between(0, us))
+            .unwrap_or(0)
+    }
+
     /// The value at quantile `q` (0..=1), µs; `None` when empty.
     pub(crate) fn quantile(&self, q: f64) -> Option<u64> {
         self.0

@@ -27,6 +27,7 @@
 pub mod accounts;
 mod cli;
 pub mod criteria;
+mod exporter;
 mod fleet;
 pub mod hist;
 mod motion;

@@ -463,6 +463,40 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
                 }
             })?
     };
+    let exporter = match args.metrics_listen {
+        Some(addr) => {
+            // Weak: the run takes the reporter back at its end, whatever
+            // scraper connection is still open.
+            let (reporter, ctx) = (Arc::downgrade(&reporter), ctx.clone());
+            let segment = args.segment.to_string();
+            let snapshot = move || {
+                let Some(r) = reporter.upgrade() else {
+                    return crate::exporter::Snapshot::default();
+                };
+                let r = r.lock().unwrap_or_else(|e| e.into_inner());
+                let ld =
+                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                crate::exporter::Snapshot {
+                    segment: segment.clone(),
+                    cells: Metric::ALL
+                        .iter()
+                        .map(|m| r.summary.metrics.get(m.name()).cloned().unwrap_or_default())
+                        .collect(),
+                    users: ld(&ctx.rec.users),
+                    cpu_s: r
+                        .usage_last
+                        .cpu
+                        .saturating_sub(r.usage_start.cpu)
+                        .as_secs_f64(),
+                    fanout_expected: ld(&ctx.rec.fanout.expected),
+                    fanout_recovered: ld(&ctx.rec.fanout.recovered),
+                    fanout_lost: ld(&ctx.rec.fanout.lost),
+                }
+            };
+            Some(crate::exporter::serve(addr, Arc::new(snapshot)).await?)
+        }
+        None => None,
+    };
     let server_samples = Arc::new(Mutex::new(Vec::new()));
     let sampler = (args.server_stats_every > 0.0).then(|| {
         let bases = if args.stats_url.is_empty() {
@@ -533,6 +567,9 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     reporter_stop.cancel();
     reporter_done.store(true, std::sync::atomic::Ordering::Release);
     let _ = reporter_thread.join();
+    if let Some(e) = exporter {
+        e.abort();
+    }
     if let Some(s) = sampler {
         let _ = s.await;
     }

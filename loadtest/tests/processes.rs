@@ -86,3 +86,69 @@ async fn sigterm_stops_every_segment_and_still_writes_the_report() {
         eval.verdicts
     );
 }
+
+/// The value of the first sample line of `text` that starts with `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// #15 §1: `--metrics-listen` serves the run's live measures in
+/// Prometheus's format while it runs, one port per `--processes` segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_listen_serves_live_measures_per_segment() {
+    let node = Node::single(|_| {}).await;
+    let base = loop {
+        let p = navcast::testing::free_port();
+        if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            break p;
+        }
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_navcast-load"))
+        .args([
+            "run",
+            "--host",
+            &node.ws(),
+            "--profile",
+            &profile("smoke.toml"),
+        ])
+        .args(["--processes", "2", "--quiet", "--metrics-listen"])
+        .arg(format!("127.0.0.1:{base}"))
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    for (port, segment) in [(base, "1/2"), (base + 1, "2/2")] {
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        let series = format!(
+            "navcast_load_requests_total{{segment=\"{segment}\",name=\"ws_location_update\""
+        );
+        let mut text = String::new();
+        navcast::testing::poll_until(
+            "location updates counted on /metrics",
+            std::time::Duration::from_secs(60),
+            async || {
+                text = match http.get(&url).send().await {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(_) => return false,
+                };
+                sample(&text, &series).is_some_and(|v| v > 0.0)
+            },
+        )
+        .await;
+        let users = sample(
+            &text,
+            &format!("navcast_load_users{{segment=\"{segment}\"}}"),
+        );
+        assert!(users.is_some_and(|u| u > 0.0), "{text}");
+        let inf = format!(
+            "navcast_load_latency_seconds_bucket{{segment=\"{segment}\",name=\"ws_location_update\",type=\"WebSocket\",le=\"+Inf\"}}"
+        );
+        assert!(sample(&text, &inf).is_some_and(|v| v > 0.0), "{text}");
+        assert!(text.contains("# TYPE navcast_load_latency_seconds histogram"));
+    }
+    child.kill().await.unwrap();
+}
