@@ -110,6 +110,10 @@ pub struct Metrics {
     pub bus_gaps: Counter,
     pub bus_reconnects: Counter,
     pub bus_connected: Gauge,
+    /// 1 while `/ready` answers 200 (set at each scrape).
+    pub ready: Gauge,
+    /// 1 once SIGTERM started the drain (set at each scrape).
+    pub draining: Gauge,
     /// Accepted connections that are not (yet) sessions.
     pub http_connections: Gauge,
     pub http_refused: Counter,
@@ -121,6 +125,20 @@ pub struct Metrics {
     /// Kept by the Redis watchdog (`redis_conn::Health`).
     pub redis: crate::redis_conn::HealthCounters,
 }
+
+/// Every `outcome` of `navcast_auth_requests_total`: `ok`, `refused` (the
+/// client's mistake: bad credentials, invalid input, a taken email, a bad
+/// refresh token), `busy` and `unavailable` (503: hash queue full, store
+/// down), and the three 429s of [`crate::auth::throttle`].
+pub const AUTH_OUTCOMES: [&str; 7] = [
+    "ok",
+    "refused",
+    "busy",
+    "unavailable",
+    "throttled_in_flight",
+    "throttled_address",
+    "throttled_account",
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -193,12 +211,22 @@ impl Metrics {
 
         let closes = Family::<CloseLabel, Counter>::default();
         registry.register("closes", "Sessions closed, by close code", closes.clone());
+        // Every documented code and outcome exists from the start at 0, so
+        // a rate is 0 rather than no series until the first one happens.
+        for code in crate::protocol::close::ALL {
+            let _ = closes.get_or_create(&CloseLabel { code });
+        }
         let auth = Family::<AuthLabel, Counter>::default();
         registry.register(
             "auth_requests",
             "Auth HTTP requests by operation and outcome",
             auth.clone(),
         );
+        for op in ["register", "login", "refresh"] {
+            for outcome in AUTH_OUTCOMES {
+                let _ = auth.get_or_create(&AuthLabel { op, outcome });
+            }
+        }
 
         let mut counter = |name: &str, help: &str| {
             let c = Counter::default();
@@ -250,6 +278,19 @@ impl Metrics {
             "bus_connected",
             "1 while the bus is connected",
             bus_connected.clone(),
+        );
+
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while /ready answers 200 (not draining, Redis reachable when configured)",
+            ready.clone(),
+        );
+        let draining = Gauge::default();
+        registry.register(
+            "draining",
+            "1 once a shutdown signal started the drain",
+            draining.clone(),
         );
 
         let http_connections = Gauge::default();
@@ -330,6 +371,8 @@ impl Metrics {
             bus_gaps,
             bus_reconnects,
             bus_connected,
+            ready,
+            draining,
             http_connections,
             http_refused,
             http_refused_address,

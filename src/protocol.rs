@@ -380,6 +380,20 @@ pub mod close {
     pub const TOKEN_EXPIRED: u16 = 4001;
     pub const REPLACED: u16 = 4002;
     pub const TOO_SLOW: u16 = 4008;
+
+    /// Every close code a node sends or counts (1006), in order.
+    pub const ALL: [u16; 10] = [
+        NORMAL,
+        GOING_AWAY,
+        ABNORMAL,
+        INVALID_PAYLOAD,
+        POLICY,
+        TOO_BIG,
+        INTERNAL,
+        TOKEN_EXPIRED,
+        REPLACED,
+        TOO_SLOW,
+    ];
 }
 
 /// A station as the wire names it: enough to show and to look it up again.

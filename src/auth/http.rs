@@ -75,7 +75,14 @@ fn refused(state: &AuthApi, op: &'static str, ip: IpAddr, e: &super::AuthError) 
             "password request refused before hashing"
         );
     } else {
-        state.metrics.auth(op, "refused");
+        // 503s (hash queue full, store down) apart from the client's own
+        // mistakes: operators alert on the first, not the second.
+        let outcome = match e {
+            super::AuthError::Busy => "busy",
+            super::AuthError::Store(_) | super::AuthError::Hashing => "unavailable",
+            _ => "refused",
+        };
+        state.metrics.auth(op, outcome);
         tracing::info!(event = if op == "login" { "login_failed" } else { "register_failed" }, client = %ip, cause = %e, "{op} refused");
     }
 }

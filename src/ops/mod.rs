@@ -154,6 +154,10 @@ fn sync_cache_counters(state: &AppState) {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     sync_cache_counters(&state);
+    let m = &state.metrics;
+    m.ready.set(i64::from(state.is_ready()));
+    m.draining
+        .set(i64::from(state.draining.load(Ordering::Acquire)));
     (
         [(
             header::CONTENT_TYPE,
