@@ -2,16 +2,19 @@
 """Runs every query of every panel of the Grafana dashboard against a
 Prometheus and prints what each returns (a few series per query).
 
-    scripts/dashboard-queries.py [PROMETHEUS_URL] [DASHBOARD_JSON]
+    [AT=UNIX_SECONDS] scripts/dashboard-queries.py [PROMETHEUS_URL] [DASHBOARD_JSON]
 
 Defaults: http://127.0.0.1:9090 (what `MONITORING=1 scripts/cluster.sh up`
-starts) and monitoring/grafana/dashboards/navcast.json. Exits 1 when a
+starts), monitoring/grafana/dashboards/navcast.json, and now (AT evaluates
+at an earlier moment, e.g. just before a load run ended and its series went
+stale: scripts/demo.sh does that). Exits 1 when a
 query fails or returns no series, so a panel that would stay empty on a
 running cluster is found without Grafana (which cannot be installed here);
 loadtest/tests/monitoring.rs runs it during a load.
 """
 
 import json
+import os
 import sys
 import urllib.parse
 import urllib.request
@@ -21,12 +24,14 @@ prom = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:9090"
 board = Path(sys.argv[2] if len(sys.argv) > 2 else
              Path(__file__).resolve().parent.parent / "monitoring/grafana/dashboards/navcast.json")
 panels = json.loads(board.read_text())["panels"]
+at = os.environ.get("AT")
 
 empty = 0
 for panel in panels:
     for target in panel["targets"]:
         expr = target["expr"]
-        url = f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        params = {"query": expr} | ({"time": at} if at else {})
+        url = f"{prom}/api/v1/query?" + urllib.parse.urlencode(params)
         try:
             with urllib.request.urlopen(url, timeout=10) as r:
                 body = json.load(r)
@@ -39,6 +44,14 @@ for panel in panels:
             print(f"EMPTY {panel['title']} | {expr} | {body.get('error', 'no series')}")
             empty += 1
             continue
+        # The largest values first (NaN last): what the panel shows most.
+        def size(s):
+            try:
+                v = float(s["value"][1])
+            except ValueError:
+                return float("-inf")
+            return float("-inf") if v != v else v
+        result.sort(key=size, reverse=True)
         shown = []
         for s in result[:4]:
             labels = ",".join(f"{k}={v}" for k, v in s["metric"].items() if k not in ("__name__", "job"))

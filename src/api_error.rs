@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::AuthError;
+use crate::telemetry::LogLimiter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -83,10 +84,19 @@ impl From<AuthError> for ApiError {
                 retry_after_s: 3600,
             },
             AuthError::Busy => {
-                tracing::warn!(
-                    event = "login_queue_full",
-                    "password hashing queue full; answering 503"
-                );
+                // A login storm reaches this for every request: one line
+                // per 10 s, with the count held back.
+                static LOG: std::sync::Mutex<LogLimiter> =
+                    std::sync::Mutex::new(LogLimiter::new(std::time::Duration::from_secs(10)));
+                let allowed = LOG.lock().unwrap_or_else(|e| e.into_inner()).allow();
+                if let Some(held) = allowed {
+                    tracing::warn!(
+                        event = "login_queue_full",
+                        cause = "auth.hash_queue password requests already waiting",
+                        similar_lines_held_back = held,
+                        "answering 503"
+                    );
+                }
                 ApiError::Unavailable {
                     detail: "too many logins at once; retry shortly",
                     retry_after_s: 1,

@@ -40,7 +40,7 @@ pub struct LogLimiter {
 }
 
 impl LogLimiter {
-    pub fn new(every: Duration) -> LogLimiter {
+    pub const fn new(every: Duration) -> LogLimiter {
         LogLimiter {
             every,
             last: None,

@@ -96,7 +96,8 @@ impl Bus for LocalBus {
         let Some(envelope) = envelope.encode().ok().and_then(|b| Envelope::decode(&b)) else {
             tracing::error!(
                 event = "bus_message_malformed",
-                "an envelope did not survive its own encoding; not delivered"
+                cause = "an envelope did not survive its own encoding",
+                "not delivered"
             );
             return;
         };

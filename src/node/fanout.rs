@@ -241,6 +241,7 @@ impl Fanout {
             origin_node = %origin,
             user_id = user.unwrap_or(""),
             missing,
+            cause = "the origin's per-user seq skipped numbers",
             "envelopes missing from an origin"
         );
     }

@@ -250,7 +250,8 @@ impl Bus for RedisBus {
         ) else {
             tracing::error!(
                 event = "bus_started_twice",
-                "RedisBus::start called twice; ignored"
+                cause = "RedisBus::start called twice",
+                "ignored"
             );
             return;
         };

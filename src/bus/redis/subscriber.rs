@@ -284,7 +284,8 @@ fn on_message(bytes: &[u8], deliver: &Deliver) {
         None => tracing::warn!(
             event = "bus_message_malformed",
             bytes = bytes.len(),
-            "ignored a bus message that is not an envelope"
+            cause = "not an envelope (another writer on the channel?)",
+            "ignored a bus message"
         ),
     }
 }
