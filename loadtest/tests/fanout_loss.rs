@@ -87,7 +87,9 @@ async fn dropped_bus_messages_fail_the_lost_peer_events_criterion() {
     .await;
     let out = run_fanout(&nodes).await;
     let f = out.summary.fanout;
-    assert!(f.gaps > 0, "{f:?}");
+    // The bus drops every third envelope before it gets its stream offset,
+    // so the stream the guardian sees has no gap: the events are missing
+    // against the rider's replies (the shortfall), which is what counts.
     assert!(f.lost > 0 && f.received < f.expected, "{f:?}");
     assert_failed(&out, "lost peer_events", true);
     assert_failure_row(&out, "fanout_delivery", "peer_event lost");
