@@ -17,7 +17,8 @@
 # down on exit, ctrl-c included. Accounts use cheap argon2 parameters: the
 # storm measures reconnects, not password hashing.
 # Settings: SETTLE_S=75 (held after the kill), STORM_PORT_BASE=9500 (ports
-# base+1..3 nodes, +43 https, +80 http, +90 redis), REPORT_DIR=reports,
+# base+1..3 nodes, +43 https, +80 http, +81 nginx status, +90 redis),
+# REPORT_DIR=reports,
 # NODE_BIN / LOAD_BIN (default: release builds, built first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +35,7 @@ PORTS=${STORM_PORT_BASE:-9500}
 WORK=$(mktemp -d)
 LOAD_PID=
 export CLUSTER_DIR=$WORK/cluster NODE_BASE_PORT=$((PORTS + 1)) REDIS_PORT=$((PORTS + 90)) \
-  HTTP_PORT=$((PORTS + 80)) HTTPS_PORT=$((PORTS + 43)) NGINX_WORKERS=$WORKERS \
+  HTTP_PORT=$((PORTS + 80)) HTTPS_PORT=$((PORTS + 43)) NGINX_STATUS_PORT=$((PORTS + 81)) NGINX_WORKERS=$WORKERS \
   NAVCAST_AUTH_ARGON2_MEMORY_KIB=1024 NAVCAST_AUTH_ARGON2_ITERATIONS=1
 cleanup() {
   [ -n "$LOAD_PID" ] && kill "$LOAD_PID" 2>/dev/null || true

@@ -55,6 +55,7 @@ impl Cluster {
             ("REDIS_PORT".into(), free_port().to_string()),
             ("HTTP_PORT".into(), free_port().to_string()),
             ("HTTPS_PORT".into(), https.to_string()),
+            ("NGINX_STATUS_PORT".into(), free_port().to_string()),
             ("NODE_BIN".into(), env!("CARGO_BIN_EXE_navcast").into()),
             // Cheap password hashing: the debug build hashes slowly.
             ("NAVCAST_AUTH_ARGON2_MEMORY_KIB".into(), "1024".into()),

@@ -11,11 +11,12 @@ use std::process::Command;
 use navcast::testing::require_tool;
 use navcast_load::summary::Metric;
 
-/// A base port with the script's six ports (base+1..3, +43, +80, +90) free.
+/// A base port with the script's seven ports (base+1..3, +43, +80, +81,
+/// +90) free.
 fn free_base() -> u16 {
     for _ in 0..200 {
         let base = 20_000 + rand::random::<u16>() % 20_000;
-        if [1, 2, 3, 43, 80, 90]
+        if [1, 2, 3, 43, 80, 81, 90]
             .iter()
             .all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok())
         {
