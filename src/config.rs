@@ -231,9 +231,12 @@ pub struct WsConfig {
     pub token_expiry_warning: Duration,
     /// `allow` (default) or `replace`.
     pub multi_device: MultiDevice,
-    /// Per-connection read buffer. Default 4 KiB: tungstenite zero-fills its
-    /// whole read buffer before each read, so the 128 KiB default costs
-    /// memory and CPU per idle session (see docs/BASELINES.md).
+    /// Per-connection read buffer. Default 1 KiB: tungstenite allocates it
+    /// when the session opens and zero-fills it before each read, so its
+    /// 128 KiB default costs memory and CPU per idle session (see
+    /// docs/BASELINES.md). Requests are a few hundred bytes; a larger frame
+    /// (up to `max_frame_bytes`) takes several reads. 4 KiB → 1 KiB took
+    /// 3 KiB off every idle session.
     pub read_buffer_bytes: usize,
     /// `Retry-After` seconds on 503 at the connection limit. Default 5.
     pub retry_after_s: u64,
@@ -461,7 +464,7 @@ impl Default for WsConfig {
             max_protocol_errors: 10,
             token_expiry_warning: Duration::from_secs(60),
             multi_device: MultiDevice::Allow,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
             retry_after_s: 5,
         }
     }

@@ -37,17 +37,25 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 /// How long the reader waits for the peer's close reply after ours.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
-/// Runs one session; `request_id` is nginx's id of the upgrade request
-/// (`X-Request-Id`), logged with every line of the session.
-pub(super) async fn run(
-    state: AppState,
-    socket: WebSocket,
-    claims: Claims,
-    slot: ConnectionSlot,
-    request_id: Option<Arc<str>>,
-) {
+/// What a session starts from: the upgraded socket and the token's claims,
+/// boxed so that the session's task holds a pointer to them rather than
+/// their bytes. An async fn keeps its arguments for its whole life, and
+/// these are the largest (the socket ~370 bytes, the claims ~170): held by
+/// value they would cost every idle session their size until it closes.
+pub(super) struct Opening {
+    pub(super) socket: Option<WebSocket>,
+    pub(super) claims: Claims,
+    /// The session's place under `ws.max_connections`, held until it ends.
+    pub(super) _slot: ConnectionSlot,
+    /// nginx's id of the upgrade request (`X-Request-Id`), logged with
+    /// every line of the session.
+    pub(super) request_id: Option<Arc<str>>,
+}
+
+/// Runs one session.
+pub(super) async fn run(state: AppState, opening: Box<Opening>) {
     let session_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
-    let user_id: Arc<str> = claims.sub.clone().into();
+    let user_id: Arc<str> = opening.claims.sub.clone().into();
     let span = tracing::info_span!(
         "session",
         session_id = %session_id,
@@ -55,19 +63,17 @@ pub(super) async fn run(
         node_id = %state.node_id,
         request_id = tracing::field::Empty,
     );
-    if let Some(id) = &request_id {
+    if let Some(id) = &opening.request_id {
         span.record("request_id", &**id);
     }
-    session(state, socket, claims, slot, session_id, user_id)
+    session(state, opening, session_id, user_id)
         .instrument(span)
         .await;
 }
 
 async fn session(
     state: AppState,
-    socket: WebSocket,
-    claims: Claims,
-    _slot: ConnectionSlot,
+    mut opening: Box<Opening>,
     session_id: Arc<str>,
     user_id: Arc<str>,
 ) {
@@ -78,13 +84,15 @@ async fn session(
         user_id.clone(),
         cfg.queue_frames,
         cfg.queue_bytes,
-        claims.fam.as_deref().map(Arc::from),
+        opening.claims.fam.as_deref().map(Arc::from),
     );
     state.metrics.sessions.inc();
     state.fanout.take_interest(&user_id);
     tracing::info!(event = "session_opened", "session opened");
 
-    let (sink, stream) = socket.split();
+    let Some((sink, stream)) = opening.socket.take().map(StreamExt::split) else {
+        return;
+    };
     let last_ping = Arc::new(AtomicU64::new(0));
     let writer = tokio::spawn(
         Writer {
@@ -103,7 +111,7 @@ async fn session(
         state.fanout.replace_older_sessions(&handle);
     }
 
-    let mut ctx = SessionCtx::new(&state, handle.clone(), claims).await;
+    let mut ctx = SessionCtx::new(&state, handle.clone(), &opening.claims).await;
     // A targeted bus subscribes to this user's channel in the background;
     // wait for it (briefly) so events sent after `connected` arrive.
     state.fanout.interest_settled().await;
@@ -211,7 +219,7 @@ async fn reader(
                     }
                     Some(Ok(Message::Text(text))) => {
                         let expiry_before = ctx.token_exp;
-                        if ctx.on_text(state, text.as_str()).await {
+                        if Box::pin(ctx.on_text(state, text.as_str())).await {
                             break;
                         }
                         if ctx.token_exp != expiry_before {
@@ -262,7 +270,7 @@ async fn answer_received(
     for _ in 0..state.config.ws.queue_frames {
         match stream.next().now_or_never() {
             Some(Some(Ok(Message::Text(text)))) => {
-                if ctx.on_text(state, text.as_str()).await {
+                if Box::pin(ctx.on_text(state, text.as_str())).await {
                     return true;
                 }
             }

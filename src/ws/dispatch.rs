@@ -111,7 +111,7 @@ struct Release {
 }
 
 impl SessionCtx {
-    pub async fn new(state: &AppState, handle: SessionHandle, claims: Claims) -> SessionCtx {
+    pub async fn new(state: &AppState, handle: SessionHandle, claims: &Claims) -> SessionCtx {
         let default_type = match state.auth.account(&claims.sub).await {
             Ok(account) => account.and_then(|a| a.disability_type),
             Err(e) => {

@@ -106,9 +106,19 @@ async fn upgrade(
             ws.on_failed_upgrade(|e| {
                 tracing::info!(event = "ws_upgrade_failed", cause = %e, "WebSocket upgrade failed");
             })
-            .on_upgrade(move |socket| async move {
-                connection::run(state2, socket, claims, slot, request_id).await;
-                drop(tracked);
+            .on_upgrade(move |socket| {
+                // Boxed outside the future: the task then holds a pointer,
+                // not the socket and claims (see `connection::Opening`).
+                let opening = Box::new(connection::Opening {
+                    socket: Some(socket),
+                    claims,
+                    _slot: slot,
+                    request_id,
+                });
+                async move {
+                    connection::run(state2, opening).await;
+                    drop(tracked);
+                }
             })
         }
         Err((outcome, err)) => {
