@@ -2,19 +2,20 @@
 //!
 //! Each session has exactly one writer task that owns its socket sink; all
 //! other code reaches a session through its [`SessionHandle`], which holds
-//! the bounded queue into that writer. Sends use `try_send`: a full queue is
+//! the bounded queue into that writer. Sends never wait: a full queue is
 //! a decision (close the session with 4008), never a stall of the sender,
 //! so the bus dispatcher and other sessions cannot be slowed by one slow
 //! client. Map guards are cloned out of and dropped before anything else
 //! happens (no guard is ever held across an `.await`).
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use dashmap::DashMap;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -61,10 +62,8 @@ pub struct SessionHandle {
     /// node's replace notice closes only sessions opened before the
     /// newcomer, even if the notice arrives late.
     pub opened_at_us: u64,
-    tx: mpsc::Sender<Message>,
-    /// Bytes of text in the queue, against `max_queued_bytes`; the writer
-    /// takes off what it has written ([`Outbox::written`]).
-    queued_bytes: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
+    max_queued_frames: usize,
     max_queued_bytes: usize,
     pub signal: Arc<CloseSignal>,
     /// The token family and the stream cursors, behind one lock.
@@ -111,19 +110,73 @@ impl Cursor {
     }
 }
 
+/// A session's outbound text frames, in order. A deque under a lock rather
+/// than tokio's bounded mpsc: the mpsc allocates a 32-slot block (~1.5 KiB)
+/// when it is made, which every idle session would carry, while an empty
+/// deque holds no allocation. Bounds (frames, bytes) are the sender's to
+/// enforce; `ready` wakes the writer.
+#[derive(Debug, Default)]
+struct Queue {
+    frames: parking_lot::Mutex<Frames>,
+    ready: Notify,
+    /// Bytes of text in the queue, against `max_queued_bytes`; the writer
+    /// takes off what it has written ([`Outbox::written`]).
+    bytes: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Frames {
+    items: VecDeque<Utf8Bytes>,
+    /// The writer is gone: sends fail with [`SendError::Closed`].
+    closed: bool,
+}
+
+/// A deque that grew for a burst gives its memory back once drained past
+/// this capacity, so a session that was busy once is not large forever.
+const KEEP_CAPACITY: usize = 16;
+
 /// The writer's end of a session's queue: the frames, and the byte count
 /// it gives back as it writes them.
 pub(crate) struct Outbox {
-    pub(crate) rx: mpsc::Receiver<Message>,
-    queued_bytes: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
 }
 
 impl Outbox {
+    /// The next frame, waiting for one.
+    pub(crate) async fn recv(&mut self) -> Message {
+        loop {
+            if let Some(msg) = self.try_recv() {
+                return msg;
+            }
+            // A frame queued between the look and here leaves a permit:
+            // `notified` then returns at once.
+            self.queue.ready.notified().await;
+        }
+    }
+
+    /// The next frame, if one is queued.
+    pub(crate) fn try_recv(&mut self) -> Option<Message> {
+        let mut frames = self.queue.frames.lock();
+        let text = frames.items.pop_front()?;
+        if frames.items.is_empty() && frames.items.capacity() > KEEP_CAPACITY {
+            frames.items.shrink_to(KEEP_CAPACITY);
+        }
+        Some(Message::Text(text))
+    }
+
     /// `msg` left the queue for the socket.
     pub(crate) fn written(&self, msg: &Message) {
         if let Message::Text(text) = msg {
-            self.queued_bytes.fetch_sub(text.len(), Ordering::AcqRel);
+            self.queue.bytes.fetch_sub(text.len(), Ordering::AcqRel);
         }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let mut frames = self.queue.frames.lock();
+        frames.closed = true;
+        frames.items = VecDeque::new();
     }
 }
 
@@ -230,22 +283,30 @@ impl SessionHandle {
     /// closes a session that keeps up.
     pub fn send_text(&self, text: Utf8Bytes, metrics: &Metrics) -> Result<(), SendError> {
         let len = text.len();
-        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        let queue = &self.queue;
+        let before = queue.bytes.fetch_add(len, Ordering::AcqRel);
         let over_bytes = before > 0 && before + len > self.max_queued_bytes;
         let sent = if over_bytes {
-            Err(mpsc::error::TrySendError::Full(()))
+            Err(SendError::Full)
         } else {
-            self.tx.try_send(Message::Text(text)).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
-                mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
-            })
+            let mut frames = queue.frames.lock();
+            if frames.closed {
+                Err(SendError::Closed)
+            } else if frames.items.len() >= self.max_queued_frames {
+                Err(SendError::Full)
+            } else {
+                frames.items.push_back(text);
+                Ok(())
+            }
         };
         if sent.is_err() {
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            queue.bytes.fetch_sub(len, Ordering::AcqRel);
+        } else {
+            queue.ready.notify_one();
         }
         match sent {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(())) => {
+            Err(SendError::Full) => {
                 if self.signal.reason().is_none() {
                     metrics.queue_full.inc();
                     tracing::warn!(
@@ -259,7 +320,7 @@ impl SessionHandle {
                 self.signal.close(close::TOO_SLOW, "outbound queue full");
                 Err(SendError::Full)
             }
-            Err(mpsc::error::TrySendError::Closed(())) => Err(SendError::Closed),
+            Err(SendError::Closed) => Err(SendError::Closed),
         }
     }
 }
@@ -310,15 +371,14 @@ impl Sessions {
         queue_bytes: usize,
         family: Option<Arc<str>>,
     ) -> (SessionHandle, Outbox) {
-        let (tx, rx) = mpsc::channel(queue_frames);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let queue = Arc::new(Queue::default());
         let handle = SessionHandle {
             key: self.next_key.fetch_add(1, Ordering::Relaxed) + 1,
             session_id,
             user_id: user_id.clone(),
             opened_at_us: crate::clock::unix_us(),
-            tx,
-            queued_bytes: queued_bytes.clone(),
+            queue: queue.clone(),
+            max_queued_frames: queue_frames.max(1),
             max_queued_bytes: queue_bytes,
             signal: Arc::new(CloseSignal::default()),
             state: Arc::new(parking_lot::Mutex::new(HandleState {
@@ -332,7 +392,7 @@ impl Sessions {
             .or_default()
             .sessions
             .push(handle.key);
-        (handle, Outbox { rx, queued_bytes })
+        (handle, Outbox { queue })
     }
 
     /// Removes a session and its watch subscriptions on `watched`; the
@@ -421,7 +481,7 @@ mod tests {
 
     fn texts(outbox: &mut Outbox) -> Vec<String> {
         let mut got = Vec::new();
-        while let Ok(Message::Text(t)) = outbox.rx.try_recv() {
+        while let Some(Message::Text(t)) = outbox.try_recv() {
             got.push(t.to_string());
         }
         got
@@ -468,7 +528,7 @@ mod tests {
         let frame = |n: usize| Utf8Bytes::from("x".repeat(n));
         // One frame is taken into an empty queue whatever its size.
         handle.send_text(frame(1500), &metrics).unwrap();
-        let first = outbox.rx.try_recv().unwrap();
+        let first = outbox.try_recv().unwrap();
         outbox.written(&first);
         handle.send_text(frame(600), &metrics).unwrap();
         handle.send_text(frame(400), &metrics).unwrap();
@@ -488,7 +548,7 @@ mod tests {
             handle
                 .send_text(Utf8Bytes::from("y".repeat(900)), &metrics)
                 .unwrap();
-            let msg = outbox.rx.try_recv().unwrap();
+            let msg = outbox.try_recv().unwrap();
             outbox.written(&msg);
         }
         assert!(handle.signal.reason().is_none());

@@ -473,7 +473,7 @@ mod tests {
         f.publish("rider", origin.key, r#"{"type":"navigation_ended"}"#);
         for rx in [&mut other_rx, &mut guardian_rx] {
             for (seq, kind) in [(1, "arrival"), (2, "navigation_ended")] {
-                let axum::extract::ws::Message::Text(text) = rx.rx.try_recv().unwrap() else {
+                let axum::extract::ws::Message::Text(text) = rx.try_recv().unwrap() else {
                     panic!("not text")
                 };
                 let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
@@ -484,7 +484,7 @@ mod tests {
                 assert_eq!(v["event"]["type"], kind);
             }
         }
-        assert!(origin_rx.rx.try_recv().is_err());
+        assert!(origin_rx.try_recv().is_none());
         assert_eq!(f.metrics.peer_events_delivered.get(), 4);
         assert_eq!(f.metrics.bus_published.get(), 2);
     }

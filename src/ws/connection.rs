@@ -383,7 +383,7 @@ impl Writer {
         while let Some(msg) = next {
             self.outbox.written(&msg);
             self.timed(sink.feed(msg)).await?;
-            next = self.outbox.rx.try_recv().ok();
+            next = self.outbox.try_recv();
         }
         self.timed(sink.flush()).await
     }
@@ -396,8 +396,7 @@ impl Writer {
             tokio::select! {
                 biased;
                 _ = signal.token.cancelled() => break Ok(()),
-                msg = self.outbox.rx.recv() => {
-                    let Some(msg) = msg else { break Ok(()) };
+                msg = self.outbox.recv() => {
                     let batch = self.write_batch(&mut sink, msg);
                     let mut batch = std::pin::pin!(batch);
                     tokio::select! {
@@ -464,7 +463,7 @@ impl Writer {
         let flush_queued = code != close::TOO_SLOW;
         let _ = tokio::time::timeout(CLOSE_FLUSH, async {
             if flush_queued {
-                while let Ok(msg) = self.outbox.rx.try_recv() {
+                while let Some(msg) = self.outbox.try_recv() {
                     if sink.feed(msg).await.is_err() {
                         return;
                     }
