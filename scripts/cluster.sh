@@ -4,7 +4,8 @@
 #   scripts/cluster.sh up|down|status
 # Settings (environment, defaults shown):
 #   NODES=3 NODE_BASE_PORT=9001 REDIS_PORT=6380 HTTP_PORT=8080 HTTPS_PORT=8443
-#   NGINX_WORKERS=2 (each carries ~4 500 wss sessions)
+#   NGINX_WORKERS=2 NGINX_WORKER_CONNECTIONS=9000 (a worker carries half as
+#   many wss sessions: each holds the client's and the node's connection)
 #   MONITORING=1 also starts Prometheus (Debian package `prometheus`)
 #   scraping the nodes, Redis (prometheus-redis-exporter), nginx
 #   (stub_status through prometheus-nginx-exporter) and a running
@@ -124,7 +125,8 @@ up() {
       -e "s#@@BIND@@#$BIND#g" -e "s#@@HTTP_PORT@@#$HTTP_PORT#g" \
       -e "s#@@HTTPS_PORT@@#$HTTPS_PORT#g" -e "s#@@TLS_CERT@@#$cert#g" \
       -e "s#@@TLS_KEY@@#$key#g" -e "s#@@WORKERS@@#${NGINX_WORKERS:-2}#g" \
-      -e "s#@@STATUS_LISTEN@@#127.0.0.1:$NGINX_STATUS_PORT#g" nginx/navcast.conf.template \
+      -e "s#@@STATUS_LISTEN@@#127.0.0.1:$NGINX_STATUS_PORT#g" \
+      -e "s#@@WORKER_CONNECTIONS@@#${NGINX_WORKER_CONNECTIONS:-9000}#g" nginx/navcast.conf.template \
     | awk -v ups="$upstreams" '/@@UPSTREAMS@@/ { printf "%s", ups; next } { print }' \
     > "$DIR/nginx.conf"
   nginx -t -q -c "$DIR/nginx.conf" -p "$DIR" -g "error_log $LOGS/nginx-error.log;"

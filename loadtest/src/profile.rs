@@ -93,6 +93,11 @@ pub(crate) struct RiderSpec {
     pub(crate) guardian_share: f64,
     /// Share of riders that drift far off their route.
     pub(crate) deviating_share: f64,
+    /// Share of riders that navigate (start a route, send updates). The
+    /// others open a session and keep it alive (answering the node's
+    /// pings) without a request, as a phone with the app open and no
+    /// trip does: the idle sessions of a city-sized run.
+    pub(crate) navigating_share: f64,
     /// Relative weights of the timer-driven requests.
     pub(crate) mix: Mix,
     /// Travel speed along the route in m/s before the time scale
@@ -145,6 +150,7 @@ impl Default for RiderSpec {
             login_timeout_s: 30.0,
             guardian_share: 0.10,
             deviating_share: 0.02,
+            navigating_share: 1.0,
             mix: Mix {
                 start_navigation: 1.0,
                 location_update: 10.0,
@@ -300,7 +306,10 @@ impl Profile {
                 "rider.tunnel_share must be in [0, 1], tunnel_s and tunnel_every_s [lo, hi] with 0 < lo <= hi"
             );
         }
-        if !(0.0..=1.0).contains(&r.guardian_share) || !(0.0..=1.0).contains(&r.deviating_share) {
+        if !(0.0..=1.0).contains(&r.guardian_share)
+            || !(0.0..=1.0).contains(&r.deviating_share)
+            || !(0.0..=1.0).contains(&r.navigating_share)
+        {
             bail!("rider shares must be within 0..1");
         }
         if r.stations.len() < 2 {

@@ -35,6 +35,8 @@ use crate::{Outcome, report};
 /// Phase of the deviating share relative to the guardian share, so the
 /// two do not pick the same riders.
 const DEVIATING_PHASE: u64 = 37;
+/// The same for the riders that navigate.
+const NAVIGATING_PHASE: u64 = 71;
 
 /// Coordinates of the profile's stations, from the embedded network.
 fn resolve_stations(names: &[String]) -> anyhow::Result<Vec<StationPoint>> {
@@ -531,6 +533,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     let tracker = TaskTracker::new();
     let share = profile.rider.guardian_share;
     let deviating = profile.rider.deviating_share;
+    let navigating = profile.rider.navigating_share;
     for inc in plan.iter().filter(|i| args.segment.owns(i.user)) {
         let at = start + Duration::from_secs_f64(inc.start_s);
         tokio::select! {
@@ -544,6 +547,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
             stop: start + Duration::from_secs_f64(inc.stop_s),
             guardian: in_share(inc.user, share, 0),
             deviating: in_share(inc.user, deviating, DEVIATING_PHASE),
+            navigating: in_share(inc.user, navigating, NAVIGATING_PHASE),
         };
         tracker.spawn(rider(ctx.clone(), p));
     }

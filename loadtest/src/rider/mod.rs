@@ -111,6 +111,8 @@ pub(crate) struct RiderPlan {
     pub(crate) stop: Instant,
     pub(crate) guardian: bool,
     pub(crate) deviating: bool,
+    /// Starts routes and sends updates; `false`: an idle session only.
+    pub(crate) navigating: bool,
 }
 
 /// How a rider and its guardian coordinate.

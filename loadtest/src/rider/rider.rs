@@ -415,7 +415,7 @@ impl<'a> Rider<'a> {
             if let Err(end) = self.send(ws, &msg, Kind::Resume, Instant::now()).await {
                 return end;
             }
-        } else if !self.started_once {
+        } else if !self.started_once && self.plan.navigating {
             self.started_once = true;
             let now = Instant::now();
             if let Err(end) = self.send_start(ws, now).await {
@@ -447,6 +447,7 @@ impl<'a> Rider<'a> {
             // far behind (an overloaded client) that the stop time itself
             // is long past.
             let tick_ready = !self.stopping
+                && self.plan.navigating
                 && self.tick_base < self.plan.stop
                 && Instant::now() < self.plan.stop + Duration::from_secs(1);
             if tick_ready && tick_sleep.deadline() != self.next_tick {

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# City-sized load through nginx on one machine (#14 §2): the city-100k
+# profile (100 000 riders over 10 min, 10 % navigating, 1 % watched, 5 min
+# hold) over wss through nginx to as many nodes as the open-file limit
+# needs, with Redis, from as many navcast-load processes and source
+# addresses as the limits need. Prints the report, then the RSS and CPU of
+# each part and what each costs per session.
+#   scripts/scale.sh [USERS] [TIME_SCALE]          (default 100000 1.0)
+# The limits it plans around: a process may open 20 000 files; a proxied
+# session holds two in one nginx worker (client and node); a node holds up
+# to ~19 000 sessions; one source address reaches one nginx port ~28 000
+# times (the ephemeral range). As root it raises nf_conntrack_max when
+# the connection count needs it. The cluster is private to the run (own
+# ports and directory) and is taken down on exit, ctrl-c included.
+# Settings: SCALE_PORT_BASE=9600, REPORT_DIR=reports, NODE_BIN / LOAD_BIN.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+USERS=${1:-100000}
+TIME_SCALE=${2:-1.0}
+SESSIONS=$(( USERS + USERS / 100 + 1 ))
+# Nodes: at most 16 000 sessions each (headroom under ~19 000).
+NODES=$(( (SESSIONS + 15999) / 16000 )); [ "$NODES" -lt 2 ] && NODES=2
+# nginx: 18 000 connections per worker = 9 000 sessions.
+WORKERS=$(( (SESSIONS + 8999) / 9000 )); [ "$WORKERS" -lt 2 ] && WORKERS=2
+# Client processes: at most 16 000 sockets each.
+PROCESSES=$(( (SESSIONS + 15999) / 16000 ))
+# Source addresses: at most 20 000 connections each to nginx's port.
+ADDRS=$(( (SESSIONS + 19999) / 20000 + 1 ))
+PORTS=${SCALE_PORT_BASE:-9600}
+WORK=$(mktemp -d)
+export CLUSTER_DIR=$WORK/cluster NODES NODE_BASE_PORT=$((PORTS + 1)) REDIS_PORT=$((PORTS + 90)) \
+  HTTP_PORT=$((PORTS + 80)) HTTPS_PORT=$((PORTS + 43)) NGINX_STATUS_PORT=$((PORTS + 81)) \
+  NGINX_WORKERS=$WORKERS NGINX_WORKER_CONNECTIONS=18000 \
+  NAVCAST_AUTH_ARGON2_MEMORY_KIB=1024 NAVCAST_AUTH_ARGON2_ITERATIONS=1
+cleanup() {
+  scripts/cluster.sh down >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+for tool in redis-server nginx curl; do
+  command -v "$tool" >/dev/null || { echo "scale: $tool is missing: apt-get install -y redis-server nginx curl" >&2; exit 1; }
+done
+if [ -z "${NODE_BIN:-}" ] || [ -z "${LOAD_BIN:-}" ]; then
+  cargo build --release -q -p navcast -p navcast-load
+fi
+NODE_BIN=${NODE_BIN:-$PWD/target/release/navcast}
+LOAD_BIN=${LOAD_BIN:-$PWD/target/release/navcast-load}
+REPORT_DIR=${REPORT_DIR:-reports}
+mkdir -p "$REPORT_DIR"
+ulimit -n 20000
+if [ "$(id -u)" = 0 ] && [ -w /proc/sys/net/netfilter/nf_conntrack_max ]; then
+  need=$(( SESSIONS * 3 ))
+  have=$(cat /proc/sys/net/netfilter/nf_conntrack_max)
+  [ "$have" -lt "$need" ] && echo "$need" > /proc/sys/net/netfilter/nf_conntrack_max
+fi
+echo "scale: $USERS riders ($SESSIONS sessions) at time scale $TIME_SCALE: $NODES nodes, nginx with $WORKERS workers, $PROCESSES client processes over 127.0.0.2-127.0.0.$((ADDRS + 1))"
+NODE_BIN=$NODE_BIN scripts/cluster.sh up | tail -2
+
+stats=
+for i in $(seq 1 "$NODES"); do stats+="${stats:+,}http://127.0.0.1:$((NODE_BASE_PORT + i - 1))"; done
+cpu_of() { # pid → CPU seconds (user + system) of it and its children
+  awk '{ print ($14 + $15 + $16 + $17) / 100 }' "/proc/$1/stat"
+}
+nginx_pids() { pgrep -P "$(cat "$CLUSTER_DIR/run/nginx.pid")"; }
+before_nodes=0
+for i in $(seq 1 "$NODES"); do before_nodes=$(awk -v a="$before_nodes" -v b="$(cpu_of "$(cat "$CLUSTER_DIR/run/node-$i.pid")")" 'BEGIN { print a + b }'); done
+
+# Peak RSS of the nodes and of nginx, sampled while the run goes.
+sample() {
+  while sleep 5; do
+    local n=0 g=0
+    for i in $(seq 1 "$NODES"); do n=$(( n + $(awk '/VmRSS/ { print $2 }' "/proc/$(cat "$CLUSTER_DIR/run/node-$i.pid")/status") )); done
+    for p in $(nginx_pids) "$(cat "$CLUSTER_DIR/run/nginx.pid")"; do g=$(( g + $(awk '/VmRSS/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0) )); done
+    local s=0
+    for i in $(seq 1 "$NODES"); do
+      s=$(( s + $(curl -s "http://127.0.0.1:$((NODE_BASE_PORT + i - 1))/stats" | grep -o '"sessions":[0-9]*' | head -1 | cut -d: -f2) ))
+    done
+    echo "$(date +%s) $s $n $g"
+  done
+}
+sample > "$WORK/samples.txt" &
+SAMPLER=$!
+
+set +e
+"$LOAD_BIN" run --host "wss://127.0.0.1:$HTTPS_PORT" --ca-file "$CLUSTER_DIR/tls/cert.pem" \
+  --profile config/loadtest/city-100k.toml --users "$USERS" --time-scale "$TIME_SCALE" \
+  --processes "$PROCESSES" --source-ips "127.0.0.2-127.0.0.$((ADDRS + 1))" \
+  --stats-url "$stats" --server-stats-every 10 --quiet \
+  --json "$REPORT_DIR/city-$USERS.json" --html "$REPORT_DIR/city-$USERS.html" \
+  --csv "$REPORT_DIR/city-$USERS" > "$WORK/load.log" 2>&1
+status=$?
+set -e
+kill "$SAMPLER" 2>/dev/null || true
+cat "$WORK/load.log"
+
+after_nodes=0
+for i in $(seq 1 "$NODES"); do after_nodes=$(awk -v a="$after_nodes" -v b="$(cpu_of "$(cat "$CLUSTER_DIR/run/node-$i.pid")")" 'BEGIN { print a + b }'); done
+nginx_cpu=0
+for p in $(nginx_pids); do nginx_cpu=$(awk -v a="$nginx_cpu" -v b="$(cpu_of "$p")" 'BEGIN { print a + b }'); done
+# The sample with the most sessions: RSS per session of nodes and nginx.
+peak=$(sort -k2 -n "$WORK/samples.txt" | tail -1)
+read -r _ psessions pnodes pnginx <<< "${peak:-0 0 0 0}"
+base_nodes=$(head -1 "$WORK/samples.txt" | awk '{ print $3 }')
+python3 - "$REPORT_DIR/city-$USERS.json" "$psessions" "$pnodes" "$pnginx" "${base_nodes:-0}" \
+  "$(awk -v a="$after_nodes" -v b="$before_nodes" 'BEGIN { print a - b }')" "$nginx_cpu" <<'PY'
+import json, sys
+path, sessions, nodes_kib, nginx_kib, base_kib, nodes_cpu, nginx_cpu = sys.argv[1:]
+s = json.load(open(path))
+sessions, nodes_kib, nginx_kib, base_kib = int(sessions), int(nodes_kib), int(nginx_kib), int(base_kib or 0)
+c = s["client"]
+per = lambda kib: f"{kib / max(sessions, 1):.1f} KiB"
+print(f"scale: peak {sessions} sessions on the nodes")
+print(f"scale: nodes RSS {nodes_kib / 1024:.0f} MiB ({per(nodes_kib)}/session; {per(nodes_kib - base_kib)}/session above the first sample), CPU {float(nodes_cpu):.0f} s")
+print(f"scale: nginx RSS {nginx_kib / 1024:.0f} MiB ({per(nginx_kib)}/session), CPU {float(nginx_cpu):.0f} s")
+print(f"scale: client RSS {c['peak_rss_bytes'] / 2**20:.0f} MiB ({per(c['peak_rss_bytes'] / 1024)}/session), CPU {c['cpu_s']:.0f} s over {c['processes']} processes")
+PY
+echo "scale: reports in $REPORT_DIR/city-$USERS.{json,html}"
+exit $status
