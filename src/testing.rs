@@ -73,6 +73,22 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A base port such that `base + o` is free on loopback for every `o` of
+/// `offsets`: for scripts that number their ports from a base
+/// (`scripts/cluster.sh`'s nodes, `storm.sh`, `scale.sh`).
+pub fn free_ports_at(offsets: &[u16]) -> u16 {
+    for _ in 0..200 {
+        let base = 20_000 + rand::random::<u16>() % 20_000;
+        if offsets
+            .iter()
+            .all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok())
+        {
+            return base;
+        }
+    }
+    panic!("no free ports at offsets {offsets:?} of any base");
+}
+
 /// Polls `check` every 20 ms until it holds; fails the test, naming `what`,
 /// if it does not within `limit`. For state that has no event to await
 /// (`/stats` counters, `/ready`); `limit` is a bound on a hang, not a

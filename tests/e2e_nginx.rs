@@ -7,22 +7,13 @@ use std::process::Command;
 use std::sync::Arc;
 
 use navcast::clock::unix_s;
-use navcast::testing::{Client, WAIT, free_port, poll_until, register_and_login, require_tool};
+use navcast::testing::{
+    Client, WAIT, free_port, free_ports_at, poll_until, register_and_login, require_tool,
+};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 use tokio_tungstenite::Connector;
-
-/// `n` consecutive free ports (the cluster numbers its nodes from a base).
-fn free_run(n: u16) -> u16 {
-    for _ in 0..200 {
-        let base = 20_000 + (rand::random::<u16>() % 20_000);
-        if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no run of {n} free ports");
-}
 
 struct Cluster {
     dir: tempfile::TempDir,
@@ -51,7 +42,10 @@ impl Cluster {
         let env = vec![
             ("CLUSTER_DIR".into(), dir.path().display().to_string()),
             ("NODES".into(), "3".into()),
-            ("NODE_BASE_PORT".into(), free_run(3).to_string()),
+            (
+                "NODE_BASE_PORT".into(),
+                free_ports_at(&[0, 1, 2]).to_string(),
+            ),
             ("REDIS_PORT".into(), free_port().to_string()),
             ("HTTP_PORT".into(), free_port().to_string()),
             ("HTTPS_PORT".into(), https.to_string()),

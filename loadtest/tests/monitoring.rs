@@ -4,21 +4,19 @@
 //! `MONITORING=1`: Redis, 3 node processes, nginx, the Redis and nginx
 //! exporters) while navcast-load runs against it with `--metrics-listen`.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Command;
 use std::time::Duration;
 
-use navcast::testing::{free_port, poll_until, require_tool};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use common::{node_binary, repo_root, require_cluster_tools};
+use navcast::testing::{free_port, free_ports_at, poll_until, require_tool};
 
 fn promtool(args: &[&str]) -> std::process::Output {
     require_tool("promtool", "apt-get install -y prometheus");
     Command::new("promtool")
         .args(args)
-        .current_dir(root())
+        .current_dir(repo_root())
         .output()
         .expect("run promtool")
 }
@@ -39,8 +37,8 @@ fn alert_rules_and_configs_pass_promtool() {
         );
     }
     // Every alert has a firing and a quiet case in the tests.
-    let rules = std::fs::read_to_string(root().join("monitoring/alerts.yml")).unwrap();
-    let tests = std::fs::read_to_string(root().join("monitoring/alerts_test.yml")).unwrap();
+    let rules = std::fs::read_to_string(repo_root().join("monitoring/alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(repo_root().join("monitoring/alerts_test.yml")).unwrap();
     for line in rules
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
@@ -50,17 +48,6 @@ fn alert_rules_and_configs_pass_promtool() {
     }
 }
 
-/// `n` consecutive free ports.
-fn free_run(n: u16) -> u16 {
-    for _ in 0..200 {
-        let base = 20_000 + rand::random::<u16>() % 20_000;
-        if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no run of {n} free ports");
-}
-
 struct Cluster {
     dir: tempfile::TempDir,
     env: Vec<(String, String)>,
@@ -68,7 +55,7 @@ struct Cluster {
 
 impl Cluster {
     fn script(&self, arg: &str) -> std::process::Output {
-        Command::new(root().join("scripts/cluster.sh"))
+        Command::new(repo_root().join("scripts/cluster.sh"))
             .arg(arg)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
@@ -85,7 +72,7 @@ impl Drop for Cluster {
 /// `scripts/dashboard-queries.py` against Prometheus: its exit status and
 /// its report (one line per query).
 async fn dashboard_queries(prom: u16) -> (bool, String) {
-    let out = tokio::process::Command::new(root().join("scripts/dashboard-queries.py"))
+    let out = tokio::process::Command::new(repo_root().join("scripts/dashboard-queries.py"))
         .arg(format!("http://127.0.0.1:{prom}"))
         .output()
         .await
@@ -116,31 +103,20 @@ async fn value(http: &reqwest::Client, prom: u16, expr: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_returns_series_during_a_load() {
-    for (tool, pkg) in [
-        ("redis-server", "redis-server"),
-        ("nginx", "nginx"),
-        ("openssl", "openssl"),
-        ("curl", "curl"),
-        ("prometheus", "prometheus"),
-        ("promtool", "prometheus"),
-        ("prometheus-redis-exporter", "prometheus-redis-exporter"),
-        ("prometheus-nginx-exporter", "prometheus-nginx-exporter"),
-    ] {
-        require_tool(tool, &format!("apt-get install -y {pkg}"));
-    }
+    require_cluster_tools(&[
+        "prometheus",
+        "promtool",
+        "prometheus-redis-exporter",
+        "prometheus-nginx-exporter",
+    ]);
     let load = env!("CARGO_BIN_EXE_navcast-load");
-    let node = Path::new(load).with_file_name("navcast");
-    assert!(
-        node.is_file(),
-        "{} is missing: build it with `cargo build -p navcast` (`cargo test --workspace` does)",
-        node.display()
-    );
+    let node = node_binary();
     let dir = tempfile::tempdir().unwrap();
     let (https, prom, load_port) = (free_port(), free_port(), free_port());
     let env: Vec<(String, String)> = [
         ("CLUSTER_DIR", dir.path().display().to_string()),
         ("NODES", "3".into()),
-        ("NODE_BASE_PORT", free_run(3).to_string()),
+        ("NODE_BASE_PORT", free_ports_at(&[0, 1, 2]).to_string()),
         ("REDIS_PORT", free_port().to_string()),
         ("HTTP_PORT", free_port().to_string()),
         ("HTTPS_PORT", https.to_string()),
@@ -173,7 +149,7 @@ async fn every_dashboard_query_returns_series_during_a_load() {
         .arg("--ca-file")
         .arg(cluster.dir.path().join("tls/cert.pem"))
         .arg("--profile")
-        .arg(root().join("config/loadtest/smoke.toml"))
+        .arg(repo_root().join("config/loadtest/smoke.toml"))
         .args(["--quiet", "--server-stats-every", "0", "--metrics-listen"])
         .arg(format!("127.0.0.1:{load_port}"))
         .stdout(std::process::Stdio::null())

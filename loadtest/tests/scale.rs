@@ -4,47 +4,28 @@
 //! two source addresses. The script's exit status is navcast-load's
 //! verdict; the test also reads the report.
 
-use std::path::Path;
+mod common;
+
 use std::process::Command;
 
-use navcast::testing::require_tool;
+use common::{node_binary, repo_root, require_cluster_tools};
+use navcast::testing::free_ports_at;
 use navcast_load::summary::Metric;
-
-/// A base port with the script's ports (base+1..2, +43, +80, +81, +90) free.
-fn free_base() -> u16 {
-    for _ in 0..200 {
-        let base = 20_000 + rand::random::<u16>() % 20_000;
-        if [1, 2, 43, 80, 81, 90]
-            .iter()
-            .all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no free ports for the scale cluster");
-}
 
 #[test]
 fn the_city_profile_runs_through_nginx_at_ci_size() {
-    for tool in ["redis-server", "nginx", "curl", "python3", "openssl"] {
-        require_tool(
-            tool,
-            "apt-get install -y redis-server nginx curl python3 openssl",
-        );
-    }
+    require_cluster_tools(&[]);
     let load = env!("CARGO_BIN_EXE_navcast-load");
-    let node = Path::new(load).with_file_name("navcast");
-    assert!(
-        node.is_file(),
-        "{} is missing: build it with `cargo build -p navcast` (`cargo test --workspace` does)",
-        node.display()
-    );
+    let node = node_binary();
     let reports = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = repo_root();
     let out = Command::new(root.join("scripts/scale.sh"))
         .args(["300", "0.05"])
         .current_dir(&root)
-        .env("SCALE_PORT_BASE", free_base().to_string())
+        .env(
+            "SCALE_PORT_BASE",
+            free_ports_at(&[1, 2, 43, 80, 81, 90]).to_string(),
+        )
         .env("NODE_BIN", &node)
         .env("LOAD_BIN", load)
         .env("REPORT_DIR", reports.path())

@@ -5,50 +5,30 @@
 //! verdict (no latency criterion under `CI=true`); the test also reads the
 //! report: every session the kill cut came back and resumed.
 
-use std::path::Path;
+mod common;
+
 use std::process::Command;
 
-use navcast::testing::require_tool;
+use common::{node_binary, repo_root, require_cluster_tools};
+use navcast::testing::free_ports_at;
 use navcast_load::summary::Metric;
-
-/// A base port with the script's seven ports (base+1..3, +43, +80, +81,
-/// +90) free.
-fn free_base() -> u16 {
-    for _ in 0..200 {
-        let base = 20_000 + rand::random::<u16>() % 20_000;
-        if [1, 2, 3, 43, 80, 81, 90]
-            .iter()
-            .all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no free ports for the storm's cluster");
-}
 
 #[test]
 fn a_killed_node_s_sessions_all_come_back_and_resume() {
-    for tool in ["redis-server", "nginx", "curl", "python3", "openssl"] {
-        require_tool(
-            tool,
-            "apt-get install -y redis-server nginx curl python3 openssl",
-        );
-    }
+    require_cluster_tools(&[]);
     let load = env!("CARGO_BIN_EXE_navcast-load");
-    let node = Path::new(load).with_file_name("navcast");
-    assert!(
-        node.is_file(),
-        "{} is missing: build it with `cargo build -p navcast` (`cargo test --workspace` does)",
-        node.display()
-    );
+    let node = node_binary();
     let reports = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = repo_root();
     let out = Command::new(root.join("scripts/storm.sh"))
         .arg("300")
         .current_dir(&root)
         .env("CI", "true")
         .env("SETTLE_S", "40")
-        .env("STORM_PORT_BASE", free_base().to_string())
+        .env(
+            "STORM_PORT_BASE",
+            free_ports_at(&[1, 2, 3, 43, 80, 81, 90]).to_string(),
+        )
         .env("NODE_BIN", &node)
         .env("LOAD_BIN", load)
         .env("REPORT_DIR", reports.path())

@@ -113,3 +113,36 @@ pub fn unused_addr() -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
+
+/// The node binary beside navcast-load in the target directory, for the
+/// tests that run the repository's scripts (storm, scale, monitoring).
+pub fn node_binary() -> PathBuf {
+    let node = std::path::Path::new(env!("CARGO_BIN_EXE_navcast-load")).with_file_name("navcast");
+    assert!(
+        node.is_file(),
+        "{} is missing: build it with `cargo build -p navcast` (`cargo test --workspace` does)",
+        node.display()
+    );
+    node
+}
+
+/// The repository's root (the scripts run from there).
+pub fn repo_root() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Fails loudly, with the install command, unless the Debian packages a
+/// script's cluster needs are on `PATH`.
+pub fn require_cluster_tools(extra: &[&str]) {
+    for tool in ["redis-server", "nginx", "curl", "python3", "openssl"]
+        .iter()
+        .chain(extra)
+    {
+        let pkg = if *tool == "promtool" {
+            "prometheus"
+        } else {
+            tool
+        };
+        navcast::testing::require_tool(tool, &format!("apt-get install -y {pkg}"));
+    }
+}
