@@ -175,23 +175,10 @@ impl Guardian<'_> {
                 rec.closed(1006);
                 let back = Instant::now();
                 self.back_from_tunnel = Some((entered, back));
-                // Reconnect with jittered backoff (first attempt after a
-                // jittered pause too: every phone of a tunnel comes back
-                // at once).
-                let mut attempt = 0;
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep(jittered_backoff(attempt)) => {}
-                        _ = wait_true(&mut self.done_rx) => {}
-                    }
-                    if !token_expired(&self.session.access) || self.refresh_now().await {
-                        break;
-                    }
-                    if *self.done_rx.borrow() && attempt >= 3 {
-                        return;
-                    }
-                    attempt += 1;
-                }
+                // Every phone of a tunnel comes back at once: the first
+                // attempt waits a jittered pause too. The loop's top
+                // refreshes the token if it expired meanwhile.
+                self.reconnect_pause().await;
                 continue;
             }
             rec.node_close(&node);
