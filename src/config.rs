@@ -39,8 +39,16 @@ pub struct Config {
     /// an explicit JWT secret or key.
     pub env: Environment,
     /// Redis URL for the cross-node bus and shared state; none = a single
-    /// node with in-memory state.
+    /// node with in-memory state. With `redis_mode = "cluster"`, a
+    /// comma-separated list of seed nodes of a Redis Cluster
+    /// (`redis://10.0.0.1:7001,redis://10.0.0.2:7001`); any reachable one
+    /// is enough to learn the rest.
     pub redis_url: Option<String>,
+    /// `single` (default): one Redis server (or a proxy in front of one).
+    /// `cluster`: a Redis Cluster (Redis ≥ 7); the bus must be `targeted`,
+    /// whose per-rider channels become sharded pub/sub channels in the
+    /// rider's slot.
+    pub redis_mode: RedisMode,
     /// Without Redis: the directory of the crash-safe file that keeps
     /// accounts and refresh tokens across restarts (created if missing).
     /// Default `navcast-state` (relative to the working directory); `""`
@@ -71,6 +79,13 @@ pub struct Config {
     pub bus: BusConfig,
     pub history: HistoryConfig,
     pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    Single,
+    Cluster,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -348,7 +363,7 @@ pub struct BusConfig {
     /// `degraded`; `false` (default) answers 503.
     pub ready_when_degraded: bool,
     /// How often a node refreshes its record in the node registry (Redis
-    /// key `navcast:node:<node_id>`, expiring after 3 periods). Default 5 s.
+    /// entry of the hash `navcast:{nodes}`, expiring after 3 periods). Default 5 s.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
 }
@@ -391,6 +406,7 @@ impl Default for Config {
             node_id: format!("node-{:06x}", rand::random::<u32>() & 0xff_ffff),
             env: Environment::Dev,
             redis_url: None,
+            redis_mode: RedisMode::Single,
             state_dir: Some(PathBuf::from("navcast-state")),
             redis_health_interval: Duration::from_secs(1),
             redis_health_timeout: Duration::from_secs(1),
@@ -686,6 +702,20 @@ impl Config {
                 }
             }
         }
+        if self.redis_mode == RedisMode::Cluster {
+            if self.redis_url.is_none() {
+                return rule(
+                    "redis_mode = \"cluster\" needs NAVCAST_REDIS_URL: the cluster's seed nodes, comma-separated",
+                );
+            }
+            if self.bus.topology == BusTopology::Broadcast {
+                return rule(
+                    "redis_mode = \"cluster\" needs bus.topology = \"targeted\" (NAVCAST_BUS_TOPOLOGY=targeted): \
+                     a broadcast channel is classic pub/sub, which a Redis Cluster copies to every shard, \
+                     so more shards would add no fan-out capacity; targeted channels are sharded per rider",
+                );
+            }
+        }
         if self.ws.rate_per_s <= 0.0 || self.ws.rate_burst < 1.0 {
             return rule("ws.rate_per_s must be > 0 and ws.rate_burst ≥ 1");
         }
@@ -826,6 +856,44 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("NAVCAST_JWT_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn a_redis_cluster_needs_seeds_and_the_targeted_bus() {
+        let secret = ("NAVCAST_JWT_SECRET", "0123456789abcdef0123");
+        let err = Config::load(
+            None,
+            env(&[secret, ("NAVCAST_REDIS_MODE", "cluster")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("NAVCAST_REDIS_URL"), "{err}");
+        let seeds = (
+            "NAVCAST_REDIS_URL",
+            "redis://127.0.0.1:7001,redis://127.0.0.1:7002",
+        );
+        let err = Config::load(
+            None,
+            env(&[secret, seeds, ("NAVCAST_REDIS_MODE", "cluster")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("NAVCAST_BUS_TOPOLOGY=targeted"),
+            "{err}"
+        );
+        let c = Config::load(
+            None,
+            env(&[
+                secret,
+                seeds,
+                ("NAVCAST_REDIS_MODE", "cluster"),
+                ("NAVCAST_BUS_TOPOLOGY", "targeted"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.redis_mode, RedisMode::Cluster);
     }
 
     #[test]

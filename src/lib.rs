@@ -41,7 +41,7 @@ pub mod node;
 pub(crate) mod ops;
 pub mod peer;
 pub mod protocol;
-pub(crate) mod redis_conn;
+pub mod redis_conn;
 pub mod request_id;
 mod server;
 pub(crate) mod session;

@@ -3,6 +3,13 @@
 //! behaves while Redis is down, and the retry of a refused first attempt.
 //! The bus's pub/sub link is its own connection (pub/sub needs one), but it
 //! is tuned here too.
+//!
+//! Redis is either one server or a Redis Cluster ([`Target`]). Against a
+//! cluster every command goes through redis-rs's cluster connection, which
+//! routes it by its first key's slot, follows `MOVED`/`ASK`, refreshes the
+//! slot map when a replica is promoted, and retries meanwhile. That is why
+//! every multi-key command and script of navcast keeps its keys in one slot
+//! (hash tags, see `store/redis.rs` and `bus/redis/history.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,8 +18,120 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, Value};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
+    RedisResult, Script, Value,
+};
 use tokio_util::sync::CancellationToken;
+
+use crate::config::RedisMode;
+
+/// Where navcast's Redis is: one server, or the seed nodes of a Redis
+/// Cluster (any reachable one tells the client about the others).
+#[derive(Clone)]
+pub enum Target {
+    Single(redis::Client),
+    Cluster(Vec<ConnectionInfo>),
+}
+
+impl Target {
+    /// Parses `url` for `mode`: one URL, or comma-separated seed URLs.
+    /// Connects nothing.
+    pub fn open(mode: RedisMode, url: &str) -> RedisResult<Target> {
+        match mode {
+            RedisMode::Single => Ok(Target::Single(redis::Client::open(url)?)),
+            RedisMode::Cluster => {
+                let seeds = url
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.into_connection_info())
+                    .collect::<RedisResult<Vec<_>>>()?;
+                if seeds.is_empty() {
+                    return Err(RedisError::from((
+                        ErrorKind::InvalidClientConfig,
+                        "no seed node in the Redis Cluster URL list",
+                    )));
+                }
+                Ok(Target::Cluster(seeds))
+            }
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Target::Cluster(_))
+    }
+
+    /// A cluster client on `seeds` with navcast's socket options, RESP3
+    /// (so a dropped node link is noticed at once) and `timeout` as the
+    /// connect and response limit of each attempt.
+    pub(crate) fn cluster_builder(
+        seeds: &[ConnectionInfo],
+        timeout: Duration,
+    ) -> ClusterClientBuilder {
+        ClusterClientBuilder::new(seeds.to_vec())
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .tcp_settings(tcp_settings())
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+    }
+}
+
+impl From<redis::Client> for Target {
+    fn from(client: redis::Client) -> Target {
+        Target::Single(client)
+    }
+}
+
+/// How hard a cluster connection tries before a command fails.
+#[derive(Clone, Copy)]
+pub(crate) struct ClusterRetry {
+    /// Attempts after the first (redirections, a node down, a slot map
+    /// being refreshed).
+    pub retries: u32,
+    /// Longest wait between two attempts.
+    pub max_wait: Duration,
+    /// Limit of the whole command, retries included.
+    pub overall: Duration,
+}
+
+impl ClusterRetry {
+    /// Store commands: a request waits at most about 3 s for its answer,
+    /// enough to ride out a slot moving, not a whole failover (the rider
+    /// gets `INTERNAL_ERROR` then, as with one Redis down).
+    pub(crate) const COMMANDS: ClusterRetry = ClusterRetry {
+        retries: 6,
+        max_wait: Duration::from_millis(500),
+        overall: Duration::from_secs(3),
+    };
+    /// The bus publisher: an event waits up to 15 s, so the events of the
+    /// riders of a shard whose master died are published once its replica
+    /// is promoted (the default `cluster-node-timeout` is 15 s; navcast's
+    /// scripts use 2 s).
+    pub(crate) const PUBLISHER: ClusterRetry = ClusterRetry {
+        retries: 30,
+        max_wait: Duration::from_millis(1000),
+        overall: Duration::from_secs(15),
+    };
+}
+
+fn cluster_connection(
+    seeds: &[ConnectionInfo],
+    retry: ClusterRetry,
+) -> RedisResult<ClusterConnection> {
+    let client = Target::cluster_builder(seeds, retry.overall.min(Duration::from_secs(1)))
+        .retries(retry.retries)
+        .min_retry_wait(20)
+        .max_retry_wait(retry.max_wait.as_millis() as u64)
+        .retry_wait_formula(50, 2)
+        .overall_response_timeout(Some(retry.overall))
+        .build()?;
+    // Pending: connects in the background and on first use, so a node
+    // starts while the cluster is down and reports itself not ready.
+    Ok(client.get_pending_async_connection_with_config(ClusterConfig::new()))
+}
 
 /// A [`ConnectionManager`] that sends a command a second time when the
 /// first attempt could not even connect. The manager remembers a failed
@@ -23,9 +142,31 @@ use tokio_util::sync::CancellationToken;
 /// With a [`Health`], a command sent while Redis is known to be stalled
 /// fails at once instead of waiting out the response timeout.
 #[derive(Clone)]
-pub(crate) struct Connection(ConnectionManager, Option<Arc<Health>>);
+pub(crate) struct Connection(Link, Option<Arc<Health>>);
+
+#[derive(Clone)]
+enum Link {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
 
 impl Connection {
+    /// A lazily connecting connection to `target`: see [`Connection::new`]
+    /// for one server; a cluster connection retries as `retry` says.
+    pub(crate) fn to(
+        target: &Target,
+        health: Option<Arc<Health>>,
+        retry: ClusterRetry,
+    ) -> RedisResult<Connection> {
+        match target {
+            Target::Single(client) => Connection::new(client.clone(), health),
+            Target::Cluster(seeds) => Ok(Connection(
+                Link::Cluster(cluster_connection(seeds, retry)?),
+                health,
+            )),
+        }
+    }
+
     /// A lazily connecting connection to `client`'s server. It speaks
     /// RESP3 (Redis ≥ 6): over RESP3 the manager hears at once that its
     /// connection dropped and reconnects in the background, instead of
@@ -41,7 +182,28 @@ impl Connection {
             .set_protocol(redis::ProtocolVersion::RESP3);
         let client = tuned(redis::Client::open(info.set_redis_settings(settings))?)?;
         ConnectionManager::new_lazy_with_config(client, manager_config())
-            .map(|m| Connection(m, health))
+            .map(|m| Connection(Link::Single(m), health))
+    }
+
+    /// On a Redis Cluster, waits (up to `limit`) until a replica of
+    /// `key`'s master has every write made so far on this connection to
+    /// that master, and returns how many replicas have; with one server,
+    /// `None` at once (its append-only file is what keeps the write).
+    /// Redis replicates asynchronously: without this, a write acknowledged
+    /// just before its master dies can be missing on the promoted replica.
+    pub(crate) async fn replicated(&mut self, key: &str, limit: Duration) -> Option<u64> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        let Link::Cluster(c) = &mut self.0 else {
+            return None;
+        };
+        let route = Route::new(slot(key.as_bytes()), SlotAddr::Master);
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(1).arg(limit.as_millis() as u64);
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+        match c.route_command(wait, routing).await {
+            Ok(Value::Int(n)) => Some(n.max(0) as u64),
+            _ => Some(0),
+        }
     }
 
     fn stalled(&self) -> Option<RedisError> {
@@ -61,16 +223,22 @@ impl Connection {
 /// that vanished without a FIN (a dead host, a dropped route) is noticed
 /// within about a minute even on an idle link, such as the subscriber's.
 pub(crate) fn tuned(client: redis::Client) -> redis::RedisResult<redis::Client> {
+    let info = client
+        .get_connection_info()
+        .clone()
+        .set_tcp_settings(tcp_settings());
+    redis::Client::open(info)
+}
+
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
     use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
     let keepalive = TcpKeepalive::new()
         .with_time(Duration::from_secs(30))
         .with_interval(Duration::from_secs(10))
         .with_retries(3);
-    let tcp = TcpSettings::default()
+    TcpSettings::default()
         .set_nodelay(true)
-        .set_keepalive(keepalive);
-    let info = client.get_connection_info().clone().set_tcp_settings(tcp);
-    redis::Client::open(info)
+        .set_keepalive(keepalive)
 }
 
 impl ConnectionLike for Connection {
@@ -79,9 +247,12 @@ impl ConnectionLike for Connection {
             if let Some(e) = self.stalled() {
                 return Err(e);
             }
-            match self.0.req_packed_command(cmd).await {
-                Err(e) if e.is_connection_refusal() => self.0.req_packed_command(cmd).await,
-                other => other,
+            match &mut self.0 {
+                Link::Single(m) => match m.req_packed_command(cmd).await {
+                    Err(e) if e.is_connection_refusal() => m.req_packed_command(cmd).await,
+                    other => other,
+                },
+                Link::Cluster(c) => c.req_packed_command(cmd).await,
             }
         })
     }
@@ -96,17 +267,23 @@ impl ConnectionLike for Connection {
             if let Some(e) = self.stalled() {
                 return Err(e);
             }
-            match self.0.req_packed_commands(pipeline, offset, count).await {
-                Err(e) if e.is_connection_refusal() => {
-                    self.0.req_packed_commands(pipeline, offset, count).await
-                }
-                other => other,
+            match &mut self.0 {
+                Link::Single(m) => match m.req_packed_commands(pipeline, offset, count).await {
+                    Err(e) if e.is_connection_refusal() => {
+                        m.req_packed_commands(pipeline, offset, count).await
+                    }
+                    other => other,
+                },
+                Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count).await,
             }
         })
     }
 
     fn get_db(&self) -> i64 {
-        self.0.get_db()
+        match &self.0 {
+            Link::Single(m) => m.get_db(),
+            Link::Cluster(c) => c.get_db(),
+        }
     }
 }
 
@@ -144,7 +321,7 @@ pub struct Health {
     epoch: AtomicU64,
     generation: parking_lot::Mutex<Option<String>>,
     misses: AtomicU64,
-    conn: ConnectionManager,
+    conn: Connection,
     key: String,
     script: Script,
     counters: HealthCounters,
@@ -171,19 +348,34 @@ return {0, redis.call('GET', KEYS[1])}
 const MISSES_TO_DOWN: u64 = 2;
 
 impl Health {
-    /// A watchdog for `client`'s server, its generation under
-    /// `<prefix>:generation`. Redis counts as up until a check says not.
+    /// A watchdog for `target`, its generation under `<prefix>:generation`
+    /// (on a cluster, in that key's shard: a shard that comes back empty
+    /// shows in the keys it held, not here). Redis counts as up until a
+    /// check says not.
     pub fn new(
-        client: redis::Client,
+        target: &Target,
         prefix: &str,
         timeout: Duration,
         counters: HealthCounters,
     ) -> redis::RedisResult<Health> {
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let conn = ConnectionManager::new_lazy_with_config(tuned(client)?, config)?;
+        let conn = match target {
+            Target::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(0)
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout));
+                let m = ConnectionManager::new_lazy_with_config(tuned(client.clone())?, config)?;
+                Connection(Link::Single(m), None)
+            }
+            Target::Cluster(seeds) => {
+                let retry = ClusterRetry {
+                    retries: 1,
+                    max_wait: timeout / 4,
+                    overall: timeout,
+                };
+                Connection(Link::Cluster(cluster_connection(seeds, retry)?), None)
+            }
+        };
         counters.up.set(1);
         Ok(Health {
             up: AtomicBool::new(true),
@@ -267,5 +459,51 @@ impl Health {
             }
             self.check().await;
         }
+    }
+}
+
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag
+/// (the part between the first `{` and the next `}`, when not empty), or of
+/// the whole key, modulo 16384.
+pub(crate) fn slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        rest.iter()
+            .position(|&b| b == b'}')
+            .filter(|&close| close > 0)
+            .map(|close| &rest[..close])
+    });
+    crc16(tagged.unwrap_or(key)) % 16384
+}
+
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slot;
+
+    /// Values from the Redis Cluster specification's examples and
+    /// `CLUSTER KEYSLOT` on Redis 7.
+    #[test]
+    fn slots_match_redis() {
+        assert_eq!(slot(b"123456789"), 0x31C3);
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
+        assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"));
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
     }
 }

@@ -740,6 +740,236 @@ fn spawn_redis(port: u16, dir: &Path) -> Child {
         .unwrap_or_else(|e| panic!("cannot start redis-server ({e}); {REDIS_MISSING}"))
 }
 
+/// A real Redis Cluster on loopback: `masters` masters with one replica
+/// each (`redis-server --cluster-enabled yes`, joined with `redis-cli
+/// --cluster create`), each server in its own directory with an
+/// append-only file, and a 2 s `cluster-node-timeout` so a failover takes
+/// seconds. Killed on drop.
+pub struct RedisCluster {
+    /// The servers' ports; each one's cluster bus is its port + 10 000.
+    pub ports: Vec<u16>,
+    dir: tempfile::TempDir,
+    children: Vec<Option<Child>>,
+}
+
+impl RedisCluster {
+    /// Starts `2 × masters` servers, creates the cluster and waits until
+    /// every server reports `cluster_state:ok` and knows all its nodes.
+    pub async fn start(masters: usize) -> RedisCluster {
+        require_redis_server();
+        require_tool("redis-cli", REDIS_MISSING);
+        let n = masters * 2;
+        let offsets: Vec<u16> = (0..n as u16)
+            .chain((0..n as u16).map(|o| o + 10_000))
+            .collect();
+        let base = free_ports_at(&offsets);
+        let ports: Vec<u16> = (0..n as u16).map(|o| base + o).collect();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cluster = RedisCluster {
+            ports: ports.clone(),
+            children: Vec::new(),
+            dir,
+        };
+        for &port in &ports {
+            let child = cluster.spawn(port);
+            cluster.children.push(Some(child));
+        }
+        for &port in &ports {
+            poll_until("a cluster server answers PING", WAIT, async || {
+                redis_ping(port).await
+            })
+            .await;
+        }
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for port in &ports {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for &port in &ports {
+            poll_until(
+                "every cluster server reports state ok",
+                WAIT * 3,
+                async || {
+                    let info = cluster_command(port, &["CLUSTER", "INFO"]).await;
+                    info.contains("cluster_state:ok")
+                        && info.contains(&format!("cluster_known_nodes:{n}"))
+                },
+            )
+            .await;
+        }
+        cluster
+    }
+
+    fn spawn(&self, port: u16) -> Child {
+        let dir = self.dir.path().join(port.to_string());
+        std::fs::create_dir_all(&dir).expect("server dir");
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--dir",
+                dir.to_str().expect("utf-8 temp dir"),
+                "--loglevel",
+                "warning",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server ({e}); {REDIS_MISSING}"))
+    }
+
+    /// The seed list for `NAVCAST_REDIS_URL` with `redis_mode = "cluster"`:
+    /// every server.
+    pub fn seeds(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The ports of the live masters that own slots, as `CLUSTER NODES`
+    /// on a live server says.
+    pub async fn masters(&self) -> Vec<u16> {
+        let mut masters = Vec::new();
+        for (i, &port) in self.ports.iter().enumerate() {
+            if self.children[i].is_none() {
+                continue;
+            }
+            let nodes = cluster_command(port, &["CLUSTER", "NODES"]).await;
+            for line in nodes.lines() {
+                let fields: Vec<&str> = line.split(' ').collect();
+                // id addr flags master ping pong epoch link slots…
+                if fields.len() > 8
+                    && fields[2].contains("master")
+                    && !fields[2].contains("fail")
+                    && let Some(p) = fields[1]
+                        .split('@')
+                        .next()
+                        .and_then(|a| a.rsplit(':').next())
+                        .and_then(|p| p.parse().ok())
+                {
+                    masters.push(p);
+                }
+            }
+            masters.sort_unstable();
+            return masters;
+        }
+        masters
+    }
+
+    /// `INFO stats`'s `field` of the server on `port` (e.g.
+    /// `total_commands_processed`), or 0.
+    pub async fn stat(&self, port: u16, field: &str) -> u64 {
+        let info = cluster_command(port, &["INFO", "stats"]).await;
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Kills the server on `port` with SIGKILL and waits until it is gone.
+    pub fn kill(&mut self, port: u16) {
+        let i = self
+            .ports
+            .iter()
+            .position(|&p| p == port)
+            .expect("a cluster port");
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until `dead` (a killed master) owns no slots any more: its
+    /// replica was promoted, `masters` masters own every slot, and every
+    /// live server reports `cluster_state:ok`.
+    pub async fn wait_promoted(&self, dead: u16, masters: usize) {
+        poll_until(
+            "a replica takes over the killed master's slots",
+            WAIT * 3,
+            async || {
+                let now = self.masters().await;
+                now.len() == masters && !now.contains(&dead)
+            },
+        )
+        .await;
+        let live: Vec<u16> = self
+            .ports
+            .iter()
+            .zip(&self.children)
+            .filter(|(_, c)| c.is_some())
+            .map(|(p, _)| *p)
+            .collect();
+        for port in live {
+            poll_until(
+                "every live server reports cluster_state:ok",
+                WAIT * 3,
+                async || {
+                    let info = cluster_command(port, &["CLUSTER", "INFO"]).await;
+                    info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+                },
+            )
+            .await;
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut() {
+            if let Some(mut child) = child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// One command to the server on `port` (not routed), its reply as text;
+/// an empty string when it cannot answer.
+async fn cluster_command(port: u16, args: &[&str]) -> String {
+    let attempt = async {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        Ok(Ok(s)) => s,
+        _ => String::new(),
+    }
+}
+
 /// Sends `signal` (e.g. `TERM`, `STOP`) to `child` with `kill`; fails the
 /// test if it cannot.
 fn send_signal(child: &Child, signal: &str) {

@@ -421,7 +421,7 @@ fn route_record(route_id: &str) -> RouteRecord {
 /// the time since `set_before` (less a second for whole-second expiries).
 /// However slowly the test runs, a right TTL passes and a wrong one fails.
 async fn assert_ttl(
-    raw: &mut ::redis::aio::MultiplexedConnection,
+    raw: &mut impl ::redis::aio::ConnectionLike,
     key: &str,
     secs: i64,
     set_before: std::time::Instant,
@@ -445,7 +445,85 @@ async fn redis_stores_keep_the_store_contracts() {
     let client = ::redis::Client::open(redis.url()).unwrap();
     let stores = Stores::redis(client.clone(), Default::default()).unwrap();
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    store_contracts(stores, &mut raw).await;
+}
 
+/// The same contracts on a Redis Cluster of 3 masters and 3 replicas:
+/// every script and transaction keeps to one slot, an account (two slots)
+/// is created without leaving a claimed email behind, and the node
+/// registry works without `SCAN`.
+#[tokio::test]
+async fn redis_cluster_stores_keep_the_store_contracts() {
+    let cluster = RedisCluster::start(3).await;
+    let target =
+        navcast::redis_conn::Target::open(navcast::config::RedisMode::Cluster, &cluster.seeds())
+            .unwrap();
+    let stores = Stores::redis(target, Default::default()).unwrap();
+    let seeds: Vec<String> = cluster.seeds().split(',').map(String::from).collect();
+    let mut raw = ::redis::cluster::ClusterClient::new(seeds)
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap();
+    store_contracts(stores.clone(), &mut raw).await;
+
+    // The keys really are spread over the shards: each master holds some.
+    for port in cluster.masters().await {
+        let client = ::redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        let mut one = client.get_multiplexed_async_connection().await.unwrap();
+        let n: u64 = ::redis::cmd("DBSIZE").query_async(&mut one).await.unwrap();
+        assert!(n > 0, "master {port} holds no key");
+    }
+
+    // Two registrations of one email with different ids race: one wins,
+    // and the loser's account is taken back.
+    let racer = |id: &str| StoredAccount {
+        user_id: id.into(),
+        email: "race@example.com".into(),
+        username: None,
+        disability_type: None,
+        password_hash: "$argon2id$stub".into(),
+    };
+    let (a, b) = tokio::join!(
+        stores.accounts.create(racer("r-1")),
+        stores.accounts.create(racer("r-2"))
+    );
+    assert!(a.is_ok() != b.is_ok(), "exactly one wins: {a:?} {b:?}");
+    let winner = if a.is_ok() { "r-1" } else { "r-2" };
+    let loser = if a.is_ok() { "r-2" } else { "r-1" };
+    let found = stores
+        .accounts
+        .by_email("race@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.user_id, winner);
+    assert!(stores.accounts.by_id(loser).await.unwrap().is_none());
+    // An id that exists is never overwritten, whatever its email.
+    let again = StoredAccount {
+        email: "other@example.com".into(),
+        ..racer(winner)
+    };
+    assert!(matches!(
+        stores.accounts.create(again).await,
+        Err(navcast::store::StoreError::Conflict)
+    ));
+    assert!(
+        stores
+            .accounts
+            .by_email("other@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        stores.accounts.by_id(winner).await.unwrap().unwrap().email,
+        "race@example.com"
+    );
+}
+
+/// The contracts every Redis store keeps; `raw` reads keys behind its back.
+async fn store_contracts(stores: Stores, raw: &mut impl ::redis::aio::ConnectionLike) {
     // Accounts: email unique, fields round-trip.
     let acct = StoredAccount {
         user_id: "u-1".into(),
@@ -570,7 +648,7 @@ async fn redis_stores_keep_the_store_contracts() {
         Consumed::Unknown
     );
     // A family's record expires with its current token: one key per login.
-    assert_ttl(&mut raw, "navcast:family:fam-1", 3600, issued).await;
+    assert_ttl(raw, "navcast:family:fam-1", 3600, issued).await;
 
     // Routes: progress only for the active route id; TTL set and renewed.
     let ttl = Duration::from_secs(60);
@@ -605,7 +683,7 @@ async fn redis_stores_keep_the_store_contracts() {
     );
     let saved = stores.routes.get("u-1").await.unwrap().unwrap();
     assert_eq!((saved.selected_rank, saved.track), (2, track));
-    assert_ttl(&mut raw, "navcast:route:u-1", 60, renewed).await;
+    assert_ttl(raw, "navcast:route:u-1", 60, renewed).await;
     assert!(!stores.routes.remove("u-1", "other").await.unwrap());
     assert!(stores.routes.remove("u-1", "r1").await.unwrap());
     assert!(stores.routes.get("u-1").await.unwrap().is_none());
@@ -632,14 +710,30 @@ async fn redis_stores_keep_the_store_contracts() {
         heartbeat_at_ms: 2,
         version: "t".into(),
     };
-    let beat = std::time::Instant::now();
     stores.nodes.heartbeat(&node("n2", 5), ttl).await.unwrap();
     stores.nodes.heartbeat(&node("n1", 3), ttl).await.unwrap();
     let live = stores.nodes.live().await.unwrap();
     assert_eq!(live, vec![node("n1", 3), node("n2", 5)]);
-    assert_ttl(&mut raw, "navcast:node:n1", 60, beat).await;
     stores.nodes.leave("n2").await.unwrap();
     assert_eq!(stores.nodes.live().await.unwrap(), vec![node("n1", 3)]);
+    // A node that stops beating drops out once its TTL has passed, and the
+    // next heartbeat of another node prunes its entry.
+    let short = Duration::from_millis(300);
+    stores.nodes.heartbeat(&node("n3", 1), short).await.unwrap();
+    assert!(stores.nodes.live().await.unwrap().contains(&node("n3", 1)));
+    poll_until(
+        "a silent node drops out of the registry",
+        WAIT,
+        async || !stores.nodes.live().await.unwrap().contains(&node("n3", 1)),
+    )
+    .await;
+    stores.nodes.heartbeat(&node("n1", 4), ttl).await.unwrap();
+    let fields: Vec<String> = ::redis::cmd("HKEYS")
+        .arg("navcast:{nodes}")
+        .query_async(raw)
+        .await
+        .unwrap();
+    assert_eq!(fields, vec!["n1".to_string()]);
 }
 
 #[tokio::test]

@@ -84,15 +84,15 @@ impl AppState {
         // Redis is down starts, reports not ready, and catches up.
         let redis = match &config.redis_url {
             Some(url) if parts.bus.is_none() || parts.stores.is_none() => Some(
-                ::redis::Client::open(url.as_str())
+                crate::redis_conn::Target::open(config.redis_mode, url)
                     .map_err(|e| anyhow::anyhow!("redis_url {url:?} is not usable: {e}"))?,
             ),
             _ => None,
         };
         let metrics = Arc::new(Metrics::new());
         let redis_health = match &redis {
-            Some(client) => Some(Arc::new(Health::new(
-                client.clone(),
+            Some(target) => Some(Arc::new(Health::new(
+                target,
                 &crate::store::redis::Options::default().prefix,
                 config.redis_health_timeout,
                 metrics.redis.clone(),

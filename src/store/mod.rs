@@ -291,8 +291,11 @@ impl Stores {
     /// Everything in Redis, for a cluster. Connects lazily: building this
     /// never fails because Redis is down; calls made while it is down fail
     /// with [`StoreError::Unavailable`].
-    pub fn redis(client: ::redis::Client, options: redis::Options) -> Result<Stores, StoreError> {
-        let store = Arc::new(redis::RedisStore::new(client, options)?);
+    pub fn redis(
+        target: impl Into<crate::redis_conn::Target>,
+        options: redis::Options,
+    ) -> Result<Stores, StoreError> {
+        let store = Arc::new(redis::RedisStore::new(target, options)?);
         Ok(Stores {
             accounts: store.clone(),
             tokens: store.clone(),

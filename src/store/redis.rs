@@ -6,6 +6,14 @@
 //! Redis is back. Every check-then-write is a Lua script, so two nodes
 //! racing on the same record cannot interleave.
 //!
+//! Every script and transaction touches one key, or keys that share a
+//! hash tag, so all of it runs unchanged on a Redis Cluster. The one
+//! record that needs two slots is an account (found by id and by email):
+//! [`AccountStore::create`] writes the account first, if its id is new,
+//! then claims the email with `SET NX`, and takes the account back when
+//! the email was taken. A crash between the two leaves an account no
+//! email leads to (harmless), never an email claimed by no account.
+//!
 //! Keys (with the default prefix `navcast`):
 //!
 //! | key | type | what |
@@ -15,7 +23,7 @@
 //! | `navcast:family:<family>` | hash | `user_id`, `current` (the jti that may be spent next), `expires_at`, `revoked`; expires with the current token |
 //! | `navcast:route:<user_id>` | hash | `route_id`, `record` (JSON), `selected_rank`, `track` (JSON); TTL `navigation.route_ttl` |
 //! | `navcast:shares:<rider>` | set | guardian ids the rider shares with |
-//! | `navcast:node:<node_id>` | string | JSON heartbeat of a live node; TTL 3 × the heartbeat period |
+//! | `navcast:{nodes}` | hash | node id → `<expiry ms> <JSON heartbeat>` of each live node; a node's entry expires 3 × the heartbeat period after its last heartbeat (by Redis's clock) and is pruned by the next heartbeat |
 //! | `navcast:hits:<key>` | string | requests in the current throttle window (e.g. `login:<address>`); expires with the window |
 //! | `navcast:login:{<account hash>}:fails` | string | failed logins in a row; forgotten `auth.lockout_max` after the last |
 //! | `navcast:login:{<account hash>}:lock` | string | present while the account is locked; expires with the lockout |
@@ -59,19 +67,46 @@ pub struct RedisStore {
     options: Options,
     create_account: Script,
     rotate_token: Script,
+    heartbeat: Script,
+    live: Script,
     save_progress: Script,
     remove_route: Script,
     hit: Script,
     login_failed: Script,
 }
 
-/// Creates the email key only if absent, then the account hash.
+/// Creates the account hash only if there is none with this id.
 const CREATE_ACCOUNT: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  redis.call('HSET', KEYS[2], unpack(ARGV, 2))
-  return 1
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+";
+
+/// Writes a node's heartbeat (ARGV: node id, TTL ms, JSON) with its expiry
+/// by Redis's clock, and drops the entries of nodes that stopped beating.
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local exp = tonumber(string.match(all[i + 1], '^(%d+) '))
+  if not exp or exp < now then redis.call('HDEL', KEYS[1], all[i]) end
 end
-return 0
+redis.call('HSET', KEYS[1], ARGV[1], (now + tonumber(ARGV[2])) .. ' ' .. ARGV[3])
+return 1
+";
+
+/// The JSON heartbeats of the nodes whose entries have not expired.
+const LIVE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local exp, json = string.match(all[i + 1], '^(%d+) (.*)$')
+  if exp and tonumber(exp) >= now then out[#out + 1] = json end
+end
+return out
 ";
 
 /// Spends the family's current token and makes the next one current; any
@@ -146,19 +181,32 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
+/// How long an account or login waits for a replica of its shard.
+const REPLICA_WAIT: Duration = Duration::from_millis(500);
+
 fn ttl_ms(ttl: Duration) -> u64 {
     (ttl.as_millis() as u64).max(1)
 }
 
 impl RedisStore {
     /// A store on `client`'s server. Connects on first use.
-    pub fn new(client: redis::Client, options: Options) -> Result<RedisStore, StoreError> {
-        let conn = Connection::new(client, options.health.clone()).map_err(map_err)?;
+    pub fn new(
+        target: impl Into<crate::redis_conn::Target>,
+        options: Options,
+    ) -> Result<RedisStore, StoreError> {
+        let conn = Connection::to(
+            &target.into(),
+            options.health.clone(),
+            crate::redis_conn::ClusterRetry::COMMANDS,
+        )
+        .map_err(map_err)?;
         Ok(RedisStore {
             conn,
             options,
             create_account: Script::new(CREATE_ACCOUNT),
             rotate_token: Script::new(ROTATE_TOKEN),
+            heartbeat: Script::new(HEARTBEAT),
+            live: Script::new(LIVE),
             save_progress: Script::new(SAVE_PROGRESS),
             remove_route: Script::new(REMOVE_ROUTE),
             hit: Script::new(HIT),
@@ -172,6 +220,26 @@ impl RedisStore {
 
     fn conn(&self) -> Connection {
         self.conn.clone()
+    }
+
+    /// On a Redis Cluster, lets a write to `key`'s shard reach a replica
+    /// before it is acknowledged, so a master killed right after does not
+    /// take it along (see `Connection::replicated`). A write no replica
+    /// confirmed in time is still kept by the master; that is logged.
+    async fn replicated(&self, key: &str) {
+        if let Some(0) = self.conn().replicated(key, REPLICA_WAIT).await {
+            tracing::warn!(
+                event = "redis_write_unreplicated",
+                cause = "no replica confirmed the write in time (none attached, or lagging)",
+                "an acknowledged write lives on its master only until a replica catches up"
+            );
+        }
+    }
+
+    /// The one hash of the node registry: one key, so one slot, and no
+    /// `SCAN` (which a cluster would need on every shard).
+    fn nodes_key(&self) -> String {
+        format!("{}:{{nodes}}", self.options.prefix)
     }
 
     /// The two keys of an account's failed logins, in one hash slot.
@@ -259,11 +327,10 @@ fn account_from_hash(mut h: HashMap<String, String>) -> Result<Option<Account>, 
 #[async_trait]
 impl AccountStore for RedisStore {
     async fn create(&self, account: Account) -> Result<(), StoreError> {
+        let account_key = self.key("account", &account.user_id);
         let mut invocation = self.create_account.prepare_invoke();
         invocation
-            .key(self.key("email", &account.email))
-            .key(self.key("account", &account.user_id))
-            .arg(&account.user_id)
+            .key(&account_key)
             .arg("user_id")
             .arg(&account.user_id)
             .arg("email")
@@ -280,11 +347,27 @@ impl AccountStore for RedisStore {
             .invoke_async(&mut self.conn())
             .await
             .map_err(map_err)?;
-        if created == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict)
+        if created != 1 {
+            return Err(StoreError::Conflict);
         }
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(self.key("email", &account.email))
+            .arg(&account.user_id)
+            .arg("NX")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        if claimed.is_some() {
+            self.replicated(&account_key).await;
+            return Ok(());
+        }
+        // The email is someone else's: take back the account just made. If
+        // this fails, an account no email leads to is left behind.
+        let _: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(&account_key)
+            .exec_async(&mut self.conn())
+            .await;
+        Err(StoreError::Conflict)
     }
 
     async fn by_email(&self, email: &str) -> Result<Option<Account>, StoreError> {
@@ -332,7 +415,9 @@ impl TokenStore for RedisStore {
             .ignore()
             .exec_async(&mut self.conn())
             .await
-            .map_err(map_err)
+            .map_err(map_err)?;
+        self.replicated(&key).await;
+        Ok(())
     }
 
     async fn rotate(
@@ -513,60 +598,35 @@ impl ShareStore for RedisStore {
 impl NodeRegistry for RedisStore {
     async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
         let json = serde_json::to_string(node).map_err(|e| corrupt("node info", e))?;
-        redis::cmd("SET")
-            .arg(self.key("node", &node.node_id))
-            .arg(json)
-            .arg("PX")
+        self.heartbeat
+            .key(self.nodes_key())
+            .arg(&node.node_id)
             .arg(ttl_ms(ttl))
-            .exec_async(&mut self.conn())
+            .arg(json)
+            .invoke_async(&mut self.conn())
             .await
             .map_err(map_err)
     }
 
     async fn leave(&self, node_id: &str) -> Result<(), StoreError> {
-        redis::cmd("DEL")
-            .arg(self.key("node", node_id))
+        redis::cmd("HDEL")
+            .arg(self.nodes_key())
+            .arg(node_id)
             .exec_async(&mut self.conn())
             .await
             .map_err(map_err)
     }
 
     async fn live(&self) -> Result<Vec<NodeInfo>, StoreError> {
-        let mut conn = self.conn();
-        let pattern = format!("{}:node:*", self.options.prefix);
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(200)
-                .query_async(&mut conn)
-                .await
-                .map_err(map_err)?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        keys.sort();
-        keys.dedup();
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Keys may expire between SCAN and MGET: those come back empty.
-        let values: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut conn)
+        let values: Vec<String> = self
+            .live
+            .key(self.nodes_key())
+            .invoke_async(&mut self.conn())
             .await
             .map_err(map_err)?;
         let mut nodes: Vec<NodeInfo> = values
-            .into_iter()
-            .flatten()
-            .filter_map(|v| serde_json::from_str(&v).ok())
+            .iter()
+            .filter_map(|v| serde_json::from_str(v).ok())
             .collect();
         nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         Ok(nodes)

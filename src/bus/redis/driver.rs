@@ -97,3 +97,113 @@ impl PubSubConn for RedisConn {
         self.stream.next().await.map(RedisMessage)
     }
 }
+
+/// The link to a Redis Cluster: one cluster connection (a link to every
+/// master it needs), its sharded subscriptions (`SSUBSCRIBE`, each sent to
+/// the master of its channel's slot) and their messages as RESP3 pushes.
+/// Every per-rider channel has the rider's hash tag, so it lives on the
+/// shard that holds the rider's stream, and only that shard carries it.
+pub(crate) struct ClusterDriver {
+    seeds: Vec<redis::ConnectionInfo>,
+    /// Limit of one (un)subscribe, retries included.
+    timeout: std::time::Duration,
+}
+
+impl ClusterDriver {
+    pub(crate) fn new(
+        seeds: Vec<redis::ConnectionInfo>,
+        timeout: std::time::Duration,
+    ) -> ClusterDriver {
+        ClusterDriver { seeds, timeout }
+    }
+}
+
+pub(crate) struct ClusterConn {
+    conn: redis::cluster_async::ClusterConnection,
+    pushes: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+}
+
+/// Subscriptions sent at once while (un)subscribing many channels.
+const CLUSTER_SUBSCRIBE_CONCURRENCY: usize = 256;
+
+impl PubSubDriver for ClusterDriver {
+    type Conn = ClusterConn;
+
+    async fn connect(&mut self) -> Result<ClusterConn, String> {
+        let (tx, pushes) = tokio::sync::mpsc::unbounded_channel();
+        let client = crate::redis_conn::Target::cluster_builder(
+            &self.seeds,
+            self.timeout.min(std::time::Duration::from_secs(1)),
+        )
+        .retries(30)
+        .min_retry_wait(20)
+        .max_retry_wait(1000)
+        .retry_wait_formula(50, 2)
+        .overall_response_timeout(Some(self.timeout))
+        .push_sender(tx)
+        .build()
+        .map_err(|e| e.to_string())?;
+        let mut conn = client
+            .get_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        // Proves the slot map is known before the subscriber reports itself
+        // connected.
+        redis::cmd("PING")
+            .exec_async(&mut conn)
+            .await
+            .map_err(|e| format!("PING failed: {e}"))?;
+        Ok(ClusterConn { conn, pushes })
+    }
+}
+
+impl ClusterConn {
+    /// Sends `command` for each channel on its own (channels of different
+    /// slots cannot share one command), a bounded number at a time.
+    async fn each(&mut self, command: &'static str, channels: Vec<String>) -> Result<(), String> {
+        use futures_util::stream::{self, TryStreamExt};
+        let conn = self.conn.clone();
+        stream::iter(channels.into_iter().map(Ok::<_, String>))
+            .try_for_each_concurrent(CLUSTER_SUBSCRIBE_CONCURRENCY, |channel| {
+                let mut conn = conn.clone();
+                async move {
+                    let sent = match command {
+                        "SSUBSCRIBE" => conn.ssubscribe(&channel).await,
+                        _ => conn.sunsubscribe(&channel).await,
+                    };
+                    sent.map_err(|e| format!("{command} {channel} failed: {e}"))
+                }
+            })
+            .await
+    }
+}
+
+impl PubSubConn for ClusterConn {
+    type Message = Vec<u8>;
+
+    async fn subscribe(&mut self, channels: Vec<String>) -> Result<(), String> {
+        self.each("SSUBSCRIBE", channels).await
+    }
+
+    async fn unsubscribe(&mut self, channels: Vec<String>) -> Result<(), String> {
+        self.each("SUNSUBSCRIBE", channels).await
+    }
+
+    /// A sharded message's payload. A link to a master that dropped ends
+    /// the connection: the subscriber then starts over with a fresh one
+    /// and subscribes again to every channel, in the slots' new homes.
+    async fn next_message(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let push = self.pushes.recv().await?;
+            match push.kind {
+                redis::PushKind::SMessage | redis::PushKind::Message => {
+                    if let Some(redis::Value::BulkString(payload)) = push.data.into_iter().nth(1) {
+                        return Some(payload);
+                    }
+                }
+                redis::PushKind::Disconnection => return None,
+                _ => {}
+            }
+        }
+    }
+}

@@ -20,9 +20,11 @@ use crate::bus::history::{Recovery, new_epoch};
 use crate::config::HistoryConfig;
 
 /// KEYS: meta, stream. ARGV: a fresh epoch, history size, TTL in ms, the
-/// channel, the envelope as a JSON object without offset and epoch. The
-/// envelope published and kept is the given one with `offset` and `epoch`
-/// written in front of its other fields.
+/// channel, the envelope as a JSON object without offset and epoch, and
+/// the publish command (`PUBLISH`, or `SPUBLISH` on a Redis Cluster, whose
+/// channel then shares the keys' hash tag). The envelope published and
+/// kept is the given one with `offset` and `epoch` written in front of its
+/// other fields.
 const APPEND: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -35,7 +37,7 @@ local env = '{"offset":' .. offset .. ',"epoch":"' .. epoch .. '",' .. string.su
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-1', 'e', env)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[4], env)
+redis.call(ARGV[6], ARGV[4], env)
 return offset
 "#;
 
@@ -71,11 +73,14 @@ pub(super) struct Streams {
     ttl_ms: u64,
     append: Script,
     recover: Script,
+    /// `SPUBLISH` on a Redis Cluster, else `PUBLISH`.
+    publish: &'static str,
 }
 
 impl Streams {
-    pub(super) fn new(channel: &str, cfg: &HistoryConfig) -> Streams {
+    pub(super) fn new(channel: &str, cfg: &HistoryConfig, cluster: bool) -> Streams {
         Streams {
+            publish: if cluster { "SPUBLISH" } else { "PUBLISH" },
             prefix: format!("{channel}:stream:"),
             size: cfg.size,
             ttl_ms: (cfg.ttl.as_millis() as u64).max(1000),
@@ -98,18 +103,37 @@ impl Streams {
         channel: &str,
         json: &[u8],
     ) {
+        pipe.invoke_script(&self.append_invocation(user, channel, json))
+            .ignore();
+    }
+
+    /// The script call that places `json` in `user`'s stream and publishes
+    /// it on `channel`.
+    pub(super) fn append_invocation<'a>(
+        &'a self,
+        user: &str,
+        channel: &str,
+        json: &[u8],
+    ) -> redis::ScriptInvocation<'a> {
         let (meta, stream) = self.keys(user);
-        pipe.invoke_script(
-            self.append
-                .key(meta)
-                .key(stream)
-                .arg(new_epoch())
-                .arg(self.size)
-                .arg(self.ttl_ms)
-                .arg(channel)
-                .arg(json),
-        )
-        .ignore();
+        let mut invocation = self.append.prepare_invoke();
+        invocation
+            .key(meta)
+            .key(stream)
+            .arg(new_epoch())
+            .arg(self.size)
+            .arg(self.ttl_ms)
+            .arg(channel)
+            .arg(json)
+            .arg(self.publish);
+        invocation
+    }
+
+    /// The command that publishes a control notice on `channel`.
+    pub(super) fn publish_cmd(&self, channel: &str, json: &[u8]) -> redis::Cmd {
+        let mut cmd = redis::cmd(self.publish);
+        cmd.arg(channel).arg(json);
+        cmd
     }
 
     /// Loads the append script (a pipeline cannot load it on demand).

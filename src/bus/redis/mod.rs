@@ -20,8 +20,17 @@
 //!
 //! Topologies: `broadcast` publishes every envelope on one channel
 //! (`bus.channel`) that every node subscribes to; `targeted` publishes a
-//! user's envelopes on `<bus.channel>:u:<user_id>`, to which a node
+//! user's envelopes on `<bus.channel>:u:{<user_id>}`, to which a node
 //! subscribes only while it has a session of or watching that user.
+//!
+//! On a Redis Cluster (`targeted` only) the per-user channels are sharded
+//! channels (`SPUBLISH`/`SSUBSCRIBE`): the `{<user_id>}` hash tag puts a
+//! user's channel in the slot of the user's stream, so the stream script
+//! publishes on the shard it runs on and each shard carries only its own
+//! users' traffic, where classic pub/sub would copy every message to every
+//! shard. The publisher then sends a batch as one script call per envelope,
+//! all in flight at once (a pipeline cannot span slots), and the
+//! subscriber uses a cluster connection (`driver::ClusterDriver`).
 
 mod driver;
 mod history;
@@ -41,8 +50,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Bus, Deliver, Envelope, InterestCheck, Recovery};
 use crate::config::{BusTopology, HistoryConfig};
-use crate::redis_conn::Connection;
-use driver::RedisDriver;
+use crate::redis_conn::{ClusterRetry, Connection, Target};
+use driver::{ClusterDriver, RedisDriver};
 
 /// Envelopes waiting for the publisher. At 5 000 events/s this is almost a
 /// second of Redis being slow before publishes start failing; an envelope
@@ -56,6 +65,10 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A connect, (un)subscribe or publish that takes longer counts as failed.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// The same on a Redis Cluster: long enough for a replica to be promoted
+/// (`cluster-node-timeout` plus the election), during which the cluster
+/// connection retries.
+const CLUSTER_IO_TIMEOUT: Duration = ClusterRetry::PUBLISHER.overall;
 /// While publishes keep failing, a reminder is logged this often.
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(30);
 
@@ -79,7 +92,7 @@ enum Command {
 
 pub struct RedisBus {
     shared: Arc<Shared>,
-    client: redis::Client,
+    target: Target,
     /// Into the publisher task; bounded so that a stalled Redis costs
     /// counted failures, not memory.
     publish_tx: mpsc::Sender<Envelope>,
@@ -111,6 +124,10 @@ struct Shared {
     interest_check: Mutex<Option<InterestCheck>>,
     /// The rider streams' keys and scripts.
     streams: history::Streams,
+    /// On a Redis Cluster: sharded pub/sub, one call per envelope.
+    cluster: bool,
+    /// Limit of one Redis call of the bus (see [`CLUSTER_IO_TIMEOUT`]).
+    io_timeout: Duration,
 }
 
 #[derive(Default)]
@@ -125,16 +142,17 @@ impl RedisBus {
     /// tasks start in [`Bus::start`] and connect in the background, so a
     /// node starts while Redis is down and reports itself not ready.
     pub fn new(
-        client: redis::Client,
+        target: impl Into<Target>,
         topology: BusTopology,
         channel: &str,
         history: &HistoryConfig,
         counters: BusCounters,
     ) -> RedisBus {
+        let target = target.into();
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         counters.connected.set(0);
-        let conn = match Connection::new(client.clone(), None) {
+        let conn = match Connection::to(&target, None, ClusterRetry::PUBLISHER) {
             Ok(conn) => Some(conn),
             Err(e) => {
                 // Only a configuration mistake gets here; every publish
@@ -144,9 +162,15 @@ impl RedisBus {
             }
         };
         RedisBus {
-            shared: Arc::new(Shared::new(topology, channel, history, counters)),
+            shared: Arc::new(Shared::new(
+                topology,
+                channel,
+                history,
+                counters,
+                target.is_cluster(),
+            )),
             conn,
-            client,
+            target,
             publish_tx,
             publish_rx: Mutex::new(Some(publish_rx)),
             commands_tx,
@@ -173,9 +197,16 @@ impl Shared {
         channel: &str,
         history: &HistoryConfig,
         counters: BusCounters,
+        cluster: bool,
     ) -> Shared {
         Shared {
-            streams: history::Streams::new(channel, history),
+            streams: history::Streams::new(channel, history, cluster),
+            cluster,
+            io_timeout: if cluster {
+                CLUSTER_IO_TIMEOUT
+            } else {
+                IO_TIMEOUT
+            },
             topology,
             channel: channel.to_string(),
             connected: AtomicBool::new(false),
@@ -188,7 +219,7 @@ impl Shared {
     fn channel_for(&self, user: &str) -> String {
         match self.topology {
             BusTopology::Broadcast => self.channel.clone(),
-            BusTopology::Targeted => format!("{}:u:{}", self.channel, user),
+            BusTopology::Targeted => format!("{}:u:{{{}}}", self.channel, user),
         }
     }
 
@@ -263,13 +294,22 @@ impl Bus for RedisBus {
                 self.stop.clone(),
             ));
         }
-        tokio::spawn(subscriber::run(
-            self.shared.clone(),
-            RedisDriver::new(self.client.clone()),
-            commands_rx,
-            deliver,
-            self.stop.clone(),
-        ));
+        match &self.target {
+            Target::Single(client) => tokio::spawn(subscriber::run(
+                self.shared.clone(),
+                RedisDriver::new(client.clone()),
+                commands_rx,
+                deliver,
+                self.stop.clone(),
+            )),
+            Target::Cluster(seeds) => tokio::spawn(subscriber::run(
+                self.shared.clone(),
+                ClusterDriver::new(seeds.clone(), self.shared.io_timeout),
+                commands_rx,
+                deliver,
+                self.stop.clone(),
+            )),
+        };
     }
 
     fn publish(&self, envelope: Envelope) {
@@ -293,8 +333,11 @@ impl Bus for RedisBus {
         let (shared, conn, user) = (self.shared.clone(), self.conn.clone(), user.to_string());
         Box::pin(async move {
             let mut conn = conn.ok_or("no Redis connection")?;
-            match tokio::time::timeout(IO_TIMEOUT, shared.streams.recover(&mut conn, &user, since))
-                .await
+            match tokio::time::timeout(
+                shared.io_timeout,
+                shared.streams.recover(&mut conn, &user, since),
+            )
+            .await
             {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(_) => Err("stream recovery timed out".to_string()),
@@ -340,6 +383,7 @@ impl Bus for RedisBus {
     fn kind(&self) -> &'static str {
         match self.shared.topology {
             BusTopology::Broadcast => "redis-broadcast",
+            BusTopology::Targeted if self.shared.cluster => "redis-cluster-targeted",
             BusTopology::Targeted => "redis-targeted",
         }
     }
@@ -361,7 +405,7 @@ mod tests {
             &history,
             counters.clone(),
         );
-        assert_eq!(bus.channel_for("u1"), "nc:u:u1");
+        assert_eq!(bus.channel_for("u1"), "nc:u:{u1}");
         let bus = RedisBus::new(client, BusTopology::Broadcast, "nc", &history, counters);
         assert_eq!(bus.channel_for("u1"), "nc");
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{IO_TIMEOUT, PUBLISH_BATCH, Shared};
+use super::{PUBLISH_BATCH, Shared};
 use crate::bus::{Envelope, Payload};
 use crate::redis_conn::Connection;
 
@@ -29,6 +29,10 @@ pub(super) async fn run(
         if n == 0 {
             return;
         }
+        if shared.cluster {
+            publish_each(&shared, &conn, &mut batch).await;
+            continue;
+        }
         let mut pipe = redis::pipe();
         if batch
             .iter()
@@ -46,7 +50,8 @@ pub(super) async fn run(
                             .streams
                             .append_to(&mut pipe, &envelope.user_id, &channel, &bytes);
                     } else {
-                        pipe.cmd("PUBLISH").arg(channel).arg(bytes).ignore();
+                        pipe.add_command(shared.streams.publish_cmd(&channel, &bytes))
+                            .ignore();
                     }
                     queued += 1;
                 }
@@ -56,10 +61,60 @@ pub(super) async fn run(
         if queued == 0 {
             continue;
         }
-        match tokio::time::timeout(IO_TIMEOUT, pipe.exec_async(&mut conn)).await {
+        match tokio::time::timeout(shared.io_timeout, pipe.exec_async(&mut conn)).await {
             Ok(Ok(())) => shared.publish_ok(),
             Ok(Err(e)) => shared.publish_failed(queued, &e),
             Err(_) => shared.publish_failed(queued, &"PUBLISH timed out"),
         }
+    }
+}
+
+/// On a Redis Cluster: every envelope of `batch` as its own call (each goes
+/// to the master of its user's slot), all in flight at once; a failed call
+/// costs only its envelope.
+async fn publish_each(shared: &Shared, conn: &Connection, batch: &mut Vec<Envelope>) {
+    let calls = batch.drain(..).filter_map(|envelope| {
+        let bytes = match envelope.encode() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                shared.publish_failed(1, &format!("envelope not serialisable: {e}"));
+                return None;
+            }
+        };
+        let mut conn = conn.clone();
+        Some(async move {
+            let channel = shared.channel_for(&envelope.user_id);
+            let call = async {
+                if matches!(envelope.payload, Payload::Event { .. }) {
+                    shared
+                        .streams
+                        .append_invocation(&envelope.user_id, &channel, &bytes)
+                        .invoke_async::<redis::Value>(&mut conn)
+                        .await
+                        .map(drop)
+                } else {
+                    shared
+                        .streams
+                        .publish_cmd(&channel, &bytes)
+                        .exec_async(&mut conn)
+                        .await
+                }
+            };
+            match tokio::time::timeout(shared.io_timeout, call).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    shared.publish_failed(1, &e);
+                    false
+                }
+                Err(_) => {
+                    shared.publish_failed(1, &"SPUBLISH timed out");
+                    false
+                }
+            }
+        })
+    });
+    let results = futures_util::future::join_all(calls).await;
+    if !results.is_empty() && results.iter().all(|ok| *ok) {
+        shared.publish_ok();
     }
 }

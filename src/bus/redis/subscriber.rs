@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::driver::{PubSubConn, PubSubDriver};
-use super::{BACKOFF_MAX, BACKOFF_MIN, Command, IO_TIMEOUT, Shared};
+use super::{BACKOFF_MAX, BACKOFF_MIN, Command, Shared};
 use crate::bus::{Deliver, Envelope};
 use crate::config::BusTopology;
 
@@ -85,12 +85,12 @@ pub(super) async fn run<D: PubSubDriver>(
     loop {
         let connected = tokio::select! {
             _ = stop.cancelled() => return,
-            r = tokio::time::timeout(IO_TIMEOUT, driver.connect()) => r,
+            r = tokio::time::timeout(shared.io_timeout, driver.connect()) => r,
         };
         match connected {
             Ok(Ok(mut conn)) => {
                 channels.active.clear();
-                match sync_channels(&mut conn, &mut channels).await {
+                match sync_channels(&mut conn, &mut channels, shared.io_timeout).await {
                     Ok(()) => {
                         shared.set_connected(true);
                         backoff.reset();
@@ -208,7 +208,7 @@ async fn run_connected<C: PubSubConn>(
                 while let Ok(cmd) = commands.try_recv() {
                     apply(shared, cmd, &mut channels.wanted, &mut barriers);
                 }
-                let result = sync_channels(conn, channels).await;
+                let result = sync_channels(conn, channels, shared.io_timeout).await;
                 for barrier in barriers.drain(..) {
                     let _ = barrier.send(());
                 }
@@ -243,7 +243,11 @@ fn apply(
 
 /// SUBSCRIBEs and UNSUBSCRIBEs so the connection's channels become the
 /// wanted ones.
-async fn sync_channels<C: PubSubConn>(conn: &mut C, channels: &mut Channels) -> Result<(), String> {
+async fn sync_channels<C: PubSubConn>(
+    conn: &mut C,
+    channels: &mut Channels,
+    io_timeout: Duration,
+) -> Result<(), String> {
     let add: Vec<String> = channels
         .wanted
         .difference(&channels.active)
@@ -255,14 +259,14 @@ async fn sync_channels<C: PubSubConn>(conn: &mut C, channels: &mut Channels) -> 
         .cloned()
         .collect();
     if !add.is_empty() {
-        match tokio::time::timeout(IO_TIMEOUT, conn.subscribe(add.clone())).await {
+        match tokio::time::timeout(io_timeout, conn.subscribe(add.clone())).await {
             Ok(Ok(())) => channels.active.extend(add),
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err("SUBSCRIBE timed out".into()),
         }
     }
     if !remove.is_empty() {
-        match tokio::time::timeout(IO_TIMEOUT, conn.unsubscribe(remove.clone())).await {
+        match tokio::time::timeout(io_timeout, conn.unsubscribe(remove.clone())).await {
             Ok(Ok(())) => {
                 for channel in &remove {
                     channels.active.remove(channel);
@@ -365,6 +369,7 @@ mod tests {
                 "nc",
                 &crate::config::HistoryConfig::default(),
                 BusCounters::default(),
+                false,
             ));
             let (conns, next) = mpsc::unbounded_channel();
             let (commands, commands_rx) = mpsc::unbounded_channel();
@@ -445,7 +450,7 @@ mod tests {
             .await;
         assert_eq!(
             *ops.lock(),
-            vec![Op::Subscribe(vec!["nc:u:u1".into(), "nc:u:u2".into()])],
+            vec![Op::Subscribe(vec!["nc:u:{u1}".into(), "nc:u:{u2}".into()])],
             "one SUBSCRIBE for a burst, each channel once"
         );
 
@@ -458,7 +463,7 @@ mod tests {
         .await;
         assert_eq!(
             ops.lock().last(),
-            Some(&Op::Unsubscribe(vec!["nc:u:u1".into()]))
+            Some(&Op::Unsubscribe(vec!["nc:u:{u1}".into()]))
         );
         assert_eq!(ops.lock().len(), 2);
         h.stop.cancel();
@@ -488,9 +493,9 @@ mod tests {
         assert_eq!(
             *ops2.lock(),
             vec![Op::Subscribe(vec![
-                "nc:u:u1".into(),
-                "nc:u:u2".into(),
-                "nc:u:u3".into()
+                "nc:u:{u1}".into(),
+                "nc:u:{u2}".into(),
+                "nc:u:{u3}".into()
             ])]
         );
         assert_eq!(h.shared.counters.reconnects.get(), 1);
