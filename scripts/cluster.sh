@@ -14,6 +14,11 @@
 #   PROM_PORT=9090 REDIS_EXPORTER_PORT=9121 NGINX_EXPORTER_PORT=9113
 #   NGINX_STATUS_PORT=8081 LOAD_METRICS_PORT=9464 PROM_SCRAPE=5s
 #   BIND=127.0.0.1 CLUSTER_DIR=.cluster NAVCAST_BUS_TOPOLOGY=broadcast
+#   REDIS_SHARDS=0: one redis-server on REDIS_PORT. REDIS_SHARDS=N (≥ 1)
+#   runs a Redis Cluster instead: N masters and N replicas on ports
+#   REDIS_PORT … REDIS_PORT+2N-1 (cluster bus ports 10000 higher), joined
+#   with `redis-cli --cluster create`; the nodes get NAVCAST_REDIS_MODE=
+#   cluster, every server as a seed, and the targeted bus (sharded pub/sub).
 #   TLS_CERT/TLS_KEY (default: a generated dev certificate)
 #   NODE_BIN (default: target/release/navcast, built when missing or stale)
 #   LOGIN_LIMITS=load (default) lifts the per-address login limits: the load
@@ -27,6 +32,7 @@ ROOT=$PWD
 NODES=${NODES:-3}
 NODE_BASE_PORT=${NODE_BASE_PORT:-9001}
 REDIS_PORT=${REDIS_PORT:-6380}
+REDIS_SHARDS=${REDIS_SHARDS:-0}
 HTTP_PORT=${HTTP_PORT:-8080}
 HTTPS_PORT=${HTTPS_PORT:-8443}
 NGINX_STATUS_PORT=${NGINX_STATUS_PORT:-8081}
@@ -78,6 +84,51 @@ wait_for() { # url what [curl args]
   return 1
 }
 
+redis_cluster_ports() {
+  seq "$REDIS_PORT" $((REDIS_PORT + 2 * REDIS_SHARDS - 1))
+}
+
+# A Redis Cluster of REDIS_SHARDS masters, each with one replica; every
+# server with its append-only file in its own directory. Created once: a
+# cluster that is up and healthy is kept.
+redis_cluster_up() {
+  if [ "${NAVCAST_BUS_TOPOLOGY:-targeted}" != targeted ]; then
+    echo "cluster: REDIS_SHARDS needs the targeted bus (NAVCAST_BUS_TOPOLOGY=targeted): broadcast is classic pub/sub, copied to every shard" >&2
+    exit 2
+  fi
+  command -v redis-cli >/dev/null || { echo "cluster: redis-cli missing: apt-get install -y redis-tools" >&2; exit 1; }
+  local p
+  for p in $(redis_cluster_ports); do
+    alive "$RUN/redis-$p.pid" && continue
+    mkdir -p "$DIR/redis-cluster/$p"
+    redis-server --bind 127.0.0.1 --port "$p" --save "" \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+      --appendonly yes --appendfsync everysec \
+      --dir "$DIR/redis-cluster/$p" --daemonize yes --pidfile "$RUN/redis-$p.pid" \
+      --logfile "$LOGS/redis-$p.log" >/dev/null
+  done
+  for p in $(redis_cluster_ports); do
+    for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  if ! redis-cli -p "$REDIS_PORT" cluster info | grep -q '^cluster_state:ok'; then
+    local addrs=()
+    for p in $(redis_cluster_ports); do addrs+=("127.0.0.1:$p"); done
+    if [ "$(redis-cli -p "$REDIS_PORT" cluster info | grep '^cluster_known_nodes:' | tr -dc 0-9)" = 1 ]; then
+      redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$LOGS/redis-cluster-create.log"
+    fi
+    local ok=0
+    for _ in $(seq 150); do
+      ok=1
+      for p in $(redis_cluster_ports); do
+        redis-cli -p "$p" cluster info | grep -q '^cluster_state:ok' || { ok=0; break; }
+      done
+      [ $ok = 1 ] && break
+      sleep 0.2
+    done
+    [ $ok = 1 ] || { echo "cluster: the Redis Cluster did not reach cluster_state:ok (see $LOGS/redis-*.log)" >&2; exit 1; }
+  fi
+}
+
 up() {
   need
   mkdir -p "$RUN" "$LOGS" "$TMP" "$DIR/redis"
@@ -88,7 +139,13 @@ up() {
   [ -s "$DIR/jwt_secret" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DIR/jwt_secret"
   chmod 600 "$DIR/jwt_secret"
 
-  if ! alive "$RUN/redis.pid"; then
+  local redis_env=(NAVCAST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT)
+  if [ "$REDIS_SHARDS" -gt 0 ]; then
+    redis_cluster_up
+    local seeds=""
+    for p in $(redis_cluster_ports); do seeds+="${seeds:+,}redis://127.0.0.1:$p"; done
+    redis_env=(NAVCAST_REDIS_URL="$seeds" NAVCAST_REDIS_MODE=cluster NAVCAST_BUS_TOPOLOGY=targeted)
+  elif ! alive "$RUN/redis.pid"; then
     # Append-only file, fsynced every second, in a directory that outlives
     # the process: what Redis acknowledged more than ~1 s before a crash
     # survives it (accounts, refresh tokens, shares, routes).
@@ -109,7 +166,7 @@ up() {
     # nginx (on loopback) names the client in X-Real-IP; trust only it.
     env "${limits[@]}" NAVCAST_HTTP_TRUSTED_PROXIES=127.0.0.1 \
     NAVCAST_NODE_ID=node-$i NAVCAST_LISTEN=$BIND:$port \
-      NAVCAST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
+      "${redis_env[@]}" \
       NAVCAST_JWT_SECRET=$(cat "$DIR/jwt_secret") NAVCAST_LOG_FORMAT=json \
       nohup "$BIN" >"$LOGS/node-$i.log" 2>&1 &
     echo $! > "$RUN/node-$i.pid"
@@ -142,7 +199,9 @@ up() {
   wait_for "http://$BIND:$HTTP_PORT/health" "nginx (http)"
   wait_for "https://$BIND:$HTTPS_PORT/health" "nginx (https)" --cacert "$cert"
   [ "${MONITORING:-0}" = 1 ] && monitoring_up
-  echo "cluster up: redis 127.0.0.1:$REDIS_PORT, $NODES nodes on $BIND:$NODE_BASE_PORT…"
+  local redis_desc="redis 127.0.0.1:$REDIS_PORT"
+  [ "$REDIS_SHARDS" -gt 0 ] && redis_desc="redis cluster of $REDIS_SHARDS shards on 127.0.0.1:$REDIS_PORT…$((REDIS_PORT + 2 * REDIS_SHARDS - 1))"
+  echo "cluster up: $redis_desc, $NODES nodes on $BIND:$NODE_BASE_PORT…"
   echo "  wss://$BIND:$HTTPS_PORT/api/v1/ws/{user_id}   (CA file: $cert)"
   echo "  https://$BIND:$HTTPS_PORT/api/v1/auth/login"
   echo "  http://$BIND:$HTTP_PORT/health"
@@ -226,12 +285,15 @@ down() {
     [ -e "$f" ] && stop_pid "$f" "$(basename "$f" .pid)"
   done
   stop_pid "$RUN/redis.pid" redis
+  for f in "$RUN"/redis-[0-9]*.pid; do
+    [ -e "$f" ] && stop_pid "$f" "$(basename "$f" .pid)"
+  done
   return 0
 }
 
 status() {
   local rc=0 line
-  for f in "$RUN"/redis.pid "$RUN"/node-*.pid "$RUN"/nginx.pid "$RUN"/prometheus.pid \
+  for f in "$RUN"/redis.pid "$RUN"/redis-[0-9]*.pid "$RUN"/node-*.pid "$RUN"/nginx.pid "$RUN"/prometheus.pid \
            "$RUN"/redis-exporter.pid "$RUN"/nginx-exporter.pid; do
     [ -e "$f" ] || continue
     local name; name=$(basename "$f" .pid)

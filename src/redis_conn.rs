@@ -160,10 +160,16 @@ impl Connection {
     ) -> RedisResult<Connection> {
         match target {
             Target::Single(client) => Connection::new(client.clone(), health),
-            Target::Cluster(seeds) => Ok(Connection(
-                Link::Cluster(cluster_connection(seeds, retry)?),
-                health,
-            )),
+            // No fail-fast gate on a cluster: the watchdog's key lives on
+            // one shard, and while that shard fails over the others still
+            // answer. Each command is bounded by `retry` instead.
+            Target::Cluster(seeds) => {
+                drop(health);
+                Ok(Connection(
+                    Link::Cluster(cluster_connection(seeds, retry)?),
+                    None,
+                ))
+            }
         }
     }
 

@@ -741,8 +741,8 @@ fn spawn_redis(port: u16, dir: &Path) -> Child {
 }
 
 /// A real Redis Cluster on loopback: `masters` masters with one replica
-/// each (`redis-server --cluster-enabled yes`, joined with `redis-cli
-/// --cluster create`), each server in its own directory with an
+/// each (`redis-server --cluster-enabled yes`, joined with `CLUSTER
+/// ADDSLOTSRANGE`/`MEET`/`REPLICATE`), each server in its own directory with an
 /// append-only file, and a 2 s `cluster-node-timeout` so a failover takes
 /// seconds. Killed on drop.
 pub struct RedisCluster {
@@ -754,10 +754,10 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     /// Starts `2 × masters` servers, creates the cluster and waits until
-    /// every server reports `cluster_state:ok` and knows all its nodes.
+    /// every server reports `cluster_state:ok` and every replica is in
+    /// sync.
     pub async fn start(masters: usize) -> RedisCluster {
         require_redis_server();
-        require_tool("redis-cli", REDIS_MISSING);
         let n = masters * 2;
         let offsets: Vec<u16> = (0..n as u16)
             .chain((0..n as u16).map(|o| o + 10_000))
@@ -780,22 +780,42 @@ impl RedisCluster {
             })
             .await;
         }
-        let mut create = Command::new("redis-cli");
-        create.args(["--cluster", "create"]);
-        for port in &ports {
-            create.arg(format!("127.0.0.1:{port}"));
+        // Joined by hand rather than with `redis-cli --cluster create`,
+        // which refuses fewer than 3 masters: slots split evenly over the
+        // masters, everyone meets the first server, replica i follows
+        // master i.
+        for (i, &port) in ports[..masters].iter().enumerate() {
+            let first = i * 16384 / masters;
+            let last = (i + 1) * 16384 / masters - 1;
+            let (first, last) = (first.to_string(), last.to_string());
+            let ok = cluster_command(port, &["CLUSTER", "ADDSLOTSRANGE", &first, &last]).await;
+            assert_eq!(ok, "OK", "CLUSTER ADDSLOTSRANGE on {port}");
         }
-        let out = create
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("redis-cli runs");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let first = ports[0].to_string();
+        for &port in &ports[1..] {
+            let ok = cluster_command(port, &["CLUSTER", "MEET", "127.0.0.1", &first]).await;
+            assert_eq!(ok, "OK", "CLUSTER MEET from {port}");
+        }
+        for &port in &ports {
+            poll_until(
+                "every cluster server knows every other",
+                WAIT * 3,
+                async || {
+                    cluster_command(port, &["CLUSTER", "INFO"])
+                        .await
+                        .contains(&format!("cluster_known_nodes:{n}"))
+                },
+            )
+            .await;
+        }
+        for i in 0..masters {
+            let id = cluster_command(ports[i], &["CLUSTER", "MYID"]).await;
+            let replica = ports[masters + i];
+            poll_until("a replica follows its master", WAIT * 3, async || {
+                cluster_command(replica, &["CLUSTER", "REPLICATE", &id]).await == "OK"
+            })
+            .await;
+        }
         for &port in &ports {
             poll_until(
                 "every cluster server reports state ok",
@@ -803,9 +823,17 @@ impl RedisCluster {
                 async || {
                     let info = cluster_command(port, &["CLUSTER", "INFO"]).await;
                     info.contains("cluster_state:ok")
-                        && info.contains(&format!("cluster_known_nodes:{n}"))
+                        && info.contains(&format!("cluster_size:{masters}"))
                 },
             )
+            .await;
+        }
+        for &replica in &ports[masters..] {
+            poll_until("every replica is in sync", WAIT * 3, async || {
+                cluster_command(replica, &["INFO", "replication"])
+                    .await
+                    .contains("master_link_status:up")
+            })
             .await;
         }
         cluster

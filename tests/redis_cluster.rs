@@ -225,6 +225,12 @@ async fn a_killed_master_is_replaced_and_fanout_accounts_and_streams_carry_on() 
         .await;
     }
     let recovered_ms = killed_at.elapsed().as_millis();
+    for node in &nodes {
+        poll_until("every node is ready again", WAIT * 3, async || {
+            node.ready_status().await == 200
+        })
+        .await;
+    }
 
     // After the failover, every rider's events flow again.
     for w in pairs.iter_mut() {
