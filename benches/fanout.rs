@@ -12,6 +12,11 @@
 //! - the bus messages each node received from other nodes, in `broadcast`
 //!   and `targeted` topologies.
 //!
+//! `FANOUT_REDIS_SHARDS=1,3` runs the targeted topology on a Redis Cluster
+//! of each size instead (masters plus one replica each, `redis_mode =
+//! "cluster"`, sharded pub/sub) and prints how the `SPUBLISH`es split over
+//! the masters.
+//!
 //! It prints figures; it asserts nothing. Clients and nodes share this
 //! process and the machine's cores, so the latency includes the clients'
 //! own scheduling.
@@ -23,8 +28,10 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use navcast::Config;
-use navcast::config::BusTopology;
-use navcast::testing::{Account, Client, RedisServer, TestNode, register_and_login, test_config};
+use navcast::config::{BusTopology, RedisMode};
+use navcast::testing::{
+    Account, Client, RedisCluster, RedisServer, TestNode, register_and_login, test_config,
+};
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -57,10 +64,11 @@ fn phases() -> Vec<(u64, u64)> {
     }
 }
 
-fn node_config(redis_url: &str, name: &str, topology: BusTopology) -> Config {
+fn node_config(redis_url: &str, mode: RedisMode, name: &str, topology: BusTopology) -> Config {
     let mut c = test_config();
     c.node_id = name.to_string();
     c.redis_url = Some(redis_url.to_string());
+    c.redis_mode = mode;
     c.ws.rate_per_s = 10_000.0;
     c.ws.rate_burst = 10_000.0;
     c.bus.topology = topology;
@@ -122,6 +130,7 @@ fn sent_at(text: &str) -> Option<u64> {
 
 struct Figures {
     topology: BusTopology,
+    label: String,
     phases: Vec<PhaseFigures>,
 }
 
@@ -135,11 +144,16 @@ struct PhaseFigures {
     gaps: u64,
 }
 
-async fn run_topology(redis_url: &str, topology: BusTopology) -> Figures {
+async fn run_topology(
+    redis_url: &str,
+    mode: RedisMode,
+    topology: BusTopology,
+    label: String,
+) -> Figures {
     let mut nodes = Vec::new();
     for i in 0..NODES {
         let name = format!("node-{}", (b'a' + i as u8) as char);
-        nodes.push(start_node(node_config(redis_url, &name, topology)).await);
+        nodes.push(start_node(node_config(redis_url, mode, &name, topology)).await);
     }
     let http = reqwest::Client::new();
     let riders = riders();
@@ -228,6 +242,7 @@ async fn run_topology(redis_url: &str, topology: BusTopology) -> Figures {
 
     let mut figures = Figures {
         topology,
+        label,
         phases: Vec::new(),
     };
     let phases: Vec<(u64, u64)> = std::iter::once(WARMUP).chain(measured).collect();
@@ -304,7 +319,7 @@ fn print(figures: &[Figures]) {
     );
     println!();
     println!(
-        "{:<10} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8} {:>6}",
+        "{:<12} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8} {:>6}",
         "topology",
         "rate/s",
         "sent",
@@ -322,8 +337,8 @@ fn print(figures: &[Figures]) {
         for p in &f.phases {
             let [remote, local] = &p.hist;
             println!(
-                "{:<10} {:>7} {:>8} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.2}   {:>8.2} {:>9.2} {:>8} {:>6}",
-                format!("{:?}", f.topology).to_lowercase(),
+                "{:<12} {:>7} {:>8} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.2}   {:>8.2} {:>9.2} {:>8} {:>6}",
+                f.label,
                 p.rate,
                 p.sent,
                 p.received[0] + p.received[1],
@@ -345,14 +360,16 @@ fn print(figures: &[Figures]) {
         let p = f.phases.last().unwrap();
         let total: u64 = p.bus_received.iter().sum();
         println!(
-            "  {:<10} {:?} total {total} ({:.0}/s per node)",
-            format!("{:?}", f.topology).to_lowercase(),
+            "  {:<12} {:?} total {total} ({:.0}/s per node)",
+            f.label,
             p.bus_received,
             total as f64 / NODES as f64 / phases().last().unwrap().1 as f64
         );
         per_topology.push(total);
     }
-    if let ([broadcast, targeted], [first, ..]) = (&per_topology[..], figures) {
+    if let ([broadcast, targeted], [first, second]) = (&per_topology[..], figures)
+        && first.topology != second.topology
+    {
         let (broadcast, targeted) = if first.topology == BusTopology::Broadcast {
             (*broadcast, *targeted)
         } else {
@@ -383,6 +400,42 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
+        if let Ok(shards) = std::env::var("FANOUT_REDIS_SHARDS") {
+            let mut figures = Vec::new();
+            let mut splits = Vec::new();
+            for n in shards
+                .split(',')
+                .filter_map(|n| n.trim().parse::<usize>().ok())
+            {
+                let cluster = RedisCluster::start(n).await;
+                let label = format!("cluster x{n}");
+                figures.push(
+                    run_topology(
+                        &cluster.seeds(),
+                        RedisMode::Cluster,
+                        BusTopology::Targeted,
+                        label.clone(),
+                    )
+                    .await,
+                );
+                let mut per_master = Vec::new();
+                for m in cluster.masters().await {
+                    per_master.push(cluster.calls(m, "spublish").await);
+                }
+                splits.push((label, per_master));
+            }
+            print(&figures);
+            println!("SPUBLISH per master over the whole run:");
+            for (label, per_master) in splits {
+                let total: u64 = per_master.iter().sum();
+                let shares: Vec<String> = per_master
+                    .iter()
+                    .map(|n| format!("{:.1} %", 100.0 * *n as f64 / total.max(1) as f64))
+                    .collect();
+                println!("  {label:<12} {per_master:?} = {}", shares.join(" / "));
+            }
+            return;
+        }
         let redis = RedisServer::start().await;
         let mut figures = Vec::new();
         // `FANOUT_TOPOLOGIES=targeted,broadcast` changes the order or picks one.
@@ -398,7 +451,8 @@ fn main() {
             Err(_) => vec![BusTopology::Broadcast, BusTopology::Targeted],
         };
         for topology in topologies {
-            figures.push(run_topology(&redis.url(), topology).await);
+            let label = format!("{topology:?}").to_lowercase();
+            figures.push(run_topology(&redis.url(), RedisMode::Single, topology, label).await);
         }
         print(&figures);
     });

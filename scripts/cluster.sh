@@ -16,8 +16,8 @@
 #   BIND=127.0.0.1 CLUSTER_DIR=.cluster NAVCAST_BUS_TOPOLOGY=broadcast
 #   REDIS_SHARDS=0: one redis-server on REDIS_PORT. REDIS_SHARDS=N (≥ 1)
 #   runs a Redis Cluster instead: N masters and N replicas on ports
-#   REDIS_PORT … REDIS_PORT+2N-1 (cluster bus ports 10000 higher), joined
-#   with `redis-cli --cluster create`; the nodes get NAVCAST_REDIS_MODE=
+#   REDIS_PORT … REDIS_PORT+2N-1 (cluster bus ports 10000 higher), each
+#   with its append-only file; the nodes get NAVCAST_REDIS_MODE=
 #   cluster, every server as a seed, and the targeted bus (sharded pub/sub).
 #   TLS_CERT/TLS_KEY (default: a generated dev certificate)
 #   NODE_BIN (default: target/release/navcast, built when missing or stale)
@@ -111,15 +111,34 @@ redis_cluster_up() {
     for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
   done
   if ! redis-cli -p "$REDIS_PORT" cluster info | grep -q '^cluster_state:ok'; then
-    local addrs=()
-    for p in $(redis_cluster_ports); do addrs+=("127.0.0.1:$p"); done
+    local ports; ports=($(redis_cluster_ports))
     if [ "$(redis-cli -p "$REDIS_PORT" cluster info | grep '^cluster_known_nodes:' | tr -dc 0-9)" = 1 ]; then
-      redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$LOGS/redis-cluster-create.log"
+      # Joined by hand (redis-cli --cluster create wants 3 masters or
+      # more): slots split evenly over the masters, everyone meets the
+      # first server, the server after the masters follows master i.
+      local i
+      for i in $(seq 0 $((REDIS_SHARDS - 1))); do
+        redis-cli -p "${ports[$i]}" cluster addslotsrange $((i * 16384 / REDIS_SHARDS)) $(((i + 1) * 16384 / REDIS_SHARDS - 1)) >/dev/null
+      done
+      for p in "${ports[@]:1}"; do redis-cli -p "$p" cluster meet 127.0.0.1 "$REDIS_PORT" >/dev/null; done
+      for p in "${ports[@]}"; do
+        for _ in $(seq 100); do
+          [ "$(redis-cli -p "$p" cluster info | grep '^cluster_known_nodes:' | tr -dc 0-9)" = $((2 * REDIS_SHARDS)) ] && break
+          sleep 0.1
+        done
+      done
+      for i in $(seq 0 $((REDIS_SHARDS - 1))); do
+        local id; id=$(redis-cli -p "${ports[$i]}" cluster myid)
+        for _ in $(seq 100); do
+          [ "$(redis-cli -p "${ports[$((REDIS_SHARDS + i))]}" cluster replicate "$id")" = OK ] && break
+          sleep 0.1
+        done
+      done
     fi
     local ok=0
     for _ in $(seq 150); do
       ok=1
-      for p in $(redis_cluster_ports); do
+      for p in "${ports[@]}"; do
         redis-cli -p "$p" cluster info | grep -q '^cluster_state:ok' || { ok=0; break; }
       done
       [ $ok = 1 ] && break
@@ -301,7 +320,7 @@ status() {
     if [[ $name == node-* ]] && alive "$f"; then
       local port=$((NODE_BASE_PORT + ${name#node-} - 1))
       local s; s=$(curl -s "http://$BIND:$port/stats" || true)
-      line+=" ready=$(curl -s -o /dev/null -w '%{http_code}' "http://$BIND:$port/ready") sessions=$(echo "$s" | grep -o '"sessions":[0-9]*' | head -1 | cut -d: -f2)"
+      line+=" ready=$(curl -s -o /dev/null -w '%{http_code}' "http://$BIND:$port/ready" || true) sessions=$(echo "$s" | grep -o '"sessions":[0-9]*' | head -1 | cut -d: -f2 || true)"
     fi
     echo "$line"
   done

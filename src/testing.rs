@@ -912,13 +912,14 @@ impl RedisCluster {
         masters
     }
 
-    /// `INFO stats`'s `field` of the server on `port` (e.g.
-    /// `total_commands_processed`), or 0.
-    pub async fn stat(&self, port: u16, field: &str) -> u64 {
-        let info = cluster_command(port, &["INFO", "stats"]).await;
+    /// How often the server on `port` ran `command` (`cmdstat_<command>`
+    /// of `INFO commandstats`, calls made by scripts included), or 0.
+    pub async fn calls(&self, port: u16, command: &str) -> u64 {
+        let info = cluster_command(port, &["INFO", "commandstats"]).await;
         info.lines()
-            .find_map(|l| l.strip_prefix(&format!("{field}:")))
-            .and_then(|v| v.trim().parse().ok())
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     }
 

@@ -32,23 +32,6 @@ async fn nodes_on(cluster: &RedisCluster, n: usize) -> Vec<TestNode> {
     nodes
 }
 
-/// `cmdstat_<command>`'s calls on the server on `port` (commands run by
-/// scripts included), or 0.
-async fn calls(port: u16, command: &str) -> u64 {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 fn is_nav_event(reply: &Value) -> bool {
     [
         "route_calculated",
@@ -79,7 +62,7 @@ async fn sharded_fanout_reaches_guardians_on_other_nodes_and_splits_over_the_sha
     assert_eq!(masters.len(), 3);
     let mut before = Vec::new();
     for &m in &masters {
-        before.push(calls(m, "spublish").await);
+        before.push(cluster.calls(m, "spublish").await);
     }
 
     let mut events = 0u64;
@@ -117,8 +100,12 @@ async fn sharded_fanout_reaches_guardians_on_other_nodes_and_splits_over_the_sha
 
     let mut per_shard = Vec::new();
     for (i, &m) in masters.iter().enumerate() {
-        per_shard.push(calls(m, "spublish").await - before[i]);
-        assert_eq!(calls(m, "publish").await, 0, "no classic pub/sub on {m}");
+        per_shard.push(cluster.calls(m, "spublish").await - before[i]);
+        assert_eq!(
+            cluster.calls(m, "publish").await,
+            0,
+            "no classic pub/sub on {m}"
+        );
     }
     eprintln!("SPUBLISH per shard for {events} events: {per_shard:?}");
     assert_eq!(per_shard.iter().sum::<u64>(), events, "{per_shard:?}");
@@ -196,7 +183,7 @@ async fn a_killed_master_is_replaced_and_fanout_accounts_and_streams_carry_on() 
     // The master with the most riders' traffic dies.
     let mut busiest = (0, 0);
     for m in cluster.masters().await {
-        let n = calls(m, "spublish").await;
+        let n = cluster.calls(m, "spublish").await;
         if n > busiest.1 {
             busiest = (m, n);
         }
