@@ -33,6 +33,11 @@ impl Cluster {
     }
 
     fn up() -> Cluster {
+        Cluster::up_with(&[])
+    }
+
+    /// [`Cluster::up`] with more settings for `cluster.sh`.
+    fn up_with(extra: &[(&str, &str)]) -> Cluster {
         require_tool("redis-server", "apt-get install -y redis-server");
         require_tool("nginx", "apt-get install -y nginx");
         require_tool("openssl", "apt-get install -y openssl");
@@ -55,6 +60,8 @@ impl Cluster {
             ("NAVCAST_AUTH_ARGON2_MEMORY_KIB".into(), "1024".into()),
             ("NAVCAST_AUTH_ARGON2_ITERATIONS".into(), "1".into()),
         ];
+        let mut env = env;
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut cluster = Cluster {
             ca: dir.path().join("tls/cert.pem"),
             dir,
@@ -489,4 +496,55 @@ async fn client_address_and_request_id_reach_the_node_through_nginx() {
     })
     .await;
     drop(rider);
+}
+
+/// `REDIS_SHARDS=3 scripts/cluster.sh up`: three nodes behind nginx on a
+/// Redis Cluster of 3 masters and 3 replicas. A guardian on another node
+/// gets a rider's events over sharded pub/sub, and `down` stops all six
+/// Redis servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_sh_runs_the_nodes_on_a_sharded_redis_cluster() {
+    require_tool("redis-cli", "apt-get install -y redis-tools");
+    let offsets: Vec<u16> = (0..6).chain(10_000..10_006).collect();
+    let redis_port = free_ports_at(&offsets).to_string();
+    let c = Cluster::up_with(&[("REDIS_SHARDS", "3"), ("REDIS_PORT", &redis_port)]);
+    let base: u16 = redis_port.parse().unwrap();
+    let redis_pids: Vec<i32> = (base..base + 6)
+        .map(|p| {
+            let file = c.dir.path().join(format!("run/redis-{p}.pid"));
+            std::fs::read_to_string(file)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+
+    let (rider, rider_token) = c.account().await;
+    let (guardian, guardian_token) = c.account().await;
+    let mut r = c.connect(&rider, &rider_token).await;
+    let mut g = connect_elsewhere(&c, &guardian, &guardian_token, r.node_id()).await;
+    navcast::testing::share_and_watch(&mut r, &mut g, &rider, &guardian).await;
+    let calc = r
+        .request(json!({"type": "start_navigation", "origin": "강남", "destination": "잠실"}))
+        .await;
+    assert_eq!(calc["type"], "route_calculated", "{calc}");
+    let ev = g.pushed_of("peer_event").await;
+    assert_eq!(ev["user_id"], rider.as_str(), "{ev}");
+    assert_eq!(ev["event"]["type"], "route_calculated", "{ev}");
+    assert_eq!(ev["offset"], 1, "{ev}");
+
+    let out = c.script("status");
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(status.matches("redis-").count(), 6, "{status}");
+    let out = c.script("down");
+    assert!(out.status.success());
+    for pid in redis_pids {
+        poll_until(
+            "cluster.sh down stops every Redis server",
+            WAIT,
+            async || !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        )
+        .await;
+    }
 }
