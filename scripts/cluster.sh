@@ -6,6 +6,9 @@
 #   NODES=3 NODE_BASE_PORT=9001 REDIS_PORT=6380 HTTP_PORT=8080 HTTPS_PORT=8443
 #   NGINX_WORKERS=2 NGINX_WORKER_CONNECTIONS=9000 (a worker carries half as
 #   many wss sessions: each holds the client's and the node's connection)
+#   NGINX_UPSTREAM_SOURCES=0 (N > 0: nginx reaches the nodes from 127.0.1.1 …
+#   127.0.1.N; past ~14 000 connections from one address to one node the
+#   kernel's source-port search costs nginx its CPU)
 #   MONITORING=1 also starts Prometheus (Debian package `prometheus`)
 #   scraping the nodes, Redis (prometheus-redis-exporter), nginx
 #   (stub_status through prometheus-nginx-exporter) and a running
@@ -193,17 +196,29 @@ up() {
 
   local cert=${TLS_CERT:-$TLS/cert.pem} key=${TLS_KEY:-$TLS/key.pem}
   [ -n "${TLS_CERT:-}" ] || scripts/dev-cert.sh "$TLS" >/dev/null
-  local upstreams=""
+  local upstreams="" sources=""
   for i in $(seq 1 "$NODES"); do
     upstreams+="        server $BIND:$((NODE_BASE_PORT + i - 1)) max_fails=2 fail_timeout=5s;"$'\n'
   done
+  # NGINX_UPSTREAM_SOURCES=N: nginx connects to the nodes from 127.0.1.1 …
+  # 127.0.1.N, one per client connection (see the template); 0 = the
+  # kernel's choice of one address.
+  local n=${NGINX_UPSTREAM_SOURCES:-0}
+  if [ "$n" -gt 0 ]; then
+    for i in $(seq 1 $((n - 1))); do
+      sources+="        $(awk -v n="$n" 'BEGIN { printf "%.2f", 100 / n }')% 127.0.1.$i;"$'\n'
+    done
+    sources+="        * 127.0.1.$n;"$'\n'
+  else
+    sources='        * "";'$'\n'
+  fi
   sed -e "s#@@RUN@@#$RUN#g" -e "s#@@LOGS@@#$LOGS#g" -e "s#@@TMP@@#$TMP#g" \
       -e "s#@@BIND@@#$BIND#g" -e "s#@@HTTP_PORT@@#$HTTP_PORT#g" \
       -e "s#@@HTTPS_PORT@@#$HTTPS_PORT#g" -e "s#@@TLS_CERT@@#$cert#g" \
       -e "s#@@TLS_KEY@@#$key#g" -e "s#@@WORKERS@@#${NGINX_WORKERS:-2}#g" \
       -e "s#@@STATUS_LISTEN@@#127.0.0.1:$NGINX_STATUS_PORT#g" \
       -e "s#@@WORKER_CONNECTIONS@@#${NGINX_WORKER_CONNECTIONS:-9000}#g" nginx/navcast.conf.template \
-    | awk -v ups="$upstreams" '/@@UPSTREAMS@@/ { printf "%s", ups; next } { print }' \
+    | awk -v ups="$upstreams" -v src="$sources" '/@@UPSTREAMS@@/ { printf "%s", ups; next } /@@UPSTREAM_SOURCES@@/ { printf "%s", src; next } { print }' \
     > "$DIR/nginx.conf"
   nginx -t -q -c "$DIR/nginx.conf" -p "$DIR" -g "error_log $LOGS/nginx-error.log;"
   if alive "$RUN/nginx.pid"; then

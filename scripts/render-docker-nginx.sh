@@ -12,6 +12,7 @@ render() {
   | sed -e 's#@@WORKERS@@#2#g' -e 's#@@WORKER_CONNECTIONS@@#9000#g' -e 's#@@STATUS_LISTEN@@#8081#g' -e 's#@@RUN@@#/var/run#g' -e 's#@@LOGS@@#/var/log/nginx#g' -e 's#@@TMP@@#/var/cache/nginx#g' \
         -e 's#@@BIND@@#0.0.0.0#g' -e 's#@@HTTP_PORT@@#8080#g' -e 's#@@HTTPS_PORT@@#8443#g' \
         -e 's#@@TLS_CERT@@#/etc/nginx/tls/cert.pem#g' -e 's#@@TLS_KEY@@#/etc/nginx/tls/key.pem#g' \
+  | awk '/@@UPSTREAM_SOURCES@@/ { print "        * \"\";"; next } { print }' \
   | awk '/@@UPSTREAMS@@/ { print "        # Every replica of the compose service, resolved when nginx starts."; print "        server navcast:8080 max_fails=2 fail_timeout=5s;"; next } { print }'
 }
 if [ "${1:-}" = "--check" ]; then

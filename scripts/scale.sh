@@ -9,10 +9,16 @@
 # The limits it plans around: a process may open 20 000 files; a proxied
 # session holds two in one nginx worker (client and node); a node holds up
 # to ~19 000 sessions; one source address reaches one nginx port ~28 000
-# times (the ephemeral range). As root it raises nf_conntrack_max when
+# times (the ephemeral range), and past ~14 000 connections to one
+# destination the kernel's source-port search gets expensive (Linux tries
+# even ports first), so nginx reaches the nodes from several addresses. As root it raises nf_conntrack_max when
 # the connection count needs it. The cluster is private to the run (own
 # ports and directory) and is taken down on exit, ctrl-c included.
-# Settings: SCALE_PORT_BASE=9600, REPORT_DIR=reports, NODE_BIN / LOAD_BIN.
+# Settings: SCALE_PORT_BASE=9600, REPORT_DIR=reports, NODE_BIN / LOAD_BIN,
+# SCALE_KEEP=1 (keep the cluster's logs and the samples after the run).
+# samples.txt has one line per 5 s: time, sessions, nodes' RSS KiB, nginx's
+# RSS KiB, then the kernel's TCP sockets in use, TIME_WAIT, and TCP memory
+# in pages (/proc/net/sockstat; compare with net.ipv4.tcp_mem).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=${1:-100000}
@@ -20,21 +26,39 @@ TIME_SCALE=${2:-1.0}
 SESSIONS=$(( USERS + USERS / 100 + 1 ))
 # Nodes: at most 16 000 sessions each (headroom under ~19 000).
 NODES=$(( (SESSIONS + 15999) / 16000 )); [ "$NODES" -lt 2 ] && NODES=2
-# nginx: 18 000 connections per worker = 9 000 sessions.
-WORKERS=$(( (SESSIONS + 8999) / 9000 )); [ "$WORKERS" -lt 2 ] && WORKERS=2
+# nginx: 18 000 connections per worker = 9 000 sessions, but the kernel
+# spreads connections over the workers' reuseport sockets by hash, not
+# evenly, and logins need connections too: plan 6 000 sessions a worker
+# (at 8 600 a worker, one ran out of worker_connections and the upstreams
+# were marked down).
+WORKERS=$(( (SESSIONS + 5999) / 6000 )); [ "$WORKERS" -lt 2 ] && WORKERS=2
 # Client processes: at most 16 000 sockets each.
 PROCESSES=$(( (SESSIONS + 15999) / 16000 ))
 # Source addresses: at most 20 000 connections each to nginx's port.
 ADDRS=$(( (SESSIONS + 19999) / 20000 + 1 ))
+# nginx's sources towards the nodes: at most ~5 000 connections from one
+# address to one node, well under the ~14 000 where the kernel's search
+# for a free source port starts to eat the CPU.
+UPSTREAM_SOURCES=$(( (SESSIONS / NODES + 4999) / 5000 ))
 PORTS=${SCALE_PORT_BASE:-9600}
 WORK=$(mktemp -d)
 export CLUSTER_DIR=$WORK/cluster NODES NODE_BASE_PORT=$((PORTS + 1)) REDIS_PORT=$((PORTS + 90)) \
   HTTP_PORT=$((PORTS + 80)) HTTPS_PORT=$((PORTS + 43)) NGINX_STATUS_PORT=$((PORTS + 81)) \
-  NGINX_WORKERS=$WORKERS NGINX_WORKER_CONNECTIONS=18000 \
-  NAVCAST_AUTH_ARGON2_MEMORY_KIB=1024 NAVCAST_AUTH_ARGON2_ITERATIONS=1
+  NGINX_WORKERS=$WORKERS NGINX_WORKER_CONNECTIONS=18000 NGINX_UPSTREAM_SOURCES=$UPSTREAM_SOURCES \
+  NAVCAST_AUTH_ARGON2_MEMORY_KIB=1024 NAVCAST_AUTH_ARGON2_ITERATIONS=1 \
+  NAVCAST_WS_PING_INTERVAL=${SCALE_PING_INTERVAL:-60s} NAVCAST_WS_PONG_TIMEOUT=${SCALE_PONG_TIMEOUT:-85s}
+# The heartbeat of a city: a ping a minute per idle phone (SCALE_PING_INTERVAL;
+# the node's default is 20 s). At 100 000 sessions 20 s means 5 000 pings
+# and 5 000 pongs a second through TLS at nginx, more messages than the
+# riders' updates; a minute is what phones' radios prefer, and stays under
+# nginx's 90 s proxy_read_timeout.
 cleanup() {
   scripts/cluster.sh down >/dev/null 2>&1 || true
-  rm -rf "$WORK"
+  if [ "${SCALE_KEEP:-0}" = 1 ]; then
+    echo "scale: logs and samples kept in $WORK (cluster/logs, samples.txt, load.log)"
+  else
+    rm -rf "$WORK"
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -58,6 +82,15 @@ fi
 echo "scale: $USERS riders ($SESSIONS sessions) at time scale $TIME_SCALE: $NODES nodes, nginx with $WORKERS workers, $PROCESSES client processes over 127.0.0.2-127.0.0.$((ADDRS + 1))"
 NODE_BIN=$NODE_BIN scripts/cluster.sh up | tail -2
 
+# The riders' accounts exist before the run, as a city's do: the ramp is
+# riders logging in and connecting, not signing up.
+echo "scale: provisioning $USERS riders' accounts (not measured)"
+"$LOAD_BIN" provision --host "wss://127.0.0.1:$HTTPS_PORT" --ca-file "$CLUSTER_DIR/tls/cert.pem" \
+  --profile config/loadtest/city-100k.toml --users "$USERS" --threads 2 \
+  --provision-concurrency 64 --out "$WORK/accounts.json" > "$WORK/provision.log" 2>&1 \
+  || { cat "$WORK/provision.log"; exit 1; }
+
+
 stats=
 for i in $(seq 1 "$NODES"); do stats+="${stats:+,}http://127.0.0.1:$((NODE_BASE_PORT + i - 1))"; done
 cpu_of() { # pid → CPU seconds (user + system) of it and its children
@@ -66,6 +99,8 @@ cpu_of() { # pid → CPU seconds (user + system) of it and its children
 nginx_pids() { pgrep -P "$(cat "$CLUSTER_DIR/run/nginx.pid")"; }
 before_nodes=0
 for i in $(seq 1 "$NODES"); do before_nodes=$(awk -v a="$before_nodes" -v b="$(cpu_of "$(cat "$CLUSTER_DIR/run/node-$i.pid")")" 'BEGIN { print a + b }'); done
+before_nginx=0
+for p in $(nginx_pids); do before_nginx=$(awk -v a="$before_nginx" -v b="$(cpu_of "$p")" 'BEGIN { print a + b }'); done
 
 # Peak RSS of the nodes and of nginx, sampled while the run goes.
 sample() {
@@ -77,7 +112,7 @@ sample() {
     for i in $(seq 1 "$NODES"); do
       s=$(( s + $(curl -s "http://127.0.0.1:$((NODE_BASE_PORT + i - 1))/stats" | grep -o '"sessions":[0-9]*' | head -1 | cut -d: -f2) ))
     done
-    echo "$(date +%s) $s $n $g"
+    echo "$(date +%s) $s $n $g $(awk '/^TCP:/ { print $3, $7, $11 }' /proc/net/sockstat)"
   done
 }
 sample > "$WORK/samples.txt" &
@@ -85,6 +120,7 @@ SAMPLER=$!
 
 set +e
 "$LOAD_BIN" run --host "wss://127.0.0.1:$HTTPS_PORT" --ca-file "$CLUSTER_DIR/tls/cert.pem" \
+  --accounts "$WORK/accounts.json" \
   --profile config/loadtest/city-100k.toml --users "$USERS" --time-scale "$TIME_SCALE" \
   --processes "$PROCESSES" --source-ips "127.0.0.2-127.0.0.$((ADDRS + 1))" \
   --stats-url "$stats" --server-stats-every 10 --quiet \
@@ -97,11 +133,11 @@ cat "$WORK/load.log"
 
 after_nodes=0
 for i in $(seq 1 "$NODES"); do after_nodes=$(awk -v a="$after_nodes" -v b="$(cpu_of "$(cat "$CLUSTER_DIR/run/node-$i.pid")")" 'BEGIN { print a + b }'); done
-nginx_cpu=0
+nginx_cpu=$(awk -v b="$before_nginx" 'BEGIN { print -b }')
 for p in $(nginx_pids); do nginx_cpu=$(awk -v a="$nginx_cpu" -v b="$(cpu_of "$p")" 'BEGIN { print a + b }'); done
 # The sample with the most sessions: RSS per session of nodes and nginx.
 peak=$(sort -k2 -n "$WORK/samples.txt" | tail -1)
-read -r _ psessions pnodes pnginx <<< "${peak:-0 0 0 0}"
+read -r _ psessions pnodes pnginx _ <<< "${peak:-0 0 0 0}"
 base_nodes=$(head -1 "$WORK/samples.txt" | awk '{ print $3 }')
 python3 - "$REPORT_DIR/city-$USERS.json" "$psessions" "$pnodes" "$pnginx" "${base_nodes:-0}" \
   "$(awk -v a="$after_nodes" -v b="$before_nodes" 'BEGIN { print a - b }')" "$nginx_cpu" <<'PY'

@@ -281,6 +281,12 @@ pub struct HttpConfig {
     /// Largest request head (request line and headers). Default 16 KiB
     /// (hyper's minimum is 8 KiB).
     pub max_header_bytes: usize,
+    /// Length of the listening socket's queue of connections not yet
+    /// accepted: what a burst of connects (a reconnect storm, a proxy
+    /// opening upstream connections while the node is busy) may queue
+    /// before the kernel drops SYNs. The kernel caps it at
+    /// `net.core.somaxconn`. Default 4096.
+    pub listen_backlog: u32,
     /// Peers whose `X-Real-IP` / `X-Forwarded-For` name the client (the
     /// load balancer, e.g. `["127.0.0.1/32"]`). Anyone else's header is
     /// ignored and the peer address is the client. In the environment: a
@@ -494,6 +500,7 @@ impl Default for HttpConfig {
             max_pending: 1024,
             max_pending_per_address: 256,
             max_header_bytes: 16 * 1024,
+            listen_backlog: 4096,
             trusted_proxies: Vec::new(),
         }
     }

@@ -54,4 +54,4 @@ mod ws;
 
 pub use config::Config;
 pub use node::{AppState, Parts};
-pub use server::{run, serve};
+pub use server::{bind, run, serve};

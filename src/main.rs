@@ -19,7 +19,8 @@ async fn main() -> anyhow::Result<()> {
     navcast::telemetry::init(config.log_format, &config.log_level);
     // Every connection is a file; take all the operator allows.
     navcast::files::raise_soft_limit();
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = navcast::bind(config.listen, config.http.listen_backlog)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     navcast::run(listener, config, shutdown_signal()).await
 }
 

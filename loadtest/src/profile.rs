@@ -96,7 +96,8 @@ pub(crate) struct RiderSpec {
     /// Share of riders that navigate (start a route, send updates). The
     /// others open a session and keep it alive (answering the node's
     /// pings) without a request, as a phone with the app open and no
-    /// trip does: the idle sessions of a city-sized run.
+    /// trip does: the idle sessions of a city-sized run. A rider with a
+    /// guardian always navigates, on top of this share.
     pub(crate) navigating_share: f64,
     /// Relative weights of the timer-driven requests.
     pub(crate) mix: Mix,

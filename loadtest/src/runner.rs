@@ -540,14 +540,18 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
             _ = tokio::time::sleep_until(at) => {}
             _ = abort.cancelled() => break,
         }
+        let guardian = in_share(inc.user, share, 0);
         let p = RiderPlan {
             user: inc.user,
             incarnation: inc.incarnation,
             start: at,
             stop: start + Duration::from_secs_f64(inc.stop_s),
-            guardian: in_share(inc.user, share, 0),
+            guardian,
             deviating: in_share(inc.user, deviating, DEVIATING_PHASE),
-            navigating: in_share(inc.user, navigating, NAVIGATING_PHASE),
+            // A watched rider always navigates: its guardian is there to
+            // receive navigation events, and without them the lost-events
+            // criterion would have nothing to judge.
+            navigating: guardian || in_share(inc.user, navigating, NAVIGATING_PHASE),
         };
         tracker.spawn(rider(ctx.clone(), p));
     }

@@ -26,6 +26,19 @@ use crate::config::Config;
 use crate::node::{AppState, Parts};
 
 /// Every route of a node.
+/// The node's listening socket on `addr`, with `backlog` places for
+/// connections the node has not accepted yet (tokio's `bind` gives 1024).
+pub fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(crate::ws::router())

@@ -30,6 +30,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -68,6 +69,9 @@ pub struct RedisStore {
     create_account: Script,
     rotate_token: Script,
     heartbeat: Script,
+    /// Writes no replica confirmed, and when that was last logged (Unix s).
+    unreplicated: AtomicU64,
+    unreplicated_logged: AtomicU64,
     live: Script,
     save_progress: Script,
     remove_route: Script,
@@ -207,6 +211,8 @@ impl RedisStore {
             rotate_token: Script::new(ROTATE_TOKEN),
             heartbeat: Script::new(HEARTBEAT),
             live: Script::new(LIVE),
+            unreplicated: AtomicU64::new(0),
+            unreplicated_logged: AtomicU64::new(0),
             save_progress: Script::new(SAVE_PROGRESS),
             remove_route: Script::new(REMOVE_ROUTE),
             hit: Script::new(HIT),
@@ -228,11 +234,24 @@ impl RedisStore {
     /// confirmed in time is still kept by the master; that is logged.
     async fn replicated(&self, key: &str) {
         if let Some(0) = self.conn().replicated(key, REPLICA_WAIT).await {
-            tracing::warn!(
-                event = "redis_write_unreplicated",
-                cause = "no replica confirmed the write in time (none attached, or lagging)",
-                "an acknowledged write lives on its master only until a replica catches up"
-            );
+            let unreplicated = self.unreplicated.fetch_add(1, Ordering::Relaxed) + 1;
+            // One line per minute at most: a cluster without replicas would
+            // otherwise log every login.
+            let now = crate::clock::unix_s() as u64;
+            let last = self.unreplicated_logged.load(Ordering::Relaxed);
+            if now >= last + 60
+                && self
+                    .unreplicated_logged
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(
+                    event = "redis_write_unreplicated",
+                    cause = "no replica confirmed the write in time (none attached, or lagging)",
+                    unreplicated,
+                    "an acknowledged write lives on its master only until a replica catches up (logged once a minute; unreplicated counts them all)"
+                );
+            }
         }
     }
 
