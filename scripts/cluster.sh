@@ -17,6 +17,8 @@
 #   PROM_PORT=9090 REDIS_EXPORTER_PORT=9121 NGINX_EXPORTER_PORT=9113
 #   NGINX_STATUS_PORT=8081 LOAD_METRICS_PORT=9464 PROM_SCRAPE=5s
 #   BIND=127.0.0.1 CLUSTER_DIR=.cluster NAVCAST_BUS_TOPOLOGY=broadcast
+#   REDIS_ARGS: more redis-server flags for the single Redis (e.g.
+#   "--auto-aof-rewrite-min-size 8gb").
 #   REDIS_SHARDS=0: one redis-server on REDIS_PORT. REDIS_SHARDS=N (≥ 1)
 #   runs a Redis Cluster instead: N masters and N replicas on ports
 #   REDIS_PORT … REDIS_PORT+2N-1 (cluster bus ports 10000 higher), each
@@ -171,10 +173,11 @@ up() {
     # Append-only file, fsynced every second, in a directory that outlives
     # the process: what Redis acknowledged more than ~1 s before a crash
     # survives it (accounts, refresh tokens, shares, routes).
+    # shellcheck disable=SC2086 # REDIS_ARGS is a list of redis-server flags
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" \
       --appendonly yes --appendfsync everysec \
       --dir "$DIR/redis" --daemonize yes --pidfile "$RUN/redis.pid" \
-      --logfile "$LOGS/redis.log" >/dev/null
+      --logfile "$LOGS/redis.log" ${REDIS_ARGS:-} >/dev/null
     for _ in $(seq 50); do alive "$RUN/redis.pid" && break; sleep 0.1; done
   fi
   ulimit -n 20000 2>/dev/null || true

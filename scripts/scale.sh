@@ -46,7 +46,16 @@ export CLUSTER_DIR=$WORK/cluster NODES NODE_BASE_PORT=$((PORTS + 1)) REDIS_PORT=
   HTTP_PORT=$((PORTS + 80)) HTTPS_PORT=$((PORTS + 43)) NGINX_STATUS_PORT=$((PORTS + 81)) \
   NGINX_WORKERS=$WORKERS NGINX_WORKER_CONNECTIONS=18000 NGINX_UPSTREAM_SOURCES=$UPSTREAM_SOURCES \
   NAVCAST_AUTH_ARGON2_MEMORY_KIB=1024 NAVCAST_AUTH_ARGON2_ITERATIONS=1 \
-  NAVCAST_WS_PING_INTERVAL=${SCALE_PING_INTERVAL:-60s} NAVCAST_WS_PONG_TIMEOUT=${SCALE_PONG_TIMEOUT:-85s}
+  NAVCAST_WS_PING_INTERVAL=${SCALE_PING_INTERVAL:-60s} NAVCAST_WS_PONG_TIMEOUT=${SCALE_PONG_TIMEOUT:-85s} \
+  NAVCAST_BUS_TOPOLOGY=${NAVCAST_BUS_TOPOLOGY:-targeted} \
+  REDIS_ARGS="${REDIS_ARGS:---auto-aof-rewrite-min-size 8gb}"
+# The targeted bus: a node hears only the events of its own riders and of
+# those its guardians watch, not all 2 500 a second of the city, seven
+# times over. Redis's append-only file still fsyncs every second, but is
+# not rewritten during the run: each rewrite forks Redis and compresses
+# its whole data set, and at this write rate it came every minute, each
+# time a second of stalls on the two cores (p95 spikes of 200-400 ms at
+# each of the 13 rewrites of a run).
 # The heartbeat of a city: a ping a minute per idle phone (SCALE_PING_INTERVAL;
 # the node's default is 20 s). At 100 000 sessions 20 s means 5 000 pings
 # and 5 000 pongs a second through TLS at nginx, more messages than the
