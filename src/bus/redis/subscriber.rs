@@ -51,6 +51,32 @@ struct Channels {
     wanted: HashSet<String>,
     /// Channels the current connection has confirmed.
     active: HashSet<String>,
+    /// Channels whose wish changed since the last sync: a sync looks at
+    /// these only, so a session opening costs the same whether the node
+    /// holds ten sessions or fifteen thousand (diffing the whole sets cost
+    /// a node a third of its CPU at 14 000 sessions).
+    dirty: HashSet<String>,
+}
+
+impl Channels {
+    fn want(&mut self, channel: String) {
+        if self.wanted.insert(channel.clone()) {
+            self.dirty.insert(channel);
+        }
+    }
+
+    fn unwant(&mut self, channel: &str) {
+        if self.wanted.remove(channel) {
+            self.dirty.insert(channel.to_string());
+        }
+    }
+
+    /// A fresh connection has nothing: every wanted channel is to be
+    /// subscribed.
+    fn reset_active(&mut self) {
+        self.active.clear();
+        self.dirty = self.wanted.clone();
+    }
 }
 
 /// What the subscriber remembers between connections, for its logs.
@@ -73,7 +99,7 @@ pub(super) async fn run<D: PubSubDriver>(
 ) {
     let mut channels = Channels::default();
     if shared.topology == BusTopology::Broadcast {
-        channels.wanted.insert(shared.channel.clone());
+        channels.want(shared.channel.clone());
     }
     let mut backoff = Backoff::new();
     let mut outage = Outage {
@@ -89,7 +115,7 @@ pub(super) async fn run<D: PubSubDriver>(
         };
         match connected {
             Ok(Ok(mut conn)) => {
-                channels.active.clear();
+                channels.reset_active();
                 match sync_channels(&mut conn, &mut channels, shared.io_timeout).await {
                     Ok(()) => {
                         shared.set_connected(true);
@@ -132,7 +158,7 @@ pub(super) async fn run<D: PubSubDriver>(
                 _ = stop.cancelled() => return,
                 _ = &mut sleep => break,
                 cmd = commands.recv() => match cmd {
-                    Some(cmd) => apply(&shared, cmd, &mut channels.wanted, &mut Vec::new()),
+                    Some(cmd) => apply(&shared, cmd, &mut channels, &mut Vec::new()),
                     None => return,
                 },
             }
@@ -202,11 +228,11 @@ async fn run_connected<C: PubSubConn>(
             },
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { return "bus dropped".into() };
-                apply(shared, cmd, &mut channels.wanted, &mut barriers);
+                apply(shared, cmd, channels, &mut barriers);
                 // Take everything already queued, so a burst of sessions
                 // opening costs one SUBSCRIBE, not one each.
                 while let Ok(cmd) = commands.try_recv() {
-                    apply(shared, cmd, &mut channels.wanted, &mut barriers);
+                    apply(shared, cmd, channels, &mut barriers);
                 }
                 let result = sync_channels(conn, channels, shared.io_timeout).await;
                 for barrier in barriers.drain(..) {
@@ -225,16 +251,14 @@ async fn run_connected<C: PubSubConn>(
 fn apply(
     shared: &Shared,
     cmd: Command,
-    wanted: &mut HashSet<String>,
+    channels: &mut Channels,
     barriers: &mut Vec<oneshot::Sender<()>>,
 ) {
     match cmd {
-        Command::Interest(user) => {
-            wanted.insert(shared.channel_for(&user));
-        }
+        Command::Interest(user) => channels.want(shared.channel_for(&user)),
         Command::Disinterest(user) => {
             if !shared.still_interested(&user) {
-                wanted.remove(&shared.channel_for(&user));
+                channels.unwant(&shared.channel_for(&user));
             }
         }
         Command::Barrier(tx) => barriers.push(tx),
@@ -242,27 +266,37 @@ fn apply(
 }
 
 /// SUBSCRIBEs and UNSUBSCRIBEs so the connection's channels become the
-/// wanted ones.
+/// wanted ones, looking only at the channels whose wish changed.
 async fn sync_channels<C: PubSubConn>(
     conn: &mut C,
     channels: &mut Channels,
     io_timeout: Duration,
 ) -> Result<(), String> {
-    let add: Vec<String> = channels
-        .wanted
-        .difference(&channels.active)
-        .cloned()
-        .collect();
-    let remove: Vec<String> = channels
-        .active
-        .difference(&channels.wanted)
-        .cloned()
-        .collect();
+    let mut add = Vec::new();
+    let mut remove = Vec::new();
+    for channel in channels.dirty.drain() {
+        match (
+            channels.wanted.contains(&channel),
+            channels.active.contains(&channel),
+        ) {
+            (true, false) => add.push(channel),
+            (false, true) => remove.push(channel),
+            _ => {}
+        }
+    }
     if !add.is_empty() {
         match tokio::time::timeout(io_timeout, conn.subscribe(add.clone())).await {
             Ok(Ok(())) => channels.active.extend(add),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err("SUBSCRIBE timed out".into()),
+            Ok(Err(e)) => {
+                channels.dirty.extend(add);
+                channels.dirty.extend(remove);
+                return Err(e);
+            }
+            Err(_) => {
+                channels.dirty.extend(add);
+                channels.dirty.extend(remove);
+                return Err("SUBSCRIBE timed out".into());
+            }
         }
     }
     if !remove.is_empty() {
@@ -272,8 +306,14 @@ async fn sync_channels<C: PubSubConn>(
                     channels.active.remove(channel);
                 }
             }
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err("UNSUBSCRIBE timed out".into()),
+            Ok(Err(e)) => {
+                channels.dirty.extend(remove);
+                return Err(e);
+            }
+            Err(_) => {
+                channels.dirty.extend(remove);
+                return Err("UNSUBSCRIBE timed out".into());
+            }
         }
     }
     Ok(())
