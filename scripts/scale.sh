@@ -46,16 +46,13 @@ export CLUSTER_DIR=$WORK/cluster NODES NODE_BASE_PORT=$((PORTS + 1)) REDIS_PORT=
   HTTP_PORT=$((PORTS + 80)) HTTPS_PORT=$((PORTS + 43)) NGINX_STATUS_PORT=$((PORTS + 81)) \
   NGINX_WORKERS=$WORKERS NGINX_WORKER_CONNECTIONS=18000 NGINX_UPSTREAM_SOURCES=$UPSTREAM_SOURCES \
   NAVCAST_AUTH_ARGON2_MEMORY_KIB=1024 NAVCAST_AUTH_ARGON2_ITERATIONS=1 \
-  NAVCAST_WS_PING_INTERVAL=${SCALE_PING_INTERVAL:-60s} NAVCAST_WS_PONG_TIMEOUT=${SCALE_PONG_TIMEOUT:-85s} \
-  NAVCAST_BUS_TOPOLOGY=${NAVCAST_BUS_TOPOLOGY:-targeted} \
-  REDIS_ARGS="${REDIS_ARGS:---auto-aof-rewrite-min-size 8gb}"
-# The targeted bus: a node hears only the events of its own riders and of
-# those its guardians watch, not all 2 500 a second of the city, seven
-# times over. Redis's append-only file still fsyncs every second, but is
-# not rewritten during the run: each rewrite forks Redis and compresses
-# its whole data set, and at this write rate it came every minute, each
-# time a second of stalls on the two cores (p95 spikes of 200-400 ms at
-# each of the 13 rewrites of a run).
+  NAVCAST_WS_PING_INTERVAL=${SCALE_PING_INTERVAL:-60s} NAVCAST_WS_PONG_TIMEOUT=${SCALE_PONG_TIMEOUT:-85s}
+# The bus topology (NAVCAST_BUS_TOPOLOGY, cluster.sh's default broadcast)
+# and Redis's flags (REDIS_ARGS, e.g. "--auto-aof-rewrite-min-size 8gb" to
+# keep the append-only file from being rewritten, a fork each time, during
+# the run) pass through. The best of four full runs on the 2-core box was
+# broadcast with Redis's default rewrites; targeted, or no rewrites, did
+# worse there, within a run-to-run spread too wide to say which matters.
 # The heartbeat of a city: a ping a minute per idle phone (SCALE_PING_INTERVAL;
 # the node's default is 20 s). At 100 000 sessions 20 s means 5 000 pings
 # and 5 000 pongs a second through TLS at nginx, more messages than the
