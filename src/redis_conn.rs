@@ -65,17 +65,24 @@ impl Target {
     }
 
     /// A cluster client on `seeds` with navcast's socket options, RESP3
-    /// (so a dropped node link is noticed at once) and `timeout` as the
-    /// connect and response limit of each attempt.
+    /// (so a dropped node link is noticed at once) and `retry`'s limits:
+    /// each attempt within `retry.overall` (at most 1 s), jittered waits
+    /// between attempts up to `retry.max_wait`.
     pub(crate) fn cluster_builder(
         seeds: &[ConnectionInfo],
-        timeout: Duration,
+        retry: ClusterRetry,
     ) -> ClusterClientBuilder {
+        let attempt = retry.overall.min(Duration::from_secs(1));
         ClusterClientBuilder::new(seeds.to_vec())
             .use_protocol(redis::ProtocolVersion::RESP3)
             .tcp_settings(tcp_settings())
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
+            .connection_timeout(attempt)
+            .response_timeout(attempt)
+            .retries(retry.retries)
+            .min_retry_wait(20)
+            .max_retry_wait(retry.max_wait.as_millis() as u64)
+            .retry_wait_formula(50, 2)
+            .overall_response_timeout(Some(retry.overall))
     }
 }
 
@@ -121,13 +128,7 @@ fn cluster_connection(
     seeds: &[ConnectionInfo],
     retry: ClusterRetry,
 ) -> RedisResult<ClusterConnection> {
-    let client = Target::cluster_builder(seeds, retry.overall.min(Duration::from_secs(1)))
-        .retries(retry.retries)
-        .min_retry_wait(20)
-        .max_retry_wait(retry.max_wait.as_millis() as u64)
-        .retry_wait_formula(50, 2)
-        .overall_response_timeout(Some(retry.overall))
-        .build()?;
+    let client = Target::cluster_builder(seeds, retry).build()?;
     // Pending: connects in the background and on first use, so a node
     // starts while the cluster is down and reports itself not ready.
     Ok(client.get_pending_async_connection_with_config(ClusterConfig::new()))
@@ -163,13 +164,10 @@ impl Connection {
             // No fail-fast gate on a cluster: the watchdog's key lives on
             // one shard, and while that shard fails over the others still
             // answer. Each command is bounded by `retry` instead.
-            Target::Cluster(seeds) => {
-                drop(health);
-                Ok(Connection(
-                    Link::Cluster(cluster_connection(seeds, retry)?),
-                    None,
-                ))
-            }
+            Target::Cluster(seeds) => Ok(Connection(
+                Link::Cluster(cluster_connection(seeds, retry)?),
+                None,
+            )),
         }
     }
 

@@ -690,7 +690,11 @@ impl RedisServer {
     /// empty.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "server already running");
-        self.child = Some(spawn_redis(self.port, self.dir.path()));
+        self.child = Some(spawn_redis(
+            self.port,
+            self.dir.path(),
+            &["--appendonly", "no"],
+        ));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             if redis_ping(self.port).await {
@@ -717,7 +721,9 @@ impl Drop for RedisServer {
     }
 }
 
-fn spawn_redis(port: u16, dir: &Path) -> Child {
+/// A `redis-server` on loopback `port` with its files in `dir`, no RDB
+/// snapshots, quiet logs, and `extra` flags.
+fn spawn_redis(port: u16, dir: &Path, extra: &[&str]) -> Child {
     Command::new("redis-server")
         .args([
             "--port",
@@ -726,13 +732,12 @@ fn spawn_redis(port: u16, dir: &Path) -> Child {
             "127.0.0.1",
             "--save",
             "",
-            "--appendonly",
-            "no",
             "--dir",
             dir.to_str().expect("utf-8 temp dir"),
             "--loglevel",
             "warning",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -842,12 +847,10 @@ impl RedisCluster {
     fn spawn(&self, port: u16) -> Child {
         let dir = self.dir.path().join(port.to_string());
         std::fs::create_dir_all(&dir).expect("server dir");
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
+        spawn_redis(
+            port,
+            &dir,
+            &[
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -858,18 +861,8 @@ impl RedisCluster {
                 "yes",
                 "--appendfsync",
                 "everysec",
-                "--save",
-                "",
-                "--dir",
-                dir.to_str().expect("utf-8 temp dir"),
-                "--loglevel",
-                "warning",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start redis-server ({e}); {REDIS_MISSING}"))
+            ],
+        )
     }
 
     /// The seed list for `NAVCAST_REDIS_URL` with `redis_mode = "cluster"`:

@@ -7,7 +7,7 @@ use std::future::Future;
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 
-use crate::redis_conn::tuned;
+use crate::redis_conn::{ClusterRetry, Target, tuned};
 
 /// Opens pub/sub connections.
 pub(crate) trait PubSubDriver: Send + 'static {
@@ -105,16 +105,14 @@ impl PubSubConn for RedisConn {
 /// shard that holds the rider's stream, and only that shard carries it.
 pub(crate) struct ClusterDriver {
     seeds: Vec<redis::ConnectionInfo>,
-    /// Limit of one (un)subscribe, retries included.
-    timeout: std::time::Duration,
 }
 
 impl ClusterDriver {
-    pub(crate) fn new(
-        seeds: Vec<redis::ConnectionInfo>,
-        timeout: std::time::Duration,
-    ) -> ClusterDriver {
-        ClusterDriver { seeds, timeout }
+    /// Each (un)subscribe retries as the publisher does
+    /// ([`ClusterRetry::PUBLISHER`]): long enough for a replica to take
+    /// over a dead master's slots.
+    pub(crate) fn new(seeds: Vec<redis::ConnectionInfo>) -> ClusterDriver {
+        ClusterDriver { seeds }
     }
 }
 
@@ -131,18 +129,10 @@ impl PubSubDriver for ClusterDriver {
 
     async fn connect(&mut self) -> Result<ClusterConn, String> {
         let (tx, pushes) = tokio::sync::mpsc::unbounded_channel();
-        let client = crate::redis_conn::Target::cluster_builder(
-            &self.seeds,
-            self.timeout.min(std::time::Duration::from_secs(1)),
-        )
-        .retries(30)
-        .min_retry_wait(20)
-        .max_retry_wait(1000)
-        .retry_wait_formula(50, 2)
-        .overall_response_timeout(Some(self.timeout))
-        .push_sender(tx)
-        .build()
-        .map_err(|e| e.to_string())?;
+        let client = Target::cluster_builder(&self.seeds, ClusterRetry::PUBLISHER)
+            .push_sender(tx)
+            .build()
+            .map_err(|e| e.to_string())?;
         let mut conn = client
             .get_async_connection()
             .await

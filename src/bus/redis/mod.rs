@@ -304,7 +304,7 @@ impl Bus for RedisBus {
             )),
             Target::Cluster(seeds) => tokio::spawn(subscriber::run(
                 self.shared.clone(),
-                ClusterDriver::new(seeds.clone(), self.shared.io_timeout),
+                ClusterDriver::new(seeds.clone()),
                 commands_rx,
                 deliver,
                 self.stop.clone(),
