@@ -45,16 +45,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for tool in redis-server nginx curl python3; do
-  command -v "$tool" >/dev/null || { echo "storm: $tool is missing: apt-get install -y redis-server nginx curl python3" >&2; exit 1; }
-done
-if [ -z "${NODE_BIN:-}" ] || [ -z "${LOAD_BIN:-}" ]; then
-  cargo build --release -q -p navcast -p navcast-load
-fi
-NODE_BIN=${NODE_BIN:-$PWD/target/release/navcast}
-LOAD_BIN=${LOAD_BIN:-$PWD/target/release/navcast-load}
-REPORT_DIR=${REPORT_DIR:-reports}
-mkdir -p "$REPORT_DIR"
+# shellcheck source=scripts/lib/run-env.sh
+. scripts/lib/run-env.sh
+need_tools storm redis-server nginx curl python3
+release_binaries
 ulimit -n 20000 2>/dev/null || true
 NODE_BIN=$NODE_BIN scripts/cluster.sh up | tail -4
 
