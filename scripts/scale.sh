@@ -129,7 +129,13 @@ set +e
 status=$?
 set -e
 kill "$SAMPLER" 2>/dev/null || true
+# --quiet keeps the per-second progress lines out and prints the closing
+# report only on a failed criterion (or the error); a passing run's report
+# is printed from its JSON.
 cat "$WORK/load.log"
+if [ "$status" = 0 ]; then
+  "$LOAD_BIN" merge "$REPORT_DIR/city-$USERS.json"
+fi
 
 after_nodes=0
 for i in $(seq 1 "$NODES"); do after_nodes=$(awk -v a="$after_nodes" -v b="$(cpu_of "$(cat "$CLUSTER_DIR/run/node-$i.pid")")" 'BEGIN { print a + b }'); done

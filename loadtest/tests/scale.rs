@@ -39,6 +39,8 @@ fn the_city_profile_runs_through_nginx_at_ci_size() {
         out.status
     );
     assert!(stdout.contains("scale: nodes RSS"), "{stdout}");
+    // A passing run prints its closing report too (--quiet alone would not).
+    assert!(stdout.contains("result: PASS"), "{stdout}");
 
     let s = navcast_load::Summary::read(&reports.path().join("city-300.json")).unwrap();
     // 300 riders and their 1 % of guardians, each connected once.
