@@ -16,9 +16,13 @@
 # ports and directory) and is taken down on exit, ctrl-c included.
 # Settings: SCALE_PORT_BASE=9600, REPORT_DIR=reports, NODE_BIN / LOAD_BIN,
 # SCALE_KEEP=1 (keep the cluster's logs and the samples after the run).
-# samples.txt has one line per 5 s: time, sessions, nodes' RSS KiB, nginx's
-# RSS KiB, then the kernel's TCP sockets in use, TIME_WAIT, and TCP memory
-# in pages (/proc/net/sockstat; compare with net.ipv4.tcp_mem).
+# samples.txt has one line per 5 s (less at small time scales): time,
+# sessions, nodes' RSS KiB, nginx's RSS KiB, then the kernel's TCP sockets
+# in use, TIME_WAIT, and TCP memory in pages (/proc/net/sockstat; compare
+# with net.ipv4.tcp_mem), then the CPU seconds so far of the nodes, of
+# nginx's workers and of Redis. From those it prints the share of a core
+# each part used over the hold, when the ramp's logins are over: the figure
+# that says whether the machine, not the software, was the limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=${1:-100000}
@@ -102,9 +106,19 @@ for i in $(seq 1 "$NODES"); do before_nodes=$(awk -v a="$before_nodes" -v b="$(c
 before_nginx=0
 for p in $(nginx_pids); do before_nginx=$(awk -v a="$before_nginx" -v b="$(cpu_of "$p")" 'BEGIN { print a + b }'); done
 
-# Peak RSS of the nodes and of nginx, sampled while the run goes.
+# Peak RSS of the nodes and of nginx, and the CPU of each part, sampled
+# while the run goes.
+every=$(awk -v t="$TIME_SCALE" 'BEGIN { e = 30 * t; if (e > 5) e = 5; if (e < 1) e = 1; print e }')
+cpu_sum() { # pid files → CPU seconds of those processes
+  local f total=0
+  for f in "$@"; do
+    [ -f "$f" ] || continue
+    total=$(awk -v a="$total" -v b="$(cpu_of "$(cat "$f")" 2>/dev/null || echo 0)" 'BEGIN { print a + b }')
+  done
+  echo "$total"
+}
 sample() {
-  while sleep 5; do
+  while sleep "$every"; do
     local n=0 g=0
     for i in $(seq 1 "$NODES"); do n=$(( n + $(awk '/VmRSS/ { print $2 }' "/proc/$(cat "$CLUSTER_DIR/run/node-$i.pid")/status") )); done
     for p in $(nginx_pids) "$(cat "$CLUSTER_DIR/run/nginx.pid")"; do g=$(( g + $(awk '/VmRSS/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0) )); done
@@ -112,13 +126,17 @@ sample() {
     for i in $(seq 1 "$NODES"); do
       s=$(( s + $(curl -s "http://127.0.0.1:$((NODE_BASE_PORT + i - 1))/stats" | grep -o '"sessions":[0-9]*' | head -1 | cut -d: -f2) ))
     done
-    echo "$(date +%s) $s $n $g $(awk '/^TCP:/ { print $3, $7, $11 }' /proc/net/sockstat)"
+    local w=0
+    for p in $(nginx_pids); do w=$(awk -v a="$w" -v b="$(cpu_of "$p" 2>/dev/null || echo 0)" 'BEGIN { print a + b }'); done
+    echo "$(date +%s) $s $n $g $(awk '/^TCP:/ { print $3, $7, $11 }' /proc/net/sockstat)" \
+      "$(cpu_sum "$CLUSTER_DIR"/run/node-*.pid) $w $(cpu_sum "$CLUSTER_DIR"/run/redis*.pid)"
   done
 }
 sample > "$WORK/samples.txt" &
 SAMPLER=$!
 
 set +e
+run_start=$(date +%s)
 "$LOAD_BIN" run --host "wss://127.0.0.1:$HTTPS_PORT" --ca-file "$CLUSTER_DIR/tls/cert.pem" \
   --accounts "$WORK/accounts.json" \
   --profile config/loadtest/city-100k.toml --users "$USERS" --time-scale "$TIME_SCALE" \
@@ -158,5 +176,17 @@ print(f"scale: nodes RSS {nodes_kib / 1024:.0f} MiB ({per(nodes_kib)}/session; {
 print(f"scale: nginx RSS {nginx_kib / 1024:.0f} MiB ({per(nginx_kib)}/session), CPU {float(nginx_cpu):.0f} s")
 print(f"scale: client RSS {c['peak_rss_bytes'] / 2**20:.0f} MiB ({per(c['peak_rss_bytes'] / 1024)}/session), CPU {c['cpu_s']:.0f} s over {c['processes']} processes")
 PY
+# CPU over the hold (city-100k: 600 s to 900 s, times the time scale),
+# a few seconds in from each end: the ramp's logins and the closing of
+# every session at the end are not in it.
+awk -v from="$(awk -v s="$run_start" -v t="$TIME_SCALE" 'BEGIN { printf "%d", s + 600 * t + 3 }')" \
+    -v to="$(awk -v s="$run_start" -v t="$TIME_SCALE" 'BEGIN { printf "%d", s + 900 * t - 3 }')" '
+  NF >= 10 && $1 >= from && $1 <= to { if (!n++) { t0 = $1; a0 = $8; b0 = $9; c0 = $10 } t1 = $1; a1 = $8; b1 = $9; c1 = $10 }
+  END {
+    if (n < 2 || t1 <= t0) exit
+    d = t1 - t0
+    printf "scale: CPU over the hold (%d s), %% of one core: nodes %.1f, nginx %.1f, Redis %.1f (the client reports its own above)\n",
+      d, 100 * (a1 - a0) / d, 100 * (b1 - b0) / d, 100 * (c1 - c0) / d
+  }' "$WORK/samples.txt"
 echo "scale: reports in $REPORT_DIR/city-$USERS.{json,html}"
 exit $status

@@ -41,6 +41,8 @@ fn the_city_profile_runs_through_nginx_at_ci_size() {
     assert!(stdout.contains("scale: nodes RSS"), "{stdout}");
     // A passing run prints its closing report too (--quiet alone would not).
     assert!(stdout.contains("result: PASS"), "{stdout}");
+    // The share of a core each part used over the hold, from the samples.
+    assert!(stdout.contains("scale: CPU over the hold"), "{stdout}");
 
     let s = navcast_load::Summary::read(&reports.path().join("city-300.json")).unwrap();
     // 300 riders and their 1 % of guardians, each connected once.
