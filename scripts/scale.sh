@@ -101,22 +101,26 @@ cpu_of() { # pid → CPU seconds (user + system) of it and its children
   awk '{ print ($14 + $15 + $16 + $17) / 100 }' "/proc/$1/stat"
 }
 nginx_pids() { pgrep -P "$(cat "$CLUSTER_DIR/run/nginx.pid")"; }
-before_nodes=0
-for i in $(seq 1 "$NODES"); do before_nodes=$(awk -v a="$before_nodes" -v b="$(cpu_of "$(cat "$CLUSTER_DIR/run/node-$i.pid")")" 'BEGIN { print a + b }'); done
-before_nginx=0
-for p in $(nginx_pids); do before_nginx=$(awk -v a="$before_nginx" -v b="$(cpu_of "$p")" 'BEGIN { print a + b }'); done
+cpu_sum() { # pids → their CPU seconds together
+  local p total=0
+  for p in "$@"; do
+    total=$(awk -v a="$total" -v b="$(cpu_of "$p" 2>/dev/null || echo 0)" 'BEGIN { print a + b }')
+  done
+  echo "$total"
+}
+pids_in() { local f; for f in "$@"; do if [ -f "$f" ]; then cat "$f"; fi; done; }
+# shellcheck disable=SC2046 # the pids are words
+nodes_cpu() { cpu_sum $(pids_in "$CLUSTER_DIR"/run/node-*.pid); }
+# shellcheck disable=SC2046
+nginx_cpu() { cpu_sum $(nginx_pids); }
+# shellcheck disable=SC2046
+redis_cpu() { cpu_sum $(pids_in "$CLUSTER_DIR"/run/redis*.pid); }
+before_nodes=$(nodes_cpu)
+before_nginx=$(nginx_cpu)
 
 # Peak RSS of the nodes and of nginx, and the CPU of each part, sampled
 # while the run goes.
 every=$(awk -v t="$TIME_SCALE" 'BEGIN { e = 30 * t; if (e > 5) e = 5; if (e < 1) e = 1; print e }')
-cpu_sum() { # pid files → CPU seconds of those processes
-  local f total=0
-  for f in "$@"; do
-    [ -f "$f" ] || continue
-    total=$(awk -v a="$total" -v b="$(cpu_of "$(cat "$f")" 2>/dev/null || echo 0)" 'BEGIN { print a + b }')
-  done
-  echo "$total"
-}
 sample() {
   while sleep "$every"; do
     local n=0 g=0
@@ -126,17 +130,14 @@ sample() {
     for i in $(seq 1 "$NODES"); do
       s=$(( s + $(curl -s "http://127.0.0.1:$((NODE_BASE_PORT + i - 1))/stats" | grep -o '"sessions":[0-9]*' | head -1 | cut -d: -f2) ))
     done
-    local w=0
-    for p in $(nginx_pids); do w=$(awk -v a="$w" -v b="$(cpu_of "$p" 2>/dev/null || echo 0)" 'BEGIN { print a + b }'); done
     echo "$(date +%s) $s $n $g $(awk '/^TCP:/ { print $3, $7, $11 }' /proc/net/sockstat)" \
-      "$(cpu_sum "$CLUSTER_DIR"/run/node-*.pid) $w $(cpu_sum "$CLUSTER_DIR"/run/redis*.pid)"
+      "$(nodes_cpu) $(nginx_cpu) $(redis_cpu)"
   done
 }
 sample > "$WORK/samples.txt" &
 SAMPLER=$!
 
 set +e
-run_start=$(date +%s)
 "$LOAD_BIN" run --host "wss://127.0.0.1:$HTTPS_PORT" --ca-file "$CLUSTER_DIR/tls/cert.pem" \
   --accounts "$WORK/accounts.json" \
   --profile config/loadtest/city-100k.toml --users "$USERS" --time-scale "$TIME_SCALE" \
@@ -155,18 +156,17 @@ if [ "$status" = 0 ]; then
   "$LOAD_BIN" merge "$REPORT_DIR/city-$USERS.json"
 fi
 
-after_nodes=0
-for i in $(seq 1 "$NODES"); do after_nodes=$(awk -v a="$after_nodes" -v b="$(cpu_of "$(cat "$CLUSTER_DIR/run/node-$i.pid")")" 'BEGIN { print a + b }'); done
-nginx_cpu=$(awk -v b="$before_nginx" 'BEGIN { print -b }')
-for p in $(nginx_pids); do nginx_cpu=$(awk -v a="$nginx_cpu" -v b="$(cpu_of "$p")" 'BEGIN { print a + b }'); done
+after_nodes=$(nodes_cpu)
+after_nginx=$(nginx_cpu)
 # The sample with the most sessions: RSS per session of nodes and nginx.
 peak=$(sort -k2 -n "$WORK/samples.txt" | tail -1)
 read -r _ psessions pnodes pnginx _ <<< "${peak:-0 0 0 0}"
 base_nodes=$(head -1 "$WORK/samples.txt" | awk '{ print $3 }')
 python3 - "$REPORT_DIR/city-$USERS.json" "$psessions" "$pnodes" "$pnginx" "${base_nodes:-0}" \
-  "$(awk -v a="$after_nodes" -v b="$before_nodes" 'BEGIN { print a - b }')" "$nginx_cpu" <<'PY'
+  "$(awk -v a="$after_nodes" -v b="$before_nodes" 'BEGIN { print a - b }')" \
+  "$(awk -v a="$after_nginx" -v b="$before_nginx" 'BEGIN { print a - b }')" "$WORK/samples.txt" <<'PY'
 import json, sys
-path, sessions, nodes_kib, nginx_kib, base_kib, nodes_cpu, nginx_cpu = sys.argv[1:]
+path, sessions, nodes_kib, nginx_kib, base_kib, nodes_cpu, nginx_cpu, samples = sys.argv[1:]
 s = json.load(open(path))
 sessions, nodes_kib, nginx_kib, base_kib = int(sessions), int(nodes_kib), int(nginx_kib), int(base_kib or 0)
 c = s["client"]
@@ -175,18 +175,18 @@ print(f"scale: peak {sessions} sessions on the nodes")
 print(f"scale: nodes RSS {nodes_kib / 1024:.0f} MiB ({per(nodes_kib)}/session; {per(nodes_kib - base_kib)}/session above the first sample), CPU {float(nodes_cpu):.0f} s")
 print(f"scale: nginx RSS {nginx_kib / 1024:.0f} MiB ({per(nginx_kib)}/session), CPU {float(nginx_cpu):.0f} s")
 print(f"scale: client RSS {c['peak_rss_bytes'] / 2**20:.0f} MiB ({per(c['peak_rss_bytes'] / 1024)}/session), CPU {c['cpu_s']:.0f} s over {c['processes']} processes")
+# CPU over the last stage (the hold), as the run timed it, a few seconds in
+# from each end: the ramp's logins and the closing of every session at the
+# end are not in it.
+hold = s["stages"][-1]
+start = s["started_unix_ms"] / 1000
+lo, hi = start + hold["start_s"] + 3, start + hold["end_s"] - 3
+rows = [list(map(float, l.split())) for l in open(samples)]
+rows = [r for r in rows if len(r) >= 10 and lo <= r[0] <= hi]
+if len(rows) >= 2 and rows[-1][0] > rows[0][0]:
+    d = rows[-1][0] - rows[0][0]
+    share = lambda i: 100 * (rows[-1][i] - rows[0][i]) / d
+    print(f"scale: CPU over the {hold['name']} ({d:.0f} s), % of one core: nodes {share(7):.1f}, nginx {share(8):.1f}, Redis {share(9):.1f} (the client reports its own above)")
 PY
-# CPU over the hold (city-100k: 600 s to 900 s, times the time scale),
-# a few seconds in from each end: the ramp's logins and the closing of
-# every session at the end are not in it.
-awk -v from="$(awk -v s="$run_start" -v t="$TIME_SCALE" 'BEGIN { printf "%d", s + 600 * t + 3 }')" \
-    -v to="$(awk -v s="$run_start" -v t="$TIME_SCALE" 'BEGIN { printf "%d", s + 900 * t - 3 }')" '
-  NF >= 10 && $1 >= from && $1 <= to { if (!n++) { t0 = $1; a0 = $8; b0 = $9; c0 = $10 } t1 = $1; a1 = $8; b1 = $9; c1 = $10 }
-  END {
-    if (n < 2 || t1 <= t0) exit
-    d = t1 - t0
-    printf "scale: CPU over the hold (%d s), %% of one core: nodes %.1f, nginx %.1f, Redis %.1f (the client reports its own above)\n",
-      d, 100 * (a1 - a0) / d, 100 * (b1 - b0) / d, 100 * (c1 - c0) / d
-  }' "$WORK/samples.txt"
 echo "scale: reports in $REPORT_DIR/city-$USERS.{json,html}"
 exit $status

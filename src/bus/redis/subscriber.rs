@@ -266,7 +266,10 @@ fn apply(
 }
 
 /// SUBSCRIBEs and UNSUBSCRIBEs so the connection's channels become the
-/// wanted ones, looking only at the channels whose wish changed.
+/// wanted ones, looking only at the channels whose wish changed. A failure
+/// ends the connection; the next one starts from `reset_active`, which
+/// marks every wanted channel again, so nothing here needs to remember
+/// what a failed call left undone.
 async fn sync_channels<C: PubSubConn>(
     conn: &mut C,
     channels: &mut Channels,
@@ -287,16 +290,8 @@ async fn sync_channels<C: PubSubConn>(
     if !add.is_empty() {
         match tokio::time::timeout(io_timeout, conn.subscribe(add.clone())).await {
             Ok(Ok(())) => channels.active.extend(add),
-            Ok(Err(e)) => {
-                channels.dirty.extend(add);
-                channels.dirty.extend(remove);
-                return Err(e);
-            }
-            Err(_) => {
-                channels.dirty.extend(add);
-                channels.dirty.extend(remove);
-                return Err("SUBSCRIBE timed out".into());
-            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err("SUBSCRIBE timed out".into()),
         }
     }
     if !remove.is_empty() {
@@ -306,14 +301,8 @@ async fn sync_channels<C: PubSubConn>(
                     channels.active.remove(channel);
                 }
             }
-            Ok(Err(e)) => {
-                channels.dirty.extend(remove);
-                return Err(e);
-            }
-            Err(_) => {
-                channels.dirty.extend(remove);
-                return Err("UNSUBSCRIBE timed out".into());
-            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err("UNSUBSCRIBE timed out".into()),
         }
     }
     Ok(())
